@@ -1,0 +1,88 @@
+import gc
+import tracemalloc
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from topgap import METHODS, baseline_cam, create_baseline, topgap_cam
+from topgap.model import minmax_scale
+
+
+@pytest.fixture
+def baseline():
+    torch.manual_seed(0)
+    return create_baseline("resnet18", 3)
+
+
+def hooks(model):
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_topgap_cam_is_the_target_class_map_scaled(tiny_net):
+    x = torch.randn(2, 3, 64, 64)
+    cams, targets = topgap_cam(tiny_net, x)
+    assert cams.shape == (2, 16, 16)
+    tiny_net.eval()
+    with torch.no_grad():
+        maps = tiny_net.class_maps(x)
+    assert_close(targets, tiny_net(x).argmax(1))
+    assert_close(cams, minmax_scale(maps[torch.arange(2), targets]))
+    cams2, t2 = topgap_cam(tiny_net, x, targets=[2, 0], size=(64, 64))
+    assert cams2.shape == (2, 64, 64) and t2.tolist() == [2, 0]
+    assert_close(cams2.amax((1, 2)), torch.ones(2))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_baseline_method_gives_scaled_maps_at_the_topgap_size(baseline, method):
+    x = torch.randn(2, 3, 64, 64)
+    cams, targets = baseline_cam(baseline, x, targets=1, method=method, size=(16, 16))
+    assert cams.shape == (2, 16, 16) and targets.tolist() == [1, 1]
+    assert torch.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
+    assert hooks(baseline) == 0
+
+
+def test_gradcam_matches_pytorch_grad_cam_on_the_final_feature_map(baseline):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = torch.randn(1, 3, 64, 64)
+    ours, _ = baseline_cam(baseline, x, targets=2)
+    with GradCAM(baseline.eval(), target_layers=[baseline.layer4]) as cam:
+        ref = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(2)]))
+    assert_close(ours, minmax_scale(ref))
+
+
+def test_gradcam_on_a_topgap_model(tiny_net):
+    cams, _ = baseline_cam(tiny_net, torch.randn(1, 3, 64, 64), targets=0)
+    assert cams.shape == (1, 64, 64)
+    assert hooks(tiny_net) == 0
+
+
+def test_hooks_released_and_mode_restored_when_the_call_fails(baseline, tiny_net):
+    baseline.train()
+    with pytest.raises(ValueError, match="targets"):
+        baseline_cam(baseline, torch.randn(2, 3, 64, 64), targets=[0, 1, 2])
+    with pytest.raises(RuntimeError):
+        baseline_cam(baseline, torch.randn(1, 5, 64, 64))  # wrong channel count fails inside the forward
+    assert hooks(baseline) == 0 and baseline.training
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        baseline_cam(baseline, torch.randn(1, 3, 64, 64), method="gradkam")
+    with pytest.raises(ValueError, match="0..2"):
+        topgap_cam(tiny_net, torch.randn(1, 3, 64, 64), targets=7)
+
+
+def test_repeated_calls_do_not_grow_memory(baseline):
+    x = torch.randn(1, 3, 64, 64)
+    for _ in range(3):
+        baseline_cam(baseline, x)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(20):
+        baseline_cam(baseline, x)
+    gc.collect()
+    growth = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert growth < 1_000_000, f"{growth} bytes retained after 20 calls"
+    assert all(p.grad is None for p in baseline.parameters())

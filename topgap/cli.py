@@ -1,0 +1,64 @@
+"""The `topgap` command line. Each subcommand is a thin layer over a library function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def describe(args: argparse.Namespace) -> dict:
+    """Parameter counts and class-map size of a backbone with and without the Top-GAP head (cf. Table 1)."""
+    import torch
+
+    from .model import TopGapNet, create_baseline
+
+    net = TopGapNet(args.backbone, args.num_classes, args.k, num_maps=args.num_maps, fpn_channels=args.fpn_channels)
+    base = create_baseline(args.backbone, args.num_classes)
+    with torch.no_grad():
+        h, w = net.eval().class_maps(torch.zeros(1, 3, args.input_size, args.input_size)).shape[-2:]
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"backbone": args.backbone, "num_classes": args.num_classes, "params_unmodified": count(base),
+            "params_topgap": count(net), "cam_size": [h, w], "k": args.k, "k_fraction": args.k / (h * w)}
+
+
+def info(args: argparse.Namespace) -> dict:
+    """The config of a saved model folder (checks the weights too)."""
+    from .checkpoint import load_model
+
+    _, cfg = load_model(args.folder)
+    return cfg.to_dict()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="topgap", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("describe", help=describe.__doc__, description=describe.__doc__, formatter_class=fmt)
+    p.add_argument("backbone", help="timm model name, e.g. efficientnet_b0, or preact_resnet18")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--k", type=int, default=64, help="Top-GAP pixel budget")
+    p.add_argument("--num-maps", type=int, default=4, help="feature maps fed to the FPN head")
+    p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--input-size", type=int, default=224, help="square input side in pixels")
+    p.set_defaults(func=describe)
+    p = sub.add_parser("info", help=info.__doc__, description=info.__doc__, formatter_class=fmt)
+    p.add_argument("folder", help="a model folder (config.json + model.safetensors)")
+    p.set_defaults(func=info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"topgap {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

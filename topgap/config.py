@@ -1,0 +1,89 @@
+"""One config for a trained model: what training writes, and what evaluation and the app read."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ModelConfig", "ablation_configs", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    backbone: str  # timm model name, e.g. "resnet18", or "preact_resnet18" (ours, for 32x32 inputs)
+    class_names: list[str]  # index -> label; its length is the class count
+    kind: str = "topgap"  # "topgap" (TopGapNet) or "baseline" (the unmodified timm model, GAP + linear)
+    k: int | None = 64  # Top-GAP pixel budget on the class map; None = plain GAP
+    num_maps: int = 4  # how many of the backbone's last feature maps feed the FPN head
+    fpn_channels: int = 256  # filters of each 3x3 FPN conv
+    dropout: float = 0.0  # dropout before the 1x1 class conv (training mode only)
+    fpn: bool = True  # ablation: False = class maps from the last feature map only
+    lam: float = 1.0  # weight of the l1 term in the loss; 0 = the "no l1" ablation
+    input_size: tuple[int, int] = (224, 224)  # (H, W) the model was trained at
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation, applied before the model
+    std: tuple[float, float, float] = IMAGENET_STD
+    recipe: dict[str, Any] = field(default_factory=dict)  # training recipe (epochs, lr, seed, ...)
+    metrics: dict[str, Any] = field(default_factory=dict)  # measured results (accuracy, l1, IOU, ...)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.kind not in ("topgap", "baseline"):
+            raise ValueError(f"kind must be 'topgap' or 'baseline' (got {self.kind!r})")
+        if not self.class_names:
+            raise ValueError("class_names is empty: a model needs at least one class")
+        self.class_names = [str(c) for c in self.class_names]
+        self.input_size = tuple(int(s) for s in self.input_size)
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def topgap(self) -> bool:
+        """Whether the pooling is Top-GAP (False: the "no Top-GAP" ablation, plain GAP)."""
+        return self.k is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - {"weights_sha256"})
+        if unknown:
+            raise ValueError(f"config has unknown fields {unknown}; it was written by a newer topgap, upgrade it")
+        missing = sorted({"backbone", "class_names"} - set(d))
+        if missing:
+            raise ValueError(f"config is missing required fields {missing}")
+        version = d.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"config format_version {version} is newer than this topgap ({FORMAT_VERSION}); upgrade it")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def ablation_configs(cfg: ModelConfig, k_without_fpn: int | None = None) -> dict[str, ModelConfig]:
+    """The 2^3 configurations of Table 8 (FPN, l1 loss, Top-GAP each on or off), named like "fpn+l1+topgap".
+
+    Without the FPN the class map is the last feature map, (2^(num_maps-1))^2 times smaller, so k
+    shrinks by that factor unless `k_without_fpn` is given (the paper: 256 on 56x56, 4 on 7x7).
+    """
+    if cfg.k is None:
+        raise ValueError("give the Top-GAP k of the full model in cfg.k; the ablation switches it off itself")
+    small_k = k_without_fpn or max(1, round(cfg.k / 4 ** (cfg.num_maps - 1)))
+    out = {}
+    for fpn in (False, True):
+        for l1 in (False, True):
+            for topgap in (False, True):
+                name = "+".join(n for n, on in (("fpn", fpn), ("l1", l1), ("topgap", topgap)) if on) or "plain"
+                k = (cfg.k if fpn else small_k) if topgap else None
+                out[name] = dataclasses.replace(cfg, kind="topgap", fpn=fpn, lam=(cfg.lam or 1.0) if l1 else 0.0, k=k)
+    return out

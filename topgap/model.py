@@ -1,0 +1,161 @@
+"""The Top-GAP network (paper section 3.1, Figure 2) and its unmodified baseline.
+
+    backbone (timm, features_only) -> last `num_maps` feature maps F_i
+    FPN head:  X = Conv1x1( Dropout( sum_i Up(Conv3x3_i(F_i)) ) )   (B, num_classes, H, W)
+    pooling:   logits = Top-GAP(X, k)                                (B, num_classes)
+
+Each F_i goes through its own 3x3 conv with `fpn_channels` filters, is upsampled (bilinear) to the
+largest selected map, and the results are summed. With 4 maps on a 224x224 input the class maps are
+56x56. The three modes of the paper: training (``model.train()``), prediction (``model.eval()``:
+dropout off, BN frozen) and CAM (:meth:`TopGapNet.cam`: eval mode, no pooling, min-max scaled).
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import backbones as _backbones  # noqa: F401  (registers preact_resnet18 with timm)
+from .pooling import TopGAP
+
+__all__ = ["TopGapNet", "FPNHead", "create_baseline", "check_backbone", "minmax_scale"]
+
+
+def check_backbone(name: str) -> None:
+    """Raise ValueError naming close matches when timm does not know `name`."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown backbone {name!r}: not a timm model.{hint} See timm.list_models().")
+
+
+def minmax_scale(x: torch.Tensor) -> torch.Tensor:
+    """Scale each (H, W) map of a (..., H, W) tensor to [0, 1]; constant maps become 0."""
+    lo = x.amin((-2, -1), keepdim=True)
+    span = x.amax((-2, -1), keepdim=True) - lo
+    return torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
+class FPNHead(nn.Module):
+    """Sum of 3x3-conv'd, upsampled feature maps, then dropout and a 1x1 conv to class maps."""
+
+    def __init__(self, in_channels: list[int], num_classes: int, fpn_channels: int = 256, dropout: float = 0.0):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, 3, padding=1) for c in in_channels)
+        self.fused = nn.Identity()  # a named tap on the summed map, the target layer for GradCAM on Top-GAP models
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Conv2d(fpn_channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
+        x = 0
+        for conv, f in zip(self.lateral, features):
+            y = conv(f)
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = x + y
+        return self.classifier(self.drop(self.fused(x)))
+
+
+class TopGapNet(nn.Module):
+    """A timm CNN whose head outputs class maps X, pooled by Top-GAP.
+
+    Args:
+        backbone: any timm CNN name that supports ``features_only`` (resnet18, efficientnet_b0,
+            convnext_tiny, vgg11_bn, densenet121, ...) or ``preact_resnet18`` for 32x32 inputs.
+        num_classes: number of classes (channels of X).
+        k: pixels averaged per class map (eq. 2); None = plain GAP (the "no Top-GAP" ablation).
+        num_maps: how many of the last feature maps feed the head (the paper uses 3 or 4).
+        fpn_channels: filters of each 3x3 conv.
+        dropout: dropout before the 1x1 conv.
+        fpn: False = the "no FPN" ablation: a 1x1 conv on the last feature map only.
+        pretrained: True loads timm's pretrained weights (Hugging Face Hub, or its local cache); a
+            path loads them from a local timm checkpoint file instead (.safetensors or .pth).
+
+    Raises:
+        ValueError: unknown backbone, k < 1, or num_maps larger than the backbone offers.
+
+    Example:
+        >>> net = TopGapNet("resnet18", num_classes=3, k=64)
+        >>> net(torch.randn(2, 3, 224, 224)).shape, net.cam(torch.randn(1, 3, 224, 224)).shape
+        (torch.Size([2, 3]), torch.Size([1, 3, 56, 56]))
+    """
+
+    def __init__(self, backbone: str, num_classes: int, k: int | None, *, num_maps: int = 4, fpn_channels: int = 256,
+                 dropout: float = 0.0, fpn: bool = True, pretrained: bool | str = False):
+        super().__init__()
+        check_backbone(backbone)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (got {num_classes})")
+        self.pool = TopGAP(k)
+        num_maps = num_maps if fpn else 1
+        if num_maps < 1:
+            raise ValueError(f"num_maps must be >= 1 (got {num_maps}); the paper uses 3 or 4")
+        try:  # negative indices: the last `num_maps` feature maps, whatever the backbone's depth
+            self.backbone = timm.create_model(backbone, features_only=True, out_indices=tuple(range(-num_maps, 0)),
+                                              **_pretrained_args(pretrained))
+        except IndexError:
+            raise ValueError(f"num_maps={num_maps} is more feature maps than {backbone} offers; use fewer") from None
+        channels = self.backbone.feature_info.channels()
+        if fpn:
+            self.head = FPNHead(channels, num_classes, fpn_channels, dropout)
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(channels[-1], num_classes, 1))
+        self.backbone_name, self.num_classes, self.num_maps, self.fpn = backbone, num_classes, num_maps, fpn
+        self.reduction = min(self.backbone.feature_info.reduction())  # input pixels per class-map pixel
+
+    @property
+    def k(self) -> int | None:
+        return self.pool.k
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone(x)
+
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(features) if self.fpn else self.head(features[-1])
+
+    def class_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The class maps X, (B, num_classes, H/r, W/r), in the model's current mode."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, class maps) from one pass: what training needs for :func:`topgap_loss`."""
+        maps = self.class_maps(x)
+        return self.pool(maps), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.class_maps(x))
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """CAM mode: class maps with dropout off and BN frozen, min-max scaled to [0, 1] per image and class.
+
+        Returns (B, num_classes, H/r, W/r). The module's training flag is restored afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return minmax_scale(self.class_maps(x))
+        finally:
+            self.train(was_training)
+
+
+def _pretrained_args(pretrained: bool | str) -> dict:
+    if isinstance(pretrained, (str, Path)):
+        if not Path(pretrained).is_file():
+            raise ValueError(f"pretrained weights file {pretrained} not found; pass True to download timm's weights")
+        return dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
+    return dict(pretrained=bool(pretrained))
+
+
+def create_baseline(backbone: str, num_classes: int, *, dropout: float = 0.0,
+                    pretrained: bool | str = False) -> nn.Module:
+    """The unmodified timm model of the same backbone (GAP + linear), the paper's comparison.
+
+    `pretrained` as in :class:`TopGapNet`; the classifier is re-initialised for `num_classes`.
+    """
+    check_backbone(backbone)
+    return timm.create_model(backbone, num_classes=num_classes, drop_rate=dropout, **_pretrained_args(pretrained))
