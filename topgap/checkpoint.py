@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .io import atomic_write, write_json
 from .model import TopGapNet, check_backbone, create_baseline
 
-__all__ = ["build_model", "save_model", "load_model", "CheckpointError"]
+__all__ = ["build_model", "save_model", "load_model", "load_family", "read_config", "CheckpointError"]
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
@@ -111,3 +111,20 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         state[name] = state[name].to(t.dtype)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), cfg
+
+
+def family_members(folder: str | Path) -> list[Path]:
+    """Model folders directly under a family folder: Top-GAP models by increasing k, then the rest by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; a family is a folder of model folders (k8/, baseline/, ...)")
+    members = [p for p in sorted(folder.iterdir()) if (p / CONFIG).is_file()]
+    if not members:
+        raise CheckpointError(f"{folder} holds no model folder (a subfolder with {CONFIG}); train one with topgap train")
+    configs = {p: read_config(p) for p in members}
+    return sorted(members, key=lambda p: (configs[p].kind != "topgap", configs[p].k or 0, p.name))
+
+
+def load_family(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, tuple[nn.Module, ModelConfig]]:
+    """Load every model of a family folder: {subfolder name: (model, config)}, Top-GAP by k first, baseline last."""
+    return {p.name: load_model(p, device) for p in family_members(folder)}

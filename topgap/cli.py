@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 __all__ = ["main"]
+
+SUBCOMMAND_MODULES: list[str] = []  # modules with register(subparsers): synth, train, evaluate
 
 
 def describe(args: argparse.Namespace) -> dict:
@@ -46,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help=info.__doc__, description=info.__doc__, formatter_class=fmt)
     p.add_argument("folder", help="a model folder (config.json + model.safetensors)")
     p.set_defaults(func=info)
+    for name in SUBCOMMAND_MODULES:  # each module adds its own subcommand: register(subparsers)
+        importlib.import_module(f".{name}", __package__).register(sub)
     return parser
 
 

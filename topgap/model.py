@@ -22,7 +22,7 @@ from torch import nn
 from . import backbones as _backbones  # noqa: F401  (registers preact_resnet18 with timm)
 from .pooling import TopGAP
 
-__all__ = ["TopGapNet", "FPNHead", "create_baseline", "check_backbone", "minmax_scale"]
+__all__ = ["TopGapNet", "FPNHead", "Normalize", "create_baseline", "check_backbone", "minmax_scale"]
 
 
 def check_backbone(name: str) -> None:
@@ -38,6 +38,18 @@ def minmax_scale(x: torch.Tensor) -> torch.Tensor:
     lo = x.amin((-2, -1), keepdim=True)
     span = x.amax((-2, -1), keepdim=True) - lo
     return torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel: put in front of a model so it takes [0, 1] images (what attacks need)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class FPNHead(nn.Module):
