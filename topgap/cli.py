@@ -5,10 +5,11 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
-SUBCOMMAND_MODULES: list[str] = []  # modules with register(subparsers): synth, train, evaluate
+SUBCOMMAND_MODULES = ["train"]  # modules with register(subparsers): synth, train, evaluate
 
 
 def describe(args: argparse.Namespace) -> dict:
@@ -54,9 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> argparse.Namespace:
+    """Re-parse with the values of ``--config FILE`` as defaults, so command-line options still win."""
+    path = Path(args.config)
     try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--config {path}: cannot read it as JSON ({e})") from None
+    known = {a.dest for a in args._parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown options {unknown}; use the long option names with _")
+    args._parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "config", None):
+            args = _with_config_file(parser, args, argv)
         result = args.func(args)
     except ValueError as e:  # bad input: one clear line, no traceback
         print(f"topgap {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,335 @@
+"""Training: Top-GAP models at several k, the unmodified baseline and the Table 8 ablations, from one call.
+
+Each model trains into its own folder, which ends as a model folder (``config.json`` +
+``model.safetensors``, see :mod:`topgap.checkpoint`) with ``train_log.json`` beside it. Every epoch
+writes ``resume.safetensors`` + ``resume.json`` atomically, so a killed run continues where it
+stopped when the same command is run again. All randomness of an epoch is drawn from
+``seed + epoch``, so a resumed run ends with the same weights as an uninterrupted one.
+
+Devices: CPU, one GPU, or several GPUs/nodes through accelerate (``accelerate launch -m topgap.cli
+train ...`` or ``torchrun --nproc-per-node 4 -m topgap.cli train ...``): the code is the same.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from .checkpoint import CONFIG, build_model, save_model
+from .config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, ablation_configs
+from .io import atomic_write, write_json
+from .loss import topgap_loss
+from .model import Normalize, TopGapNet
+
+__all__ = ["Recipe", "train_model", "family_configs", "train_family", "register"]
+
+RESUME_STATE, RESUME_META, LOG = "resume.safetensors", "resume.json", "train_log.json"
+
+
+@dataclass
+class Recipe:
+    epochs: int = 30  # passes over the training set
+    batch_size: int = 64  # per process
+    lr: float = 0.05  # peak learning rate
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, nesterov) or "adamw"
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" (after linear warmup) or "constant"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    workers: int = 2  # DataLoader worker processes
+    pretrained: bool = False  # start from timm's pretrained backbone weights (needs the Hub or its cache)
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be sgd or adamw (got {self.optimizer!r})")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant (got {self.schedule!r})")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Linear warmup to `lr`, then cosine decay to 0 (or constant)."""
+        warm = int(self.warmup_epochs * total / self.epochs)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        if self.schedule == "constant":
+            return self.lr
+        return 0.5 * self.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+class _Trainable(nn.Module):
+    """[0, 1] images -> (logits, class maps or None); one forward, so DDP sees every parameter."""
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig):
+        super().__init__()
+        self.norm, self.model = Normalize(cfg.mean, cfg.std), model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.norm(x)
+        if isinstance(self.model, TopGapNet):
+            return self.model.forward_with_maps(x)
+        return self.model(x), None
+
+
+def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norms
+    groups = [dict(params=decay, weight_decay=recipe.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+def _save_resume(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
+    """Model and optimizer tensors to safetensors, the rest to JSON; the JSON is written last."""
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    for idx, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"optim/{idx}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    atomic_write(folder / RESUME_STATE, lambda tmp: save_file(tensors, tmp))
+    write_json(folder / RESUME_META, {**meta, "param_groups": opt_state["param_groups"]})
+
+
+def _load_resume(folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    meta = json.loads((folder / RESUME_META).read_text())
+    tensors = load_file(folder / RESUME_STATE)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim/"):
+            _, idx, key = name.split("/", 2)
+            state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+def _evaluate(acc: Accelerator, net: nn.Module, loader: DataLoader) -> float:
+    net.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for batch in loader:
+            logits, _ = net(batch["image"])
+            pred, y = acc.gather_for_metrics((logits.argmax(1), batch["label"]))
+            correct += int((pred == y).sum())
+            total += len(y)
+    return correct / max(1, total)
+
+
+def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str | Path, *,
+                val_set: Dataset | None = None, accelerator: Accelerator | None = None,
+                dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Train one model into `out` (resuming if a previous run stopped there); return its metrics.
+
+    Loss: :func:`topgap_loss` (CE + cfg.lam * mean|X|, eq. 3) for Top-GAP models, CE for the baseline.
+    """
+    out = Path(out)
+    acc = accelerator or Accelerator()
+    identity = {"config": cfg.to_dict() | {"metrics": {}}, "recipe": dataclasses.asdict(recipe)}
+    if (out / CONFIG).is_file():
+        done = json.loads((out / CONFIG).read_text())
+        if done.get("recipe") == identity["recipe"] and done.get("k") == cfg.k and done.get("kind") == cfg.kind:
+            acc.print(f"{out}: already trained, skipping (delete the folder to retrain)")
+            return done.get("metrics", {})
+        raise ValueError(f"{out} holds a model trained with another config or recipe; choose another --out")
+    torch.manual_seed(recipe.seed)
+    model = build_model(cfg, pretrained=recipe.pretrained)
+    net = _Trainable(model, cfg)
+    opt = _optimizer(net, recipe)
+    start, log = 0, []
+    if (out / RESUME_META).is_file():
+        meta = _load_resume(out, net.model, opt)
+        if meta["identity"] != identity:
+            raise ValueError(f"{out} holds an interrupted run of another config or recipe; choose another --out "
+                             f"or delete {out / RESUME_META} to start over")
+        start, log = meta["epoch"] + 1, meta["log"]
+        acc.print(f"{out}: resuming after epoch {meta['epoch'] + 1}/{recipe.epochs}")
+    net, opt = acc.prepare(net, opt)
+    steps_per_epoch = math.ceil(len(train_set) / (recipe.batch_size * acc.num_processes))
+    total = steps_per_epoch * recipe.epochs
+    label = cfg.kind if cfg.kind == "baseline" else f"k={cfg.k}"
+    for epoch in range(start, recipe.epochs):
+        torch.manual_seed(recipe.seed + epoch)  # dropout and augmentation of this epoch, identical after a resume
+        loader = acc.prepare_data_loader(DataLoader(
+            train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=len(train_set) > recipe.batch_size,
+            num_workers=recipe.workers, generator=torch.Generator().manual_seed(recipe.seed + epoch)))
+        net.train()
+        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(loader, desc=f"{out.name} {label} epoch {epoch + 1}/{recipe.epochs}", leave=False,
+                   disable=not acc.is_local_main_process)
+        for i, batch in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, total)
+            x, y = batch["image"], batch["label"]
+            logits, maps = net(x)
+            if maps is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            else:
+                loss = topgap_loss(logits, maps, y, lam=cfg.lam)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+                 "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+        if val_set is not None and len(val_set):
+            entry["val_accuracy"] = _evaluate(acc, net, acc.prepare_data_loader(
+                DataLoader(val_set, batch_size=recipe.batch_size, num_workers=recipe.workers)))
+        log.append(entry)
+        acc.print(f"{out.name} {label} epoch {epoch + 1}: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k != "epoch"))
+        if acc.is_main_process:
+            _save_resume(out, acc.unwrap_model(net).model, opt,
+                         {"identity": identity, "epoch": epoch, "log": log})
+        acc.wait_for_everyone()
+    metrics = {"train_seconds": round(sum(e["seconds"] for e in log), 1), "epochs": recipe.epochs}
+    if log and "val_accuracy" in log[-1]:
+        metrics["val_accuracy"] = log[-1]["val_accuracy"]
+    if acc.is_main_process:
+        final = dataclasses.replace(cfg, recipe=identity["recipe"], metrics=metrics)
+        write_json(out / LOG, log)
+        save_model(acc.unwrap_model(net).model, final, out, dtype=dtype)
+        for name in (RESUME_META, RESUME_STATE):  # meta first: a state file alone is never read
+            (out / name).unlink(missing_ok=True)
+    acc.wait_for_everyone()
+    return metrics
+
+
+def family_configs(base: ModelConfig, ks: list[int], *, baseline: bool = False,
+                   ablation: bool = False) -> dict[str, ModelConfig]:
+    """Folder name -> config: ``k{k}`` for each k, ``baseline``, and ``ablation-<name>`` for Table 8."""
+    configs = {f"k{k}": dataclasses.replace(base, kind="topgap", k=k) for k in ks}
+    if baseline:
+        configs["baseline"] = dataclasses.replace(base, kind="baseline", k=None, lam=0.0, num_maps=0, fpn=False)
+    if ablation:
+        for name, c in ablation_configs(dataclasses.replace(base, k=ks[-1] if ks else base.k)).items():
+            configs[f"ablation-{name}"] = c
+    if not configs:
+        raise ValueError("nothing to train: give --k values, --baseline or --ablation")
+    return configs
+
+
+def train_family(configs: dict[str, ModelConfig], recipe: Recipe, train_set: Dataset, out: str | Path, *,
+                 val_set: Dataset | None = None, folds: int = 0, fold_eval_set: Dataset | None = None,
+                 dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Train every config into ``out/<name>``; with `folds` > 1, stratified cross-validation on `train_set`.
+
+    Cross-validation trains each config on every fold's training part into ``out/fold<i>/<name>``,
+    validates on the held-out part (items of `fold_eval_set`: the same split without augmentation),
+    and writes ``out/cv.json`` and ``out/cv.md`` with mean and std (Table 3's +-).
+    """
+    out, acc = Path(out), Accelerator()
+    if folds <= 1:
+        return {name: train_model(c, recipe, train_set, out / name, val_set=val_set, accelerator=acc, dtype=dtype)
+                for name, c in configs.items()}
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = list(train_set.labels)
+    if min(labels.count(c) for c in set(labels)) < folds:
+        raise ValueError(f"--folds {folds} needs at least {folds} images per class; use fewer folds")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=recipe.seed)
+    per_fold: dict[str, list[float]] = {name: [] for name in configs}
+    for i, (tr, va) in enumerate(splitter.split(labels, labels)):
+        for name, c in configs.items():
+            m = train_model(c, recipe, Subset(train_set, tr.tolist()), out / f"fold{i}" / name,
+                            val_set=Subset(fold_eval_set or train_set, va.tolist()), accelerator=acc, dtype=dtype)
+            per_fold[name].append(m["val_accuracy"])
+    summary = {name: {"val_accuracy_mean": float(torch.tensor(v).mean()),
+                      "val_accuracy_std": float(torch.tensor(v).std(unbiased=False)), "folds": v}
+               for name, v in per_fold.items()}
+    if acc.is_main_process:
+        write_json(out / "cv.json", {"folds": folds, "seed": recipe.seed, "models": summary})
+        rows = [f"| {n} | {s['val_accuracy_mean']:.3f} ± {s['val_accuracy_std']:.3f} |" for n, s in summary.items()]
+        atomic_write(out / "cv.md", lambda tmp: Path(tmp).write_text(
+            f"| model | val accuracy ({folds}-fold) |\n|---|---|\n" + "\n".join(rows) + "\n"))
+    return summary
+
+
+# ---- CLI ----
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import list_splits, open_dataset
+
+    if not args.data or not args.out:
+        raise ValueError("--data and --out are required (on the command line or in --config)")
+    size = _size(args.image_size)
+    common = dict(input_size=size, fmt=args.fmt, labels=args.labels, on_error=args.on_error)
+    train_set = open_dataset(args.data, args.train_split, train=True, **common)
+    val_set = None
+    if args.val_split and args.val_split in list_splits(args.data, fmt=args.fmt):
+        val_set = open_dataset(args.data, args.val_split, **common)
+    base = ModelConfig(backbone=args.backbone, class_names=train_set.class_names, k=None, num_maps=args.num_maps,
+                       fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, input_size=size,
+                       mean=tuple(args.mean), std=tuple(args.std))
+    configs = family_configs(base, args.k, baseline=args.baseline, ablation=args.ablation)
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                    weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                    label_smoothing=args.label_smoothing, seed=args.seed, workers=args.workers,
+                    pretrained=args.pretrained)
+    out = Path(args.out)
+    write_json(out / "train_args.json", {k: v for k, v in vars(args).items() if k != "func" and k[0] != "_"})
+    fold_eval_set = open_dataset(args.data, args.train_split, **common) if args.folds > 1 else None
+    results = train_family(configs, recipe, train_set, out, val_set=val_set, folds=args.folds,
+                           fold_eval_set=fold_eval_set, dtype=torch.float16 if args.half else None)
+    return {"out": str(out), "models": results, "skipped_files": len(getattr(train_set, "skipped", []))}
+
+
+def register(subparsers) -> None:
+    """Add ``topgap train``."""
+    p = subparsers.add_parser("train", help="train Top-GAP models at several k, the baseline and ablations",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="JSON file of option values (keys as the long options, with _); "
+                                    "options given on the command line win")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="dataset root (folder format, Oxford-IIIT Pet or CIFAR-10); required")
+    d.add_argument("--fmt", default="auto", choices=["auto", "folder", "oxford-pet", "cifar10"])
+    d.add_argument("--labels", default="breed", choices=["breed", "species"], help="Oxford-IIIT Pet labels")
+    d.add_argument("--train-split", default="train")
+    d.add_argument("--val-split", default="val", help="used when the dataset has it")
+    d.add_argument("--on-error", default="stop", choices=["stop", "skip"], help="unreadable files: stop or skip")
+    d.add_argument("--image-size", default="224", help="input size, 224 or HxW")
+    d.add_argument("--mean", type=float, nargs=3, default=list(IMAGENET_MEAN))
+    d.add_argument("--std", type=float, nargs=3, default=list(IMAGENET_STD))
+    m = p.add_argument_group("models")
+    m.add_argument("--out", help="family folder: one model folder per k, baseline, ablation; required")
+    m.add_argument("--backbone", default="resnet18", help="any timm CNN with features_only, or preact_resnet18")
+    m.add_argument("--k", type=int, nargs="*", default=[64], help="Top-GAP k values, one model each")
+    m.add_argument("--baseline", action="store_true", help="also train the unmodified timm model")
+    m.add_argument("--ablation", action="store_true", help="also train the 8 configurations of Table 8 (largest k)")
+    m.add_argument("--lam", type=float, default=1.0, help="weight of the l1 term")
+    m.add_argument("--num-maps", type=int, default=4)
+    m.add_argument("--fpn-channels", type=int, default=256)
+    m.add_argument("--dropout", type=float, default=0.0)
+    m.add_argument("--pretrained", action="store_true", help="timm pretrained backbone (needs the Hub or cache)")
+    m.add_argument("--half", action="store_true", help="save weights as fp16 (half the size)")
+    r = p.add_argument_group("recipe")
+    defaults = Recipe()
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "seed", "workers"):
+        value = getattr(defaults, name)
+        r.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    r.add_argument("--optimizer", default=defaults.optimizer, choices=["sgd", "adamw"])
+    r.add_argument("--schedule", default=defaults.schedule, choices=["cosine", "constant"])
+    r.add_argument("--folds", type=int, default=0, help="stratified cross-validation folds (0 = none)")
+    p.set_defaults(func=run, _parser=p)
