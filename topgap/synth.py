@@ -1,0 +1,318 @@
+"""A procedural benchmark with a known object size and a controllable background bias (the Waterbirds idea).
+
+``generate(out)`` writes the folder format of :mod:`topgap.data` (splits train, val, test, test_shifted and
+masks/<split>/<class>/<stem>.png as 0/255 PNGs), ``metadata.csv`` (one row per image: split, file, class,
+background, whether the background is the class's own, object pixels) and ``synth.json`` (parameters, class
+names, counts, object size). The class is decided by the object alone; in train/val/test the background
+matches the class with probability `bias`, in test_shifted it is drawn independently of the class.
+
+Variants: "shapes" (circle, square, triangle, star of one fixed area on water, grass, sand or sky) and
+"cells" (small vs large nuclei on a violet- or teal-stained fluorescence background).
+Each image is drawn from ``np.random.default_rng((seed, split, index))``: the same seed gives the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .io import write_json
+
+__all__ = ["generate", "render", "register", "run", "VARIANTS", "SPLITS"]
+
+SPLITS = ("train", "val", "test", "test_shifted")
+VARIANTS = {
+    "shapes": {"classes": ["circle", "square", "triangle", "star"], "backgrounds": ["water", "grass", "sand", "sky"],
+               "area": {"circle": 0.06, "square": 0.06, "triangle": 0.06, "star": 0.06}},
+    "cells": {"classes": ["small", "large"], "backgrounds": ["violet", "teal"],
+              "area": {"small": 0.012, "large": 0.035}},  # per nucleus, as a fraction of the image
+}
+PALETTE = [(220, 40, 40), (245, 140, 20), (200, 40, 180), (120, 50, 200), (40, 40, 40), (245, 245, 245)]
+CELL_PALETTE = [(120, 220, 255), (240, 240, 255), (255, 230, 120), (255, 140, 220)]
+_SS = 4  # supersampling factor for anti-aliased object edges
+
+
+# ---------------------------------------------------------------- backgrounds
+
+def _grid(s: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    return y, x
+
+
+def _vgrad(s: int, top, bottom) -> np.ndarray:
+    t = np.linspace(0, 1, s, dtype=np.float32)[:, None, None]
+    return np.broadcast_to((1 - t) * np.float32(top) + t * np.float32(bottom), (s, s, 3)).copy()
+
+
+def _blur_noise(rng, s: int, sigma: float) -> np.ndarray:
+    n = rng.standard_normal((s, s)).astype(np.float32)
+    n = cv2.GaussianBlur(n, (0, 0), sigma)
+    return n / (n.std() + 1e-6)
+
+
+def _water(rng, s):
+    img = _vgrad(s, (30, 90, 150), (10, 45, 100))
+    y, x = _grid(s)
+    f, ph = rng.uniform(14, 22), rng.uniform(0, 2 * np.pi)
+    wave = np.sin(f * y + 2.5 * np.sin(6 * x + ph) + ph) * np.sin(0.5 * f * y - 3 * x)
+    img += wave[..., None] * np.float32((10, 22, 30)) + (wave > 0.8)[..., None] * np.float32((40, 50, 50))
+    return img
+
+
+def _grass(rng, s):
+    img = _vgrad(s, (70, 130, 50), (40, 95, 30))
+    img += _blur_noise(rng, s, s / 12)[..., None] * np.float32((8, 14, 6))
+    n = 3 * s
+    xs, ys = rng.uniform(0, s, n), rng.uniform(0, s, n)
+    lens, tilts = rng.uniform(0.05, 0.12, n) * s, rng.uniform(-0.4, 0.4, n)
+    shades = rng.uniform(-35, 35, n)
+    for x0, y0, ln, t, sh in zip(xs, ys, lens, tilts, shades):
+        x1, y1 = x0 + ln * math.sin(t), y0 - ln * math.cos(t)
+        col = (60 + 0.6 * sh, 125 + sh, 40 + 0.4 * sh)
+        cv2.line(img, (int(x0), int(y0)), (int(x1), int(y1)), col, 1, cv2.LINE_AA)
+    return img
+
+
+def _sand(rng, s):
+    img = _vgrad(s, (225, 200, 150), (200, 170, 120))
+    y, x = _grid(s)
+    ripple = np.sin(30 * (y + 0.15 * np.sin(5 * x + rng.uniform(0, 6))))
+    img += ripple[..., None] * np.float32((6, 6, 5))
+    img += rng.standard_normal((s, s, 1)).astype(np.float32) * np.float32((12, 11, 9))
+    return img
+
+
+def _sky(rng, s):
+    img = _vgrad(s, (70, 130, 220), (175, 210, 245))
+    cloud = np.zeros((s, s), np.float32)
+    for _ in range(rng.integers(2, 5)):
+        c = (int(rng.uniform(0, s)), int(rng.uniform(0, 0.8 * s)))
+        axes = (int(rng.uniform(0.12, 0.25) * s), int(rng.uniform(0.05, 0.1) * s))
+        cv2.ellipse(cloud, c, axes, 0, 0, 360, 1.0, -1)
+    cloud = np.clip(cv2.GaussianBlur(cloud, (0, 0), s / 25) * (0.8 + 0.2 * _blur_noise(rng, s, s / 20)), 0, 1)
+    return img * (1 - cloud[..., None]) + 245 * cloud[..., None]
+
+
+def _stain(rng, s, tint):
+    y, x = _grid(s)
+    cy, cx = rng.uniform(0.2, 0.8, 2)
+    light = 1.0 - 0.6 * ((y - cy) ** 2 + (x - cx) ** 2)  # uneven illumination
+    haze = 0.5 + 0.25 * _blur_noise(rng, s, s / 10)
+    img = (light * haze)[..., None] * np.float32(tint)
+    for _ in range(rng.integers(3, 8)):  # out-of-focus debris
+        c = (int(rng.uniform(0, s)), int(rng.uniform(0, s)))
+        blob = np.zeros((s, s), np.float32)
+        cv2.circle(blob, c, int(rng.uniform(0.01, 0.03) * s) + 1, 1.0, -1)
+        img += cv2.GaussianBlur(blob, (0, 0), 1.5)[..., None] * np.float32(tint) * 0.6
+    return img + rng.standard_normal((s, s, 3)).astype(np.float32) * 6
+
+
+BACKGROUNDS = {"water": _water, "grass": _grass, "sand": _sand, "sky": _sky,
+               "violet": lambda rng, s: _stain(rng, s, (70, 30, 90)),
+               "teal": lambda rng, s: _stain(rng, s, (20, 75, 75))}
+
+
+# ---------------------------------------------------------------- objects
+
+def _polygon(shape: str) -> np.ndarray:
+    """Unit polygon (N, 2) of a shape, centred on 0."""
+    if shape in ("circle", "small", "large"):
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        return np.stack([np.cos(t), np.sin(t)], 1)
+    if shape == "square":
+        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
+    if shape == "triangle":
+        t = np.pi / 2 + np.arange(3) * 2 * np.pi / 3
+        return np.stack([np.cos(t), -np.sin(t)], 1)
+    if shape == "star":
+        t = np.pi / 2 + np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return np.stack([r * np.cos(t), -r * np.sin(t)], 1)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _area(p: np.ndarray) -> float:
+    x, y = p[:, 0], p[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def _place(rng, shape: str, area_px: float, s: int, taken: np.ndarray, aspect: float = 1.0) -> np.ndarray | None:
+    """A polygon (N, 2) in pixels of the given area, rotated, fully inside the image and off `taken`."""
+    p = _polygon(shape) * np.array([aspect, 1.0])
+    p = p * math.sqrt(area_px / _area(p))
+    a = rng.uniform(0, 2 * np.pi)
+    p = p @ np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+    lo, hi = p.min(0), p.max(0)
+    for _ in range(50):
+        c = rng.uniform(-lo + 2, s - hi - 2)
+        q = p + c
+        x0, y0 = np.floor(q.min(0)).astype(int)
+        x1, y1 = np.ceil(q.max(0)).astype(int) + 1
+        if not taken[max(y0 - 2, 0):y1 + 2, max(x0 - 2, 0):x1 + 2].any():
+            return q
+    return None
+
+
+def _coverage(polys: list[np.ndarray], s: int) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of the polygons (drawn at 4x, area-averaged)."""
+    big = np.zeros((s * _SS, s * _SS), np.uint8)
+    pts = [np.round((p * _SS) * 16).astype(np.int32) for p in polys]
+    cv2.fillPoly(big, pts, 255, cv2.LINE_8, shift=4)
+    return cv2.resize(big, (s, s), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+
+
+def render(variant: str, label: int, background: int, size: int, rng: np.random.Generator) -> dict:
+    """One scene: {"image": (S, S, 3) uint8 RGB, "mask": (S, S) bool object pixels, "color": RGB of the object}."""
+    spec = VARIANTS[variant]
+    cls = spec["classes"][label]
+    img = BACKGROUNDS[spec["backgrounds"][background]](rng, size)
+    area_px = spec["area"][cls] * size * size
+    taken = np.zeros((size, size), bool)
+    polys = []
+    if variant == "shapes":
+        polys.append(_place(rng, cls, area_px, size, taken))
+        color = PALETTE[rng.integers(len(PALETTE))]
+    else:
+        color = CELL_PALETTE[rng.integers(len(CELL_PALETTE))]
+        for _ in range(rng.integers(1, 4)):
+            q = _place(rng, cls, area_px, size, taken, aspect=rng.uniform(0.7, 1.0))
+            if q is not None:
+                polys.append(q)
+                taken |= _coverage([q], size) > 0
+    alpha = _coverage(polys, size)
+    shadow = cv2.GaussianBlur(np.roll(alpha, (2, 2), (0, 1)), (0, 0), 1.5) if variant == "shapes" else 0
+    img = img * (1 - 0.35 * shadow)[..., None] if variant == "shapes" else img
+    y, x = _grid(size)
+    shade = 1.08 - 0.16 * (x + y) / 2 if variant == "shapes" else 0.85 + 0.15 * _blur_noise(rng, size, 1.5) * 0.5
+    obj = np.float32(color) * np.asarray(shade, np.float32)[..., None]
+    img = img * (1 - alpha[..., None]) + obj * alpha[..., None]
+    img += rng.standard_normal(img.shape).astype(np.float32) * 2.5
+    return {"image": np.clip(np.rint(img), 0, 255).astype(np.uint8), "mask": alpha >= 0.5, "color": color}
+
+
+# ---------------------------------------------------------------- the benchmark
+
+def _png(a: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", a[..., ::-1] if a.ndim == 3 else a)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, size: int = 96, seed: int = 0,
+             bias: float = 0.9, variant: str = "shapes", on_exist: str = "error") -> dict:
+    """Write the benchmark to `out` (atomically) and return its summary (synth.json plus "out" and "seconds")."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
+    if not 0 <= bias <= 1:
+        raise ValueError(f"bias is a probability in [0, 1] (got {bias})")
+    if size < 32:
+        raise ValueError(f"size must be at least 32 pixels (got {size})")
+    if min(n_train, n_val, n_test) < 0:
+        raise ValueError("image counts must not be negative")
+    if on_exist not in ("error", "overwrite"):
+        raise ValueError(f"on_exist must be 'error' or 'overwrite' (got {on_exist!r})")
+    out = Path(out)
+
+    def check_out():
+        if out.exists() and on_exist == "error":
+            raise ValueError(f"{out} already exists; choose another folder or pass on_exist='overwrite' "
+                             "(CLI: --overwrite)")
+        if out.exists() and not ((out / "synth.json").is_file() or (out.is_dir() and not any(out.iterdir()))):
+            raise ValueError(f"{out} exists and is not a synth benchmark (no synth.json); refusing to overwrite it")
+
+    check_out()
+    t0 = time.perf_counter()
+    spec = VARIANTS[variant]
+    classes, backgrounds = spec["classes"], spec["backgrounds"]
+    nc, nb = len(classes), len(backgrounds)
+    counts = {"train": n_train, "val": n_val, "test": n_test, "test_shifted": n_test}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.name}.tmp-{secrets.token_hex(4)}"
+    rows, stats = [], {}
+    try:
+        for si, split in enumerate(SPLITS):
+            for c in classes:
+                (tmp / split / c).mkdir(parents=True)
+                (tmp / "masks" / split / c).mkdir(parents=True)
+            per_class, aligned = {c: 0 for c in classes}, 0
+            for i in range(counts[split]):
+                rng = np.random.default_rng((seed, si, i))
+                label = i % nc
+                home = label % nb
+                if split == "test_shifted":
+                    bg = int(rng.integers(nb))
+                elif rng.random() < bias or nb == 1:
+                    bg = home
+                else:
+                    bg = int((home + 1 + rng.integers(nb - 1)) % nb)
+                scene = render(variant, label, bg, size, rng)
+                name = f"{classes[label]}/{i:05d}.png"
+                (tmp / split / name).write_bytes(_png(scene["image"]))
+                (tmp / "masks" / split / name).write_bytes(_png(scene["mask"].astype(np.uint8) * 255))
+                per_class[classes[label]] += 1
+                aligned += bg == home
+                rows.append([split, f"{split}/{name}", classes[label], backgrounds[bg], int(bg == home),
+                             int(scene["mask"].sum())])
+            stats[split] = {"count": counts[split], "per_class": per_class,
+                            "aligned_rate": round(aligned / counts[split], 4) if counts[split] else None}
+        meta = {"variant": variant, "seed": seed, "size": size, "bias": bias,
+                "class_names": classes, "backgrounds": backgrounds,
+                "home_background": {c: backgrounds[i % nb] for i, c in enumerate(classes)},
+                "object_area_px": {c: round(spec["area"][c] * size * size, 1) for c in classes},
+                "object_area_fraction": spec["area"],
+                "objects_per_image": "1" if variant == "shapes" else "1-3 nuclei, each of object_area_px",
+                "splits": stats, "expected_aligned_rate": {"train": bias, "val": bias, "test": bias,
+                                                           "test_shifted": 1 / nb},
+                "metadata": "metadata.csv", "format": "folder"}
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["split", "file", "class", "background", "aligned", "object_pixels"])
+        w.writerows(rows)
+        (tmp / "metadata.csv").write_text(buf.getvalue())
+        write_json(tmp / "synth.json", meta)
+        check_out()
+        old = None
+        if out.exists():
+            old = out.parent / f"{out.name}.old-{secrets.token_hex(4)}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**meta, "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Generate a synthetic benchmark with a known object size and a background bias."""
+    return generate(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
+                    seed=args.seed, bias=args.bias, variant=args.variant,
+                    on_exist="overwrite" if args.overwrite else "error")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `synth` subcommand."""
+    p = subparsers.add_parser("synth", help=run.__doc__, description=__doc__,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("out", help="folder to create (folder format: <split>/<class>/<image> + masks/)")
+    p.add_argument("--n-train", type=int, default=1200, help="training images")
+    p.add_argument("--n-val", type=int, default=300, help="validation images")
+    p.add_argument("--n-test", type=int, default=300, help="images in test and in test_shifted each")
+    p.add_argument("--size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bias", type=float, default=0.9,
+                   help="probability that the background matches the class (train/val/test)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="shapes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark folder")
+    p.set_defaults(func=run)
+    return p
