@@ -1,0 +1,165 @@
+"""Adversarial attacks for the robustness experiments (paper section 4.2, Tables 3 and 4).
+
+Thin wrappers over torchattacks. Every function takes a model on **[0, 1] images**: put
+:class:`topgap.model.Normalize` in front, ``nn.Sequential(Normalize(cfg.mean, cfg.std), model)``
+(see :func:`wrap01`), so that eps is measured in pixel units (eps = 1/255 is one grey level).
+
+- FGSM (Goodfellow et al.): x' = clip_[0,1](x + eps * sign(grad_x CE(f(x), y))), one step.
+- PGD (Madry et al., Linf, random start): x_0 = x + U(-eps, eps);
+  x_{t+1} = clip_[0,1](Proj_{|x'-x|_inf <= eps}(x_t + alpha * sign(grad))), alpha = 2.5 * eps / steps
+  (Foolbox's rel_stepsize 0.01/0.3 for 40 steps, the paper's setting).
+- Square (Andriushchenko et al.): black-box random search on the margin loss, no gradients; it
+  only attacks images the model classifies as `y` (torchattacks), others come back unchanged.
+- Transfer: PGD examples crafted on one model (the baseline) and fed to another.
+
+Two definitions of "robust" are counted (:func:`robustness`): the paper's (the prediction of the
+perturbed image equals the prediction of the clean image) and the usual one (the perturbed image
+is still classified correctly). A white-box robust accuracy far above the black-box one means the
+gradients are masked, not that the model is robust (:func:`gradient_masking_flag`).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torchattacks
+from torch import nn
+
+from .model import Normalize
+
+__all__ = ["KINDS", "wrap01", "run_attack", "robustness", "with_rates", "transfer_robustness", "gradient_masking_flag"]
+
+KINDS = ("fgsm", "pgd", "square")
+
+
+def wrap01(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
+    """``Normalize(mean, std)`` followed by `model`: a model that takes [0, 1] images."""
+    param = next(model.parameters(), None)
+    norm = Normalize(mean, std).to(param.device if param is not None else "cpu")
+    return nn.Sequential(norm, model)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode inside, the training flag restored and parameter gradients released afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+
+
+def _check_images(x01: torch.Tensor, y: torch.Tensor) -> None:
+    if x01.ndim != 4:
+        raise ValueError(f"expected a (B, C, H, W) batch of images, got shape {tuple(x01.shape)}")
+    if x01.numel() and (x01.min() < 0 or x01.max() > 1):
+        raise ValueError(f"attacks take images in [0, 1] (got {x01.min():.3g}..{x01.max():.3g}); do not normalise "
+                         "them: put topgap.model.Normalize in front of the model instead (see wrap01)")
+    if y.shape != (x01.shape[0],):
+        raise ValueError(f"need one label per image: {x01.shape[0]} images, labels of shape {tuple(y.shape)}")
+
+
+def run_attack(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, kind: str, eps: float,
+               steps: int | None = None, alpha: float | None = None, seed: int = 0, **kw) -> torch.Tensor:
+    """Adversarial images within the Linf ball |x' - x|_inf <= eps, clipped to [0, 1].
+
+    Args:
+        model01: a classifier on [0, 1] images (see :func:`wrap01`).
+        x01: (B, 3, H, W) images in [0, 1].
+        y: (B,) labels the attack moves away from (the true labels, as Foolbox does).
+        kind: "fgsm" (one step of size eps), "pgd" or "square".
+        eps: Linf budget in [0, 1] units, e.g. 1/255 (paper, Table 3) or 8/255 (CIFAR-10, Table 4).
+        steps: PGD iterations (default 40, the paper's); ignored by FGSM and Square.
+        alpha: PGD step size (default 2.5 * eps / steps); ignored by FGSM and Square.
+        seed: seeds PGD's random start and Square's random search; the global RNG is left as it was.
+        **kw: passed to torchattacks, e.g. ``n_queries`` for Square (default 5000), ``random_start``
+            for PGD (default True), ``n_restarts``/``p_init``/``loss`` for Square.
+
+    The model is put in eval mode for the attack and its training flag restored afterwards;
+    parameter gradients are released (set to None).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown attack {kind!r}; choose one of {', '.join(KINDS)}")
+    if not 0 <= eps <= 1:
+        raise ValueError(f"eps is a Linf budget on [0, 1] images and must lie in [0, 1] (got {eps}); e.g. 1/255")
+    _check_images(x01, y)
+    if kind == "pgd":
+        steps = 40 if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"PGD needs steps >= 1 (got {steps})")
+        alpha = 2.5 * eps / steps if alpha is None else alpha
+    with _eval_mode(model01), torch.random.fork_rng(devices=[x01.device] if x01.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        if kind == "fgsm":
+            attack = torchattacks.FGSM(model01, eps=eps, **kw)
+        elif kind == "pgd":
+            attack = torchattacks.PGD(model01, eps=eps, alpha=alpha, steps=steps, **kw)
+        else:
+            attack = torchattacks.Square(model01, eps=eps, seed=seed, **{"n_queries": 5000, **kw})
+        attack.set_model_training_mode(model_training=False)
+        with torch.enable_grad():
+            adv = attack(x01, y)
+    return adv.detach()
+
+
+@torch.no_grad()
+def _predict(model01: nn.Module, x01: torch.Tensor) -> torch.Tensor:
+    with _eval_mode(model01):
+        return model01(x01).argmax(1)
+
+
+def robustness(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, adv: torch.Tensor) -> dict:
+    """Counts and rates of both robustness definitions on one batch.
+
+    Returns a JSON-ready dict: ``n``; ``clean_correct`` (pred(x) == y); ``robust_paper``
+    (pred(x') == pred(x), the paper's definition, section 4.2); ``robust_correct`` (pred(x') == y,
+    correct under attack); and the rates ``clean_accuracy``, ``robust_paper_rate``,
+    ``robust_correct_rate`` (count / n; None for an empty batch).
+    """
+    if adv.shape != x01.shape:
+        raise ValueError(f"adversarial batch {tuple(adv.shape)} and clean batch {tuple(x01.shape)} differ in shape")
+    clean, attacked = _predict(model01, x01), _predict(model01, adv)
+    y = y.to(clean.device)
+    counts = {"n": len(y), "clean_correct": int((clean == y).sum()), "robust_paper": int((attacked == clean).sum()),
+              "robust_correct": int((attacked == y).sum())}
+    return with_rates(counts)
+
+
+def with_rates(counts: dict) -> dict:
+    """Add ``clean_accuracy``, ``robust_paper_rate``, ``robust_correct_rate`` (count / n) to a count dict."""
+    n = counts["n"]
+    rate = (lambda c: c / n) if n else (lambda c: None)
+    return {**counts, "clean_accuracy": rate(counts["clean_correct"]),
+            "robust_paper_rate": rate(counts["robust_paper"]), "robust_correct_rate": rate(counts["robust_correct"])}
+
+
+def transfer_robustness(source01: nn.Module, target01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps: float,
+                        steps: int = 40, alpha: float | None = None, seed: int = 0) -> dict:
+    """Transfer attack: PGD examples crafted on `source01` (the baseline), scored on `target01` (Top-GAP).
+
+    A model whose own white-box robustness is far above this transfer robustness has gradients
+    that do not point towards its adversarial examples (see :func:`gradient_masking_flag`).
+    Returns :func:`robustness` of `target01`.
+    """
+    adv = run_attack(source01, x01, y, "pgd", eps, steps=steps, alpha=alpha, seed=seed)
+    return robustness(target01, x01, y, adv)
+
+
+def gradient_masking_flag(white_box_rate: float, black_box_rate: float, margin: float = 0.1) -> bool:
+    """True when white-box robust accuracy exceeds black-box (Square) or transfer robust accuracy by > margin.
+
+    A white-box attack sees the gradients and should find at least the adversarial examples that a
+    black-box search or a transferred example finds, so for an honest model
+    white_box_rate <= black_box_rate (up to noise). White-box robustness far *above* black-box
+    robustness means the gradients are useless to the attack (masked, shattered or vanishing),
+    not that the model is robust (Athalye et al., 2018). Both rates should be measured on the same
+    images with the same definition (robust_correct_rate), taking the worst case over the
+    white-box attacks and over the black-box/transfer attacks respectively.
+    """
+    if not (0 <= white_box_rate <= 1 and 0 <= black_box_rate <= 1):
+        raise ValueError(f"rates must lie in [0, 1] (got white-box {white_box_rate}, black-box {black_box_rate})")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 (got {margin})")
+    return white_box_rate - black_box_rate > margin
