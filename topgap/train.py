@@ -49,6 +49,7 @@ class Recipe:
     schedule: str = "cosine"  # "cosine" (after linear warmup) or "constant"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
     workers: int = 2  # DataLoader worker processes
     pretrained: bool = False  # start from timm's pretrained backbone weights (needs the Hub or its cache)
@@ -180,8 +181,14 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             else:
                 loss = topgap_loss(logits, maps, y, lam=cfg.lam)
+            if not torch.isfinite(loss):
+                raise ValueError(f"training diverged: the loss is {float(loss)} at epoch {epoch + 1}, step {i + 1}; "
+                                 f"lower --lr (now {recipe.lr}) or --grad-clip, and delete {out / RESUME_META} "
+                                 "to start over")
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
+            if recipe.grad_clip:
+                acc.clip_grad_norm_(net.parameters(), recipe.grad_clip)
             opt.step()
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
@@ -286,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configs = family_configs(base, args.k, baseline=args.baseline, ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                    label_smoothing=args.label_smoothing, seed=args.seed, workers=args.workers,
+                    label_smoothing=args.label_smoothing, grad_clip=args.grad_clip, seed=args.seed, workers=args.workers,
                     pretrained=args.pretrained)
     out = Path(args.out)
     write_json(out / "train_args.json", {k: v for k, v in vars(args).items() if k != "func" and k[0] != "_"})
@@ -326,7 +333,8 @@ def register(subparsers) -> None:
     m.add_argument("--half", action="store_true", help="save weights as fp16 (half the size)")
     r = p.add_argument_group("recipe")
     defaults = Recipe()
-    for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "seed", "workers"):
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "seed",
+                 "workers"):
         value = getattr(defaults, name)
         r.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     r.add_argument("--optimizer", default=defaults.optimizer, choices=["sgd", "adamw"])
