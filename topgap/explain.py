@@ -1,0 +1,367 @@
+"""What the app shows for one image, computed once: every k's Top-GAP CAM and the baseline's CAM.
+
+:class:`Family` loads a family folder once (models in eval mode). :func:`explain_all` runs every
+model on the image and keeps per-model CAMs, overlays and predictions in a :class:`Result`; the k
+slider then only picks one of the stored maps (:meth:`Result.view`), and a new mask only recomputes
+the metrics (:meth:`Result.with_mask`), never the models.
+
+Geometry: the image is shown at most :data:`DISPLAY_MAX` px on its long side (tiny images are enlarged
+to the model input, nearest neighbour). The model sees it resized to its input size, as evaluation
+does (stretched), unless the aspect ratio differs from the model's by more than :data:`MAX_STRETCH`
+(panoramas): then it is letterboxed with the model's mean colour (zero after normalisation) and the
+CAMs are cropped back to the picture. Both CAMs are resized to the shown image and min-max scaled
+over it, then drawn with the same JET colour map and opacity.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cam import METHODS, baseline_cam
+from .checkpoint import CheckpointError, load_family
+from .config import ModelConfig
+from .imageio import InputError, decode_image, decode_mask, fit_mask
+from .metrics import best_iou, l1_sparsity, mass_in_mask
+from .model import Normalize, TopGapNet, minmax_scale
+
+__all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
+           "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label"]
+
+DISPLAY_MAX = 512
+MAX_STRETCH = 2.0
+TOP = 3
+ALPHA = 0.5  # heat-map opacity of every overlay
+
+
+def k_label(k: int, cam_size: tuple[int, int]) -> str:
+    """Slider label: k and the share k/(h*w) of the class map it pools."""
+    h, w = cam_size
+    return f"k = {k}  (k/(h*w) = {k}/{h * w} = {k / (h * w):.2%} of the {h}x{w} class map)"
+
+
+class Family:
+    """The models of one family folder, loaded once: Top-GAP models by k, and the baseline (or None)."""
+
+    def __init__(self, folder: str | Path, name: str | None = None):
+        self.folder, self.name = Path(folder), name or Path(folder).name
+        models = load_family(self.folder)
+        self.topgap = [(n, m, c) for n, (m, c) in models.items() if c.kind == "topgap" and c.k is not None]
+        base = [(n, m, c) for n, (m, c) in models.items() if c.kind == "baseline"]
+        if not self.topgap:
+            raise CheckpointError(f"{self.folder} holds no Top-GAP model with a k; train one with topgap train --k ...")
+        self.baseline = base[0] if base else None
+        first = self.topgap[0][2]
+        for n, _, c in self.topgap + base:
+            if c.class_names != first.class_names or c.input_size != first.input_size:
+                raise CheckpointError(f"{self.folder / n}: class names or input size differ from {self.topgap[0][0]}; "
+                                      "a family shares one dataset and input size")
+        self.class_names, self.input_size = first.class_names, first.input_size
+        self.ks = [c.k for _, _, c in self.topgap]
+        self.cam_size = tuple(s // self.topgap[0][1].reduction for s in self.input_size)
+        self.norms = {n: Normalize(c.mean, c.std) for n, _, c in self.topgap + base}
+
+    def k_label(self, i: int) -> str:
+        return k_label(self.ks[i], self.cam_size)
+
+    def model01(self, name: str) -> nn.Module:
+        """The named model behind its Normalize: takes [0, 1] images (for attacks)."""
+        model = dict((n, m) for n, m, _ in self.topgap + ([self.baseline] if self.baseline else []))[name]
+        return nn.Sequential(self.norms[name], model)
+
+
+@dataclass
+class Prepared:
+    """An image ready for the models: shown image, the [0, 1] model input and where the picture lies in it."""
+    image: np.ndarray  # (H, W, 3) uint8, as shown
+    x01: torch.Tensor  # (1, 3, h, w) in [0, 1], the model's input size
+    box: tuple[int, int, int, int]  # (y0, y1, x0, x1) of the picture inside x01 (letterboxing)
+    notes: list[str]
+
+
+def _display_size(h: int, w: int, input_size: tuple[int, int]) -> tuple[int, int]:
+    scale = min(1.0, DISPLAY_MAX / max(h, w))
+    scale = max(scale, max(input_size) / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def prepare(image, family: Family) -> Prepared:
+    """Decode an upload and make the model input (see the module docstring for the geometry)."""
+    rgb, notes = decode_image(image)
+    h0, w0 = rgb.shape[:2]
+    dh, dw = _display_size(h0, w0, family.input_size)
+    if (dh, dw) != (h0, w0):
+        up = dh > h0
+        rgb = cv2.resize(rgb, (dw, dh), interpolation=cv2.INTER_NEAREST if up else cv2.INTER_AREA)
+        if up:
+            notes.append(f"tiny image ({w0}x{h0}) enlarged to {dw}x{dh}")
+    ih, iw = family.input_size
+    stretch = (dw / dh) / (iw / ih)
+    canvas, box = rgb, (0, ih, 0, iw)
+    if max(stretch, 1 / stretch) > MAX_STRETCH:
+        ch, cw = (round(dw * ih / iw), dw) if stretch > 1 else (dh, round(dh * iw / ih))
+        mean = np.array(family.topgap[0][2].mean) * 255
+        canvas = np.empty((ch, cw, 3), np.uint8)
+        canvas[:] = np.round(mean).astype(np.uint8)
+        y0, x0 = (ch - dh) // 2, (cw - dw) // 2
+        canvas[y0:y0 + dh, x0:x0 + dw] = rgb
+        box = (round(y0 * ih / ch), round((y0 + dh) * ih / ch), round(x0 * iw / cw), round((x0 + dw) * iw / cw))
+        notes.append(f"aspect ratio {dw / dh:.2f} differs from the model's {iw / ih:.2f} by more than "
+                     f"{MAX_STRETCH:g}x: letterboxed with the mean colour (CAMs cropped back to the picture)")
+    elif abs(stretch - 1) > 0.02:
+        notes.append(f"resized to the model's {iw}x{ih} input (aspect ratio {dw / dh:.2f} stretched, as in evaluation)")
+    small = cv2.resize(canvas, (iw, ih), interpolation=cv2.INTER_AREA if canvas.shape[0] >= ih else cv2.INTER_LINEAR)
+    x01 = torch.from_numpy(small).permute(2, 0, 1)[None].float().div(255)
+    return Prepared(rgb, x01, box, notes)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """JET heat map of a [0, 1] CAM blended on the image, (H, W, 3) uint8 RGB."""
+    heat = cv2.applyColorMap(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 1 - ALPHA, heat, ALPHA, 0)
+
+
+def _to_image(cam: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    c = cam[y0:y1, x0:x1].float().cpu().numpy()
+    c = cv2.resize(c, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    lo, hi = float(c.min()), float(c.max())
+    return ((c - lo) / (hi - lo) if hi > lo else np.zeros_like(c)).astype(np.float32)
+
+
+@dataclass
+class MapResult:
+    """One model's answer for the image: prediction, CAM at the shown size, overlay, metrics."""
+    name: str
+    kind: str
+    k: int | None
+    top: dict[str, float]  # the TOP most probable labels
+    label: str
+    probability: float
+    cam: np.ndarray
+    overlay: np.ndarray
+    l1: float
+    iou: float | None = None
+    threshold: float | None = None
+    mass: float | None = None
+
+    def summary(self) -> dict:
+        return {"label": self.label, "probability": round(self.probability, 6), "l1": round(self.l1, 6),
+                "iou": _r(self.iou), "threshold": _r(self.threshold), "mass": _r(self.mass)}
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 6)
+
+
+@dataclass
+class Result:
+    """Everything computed for one image and one family; switching k only reads it."""
+    family: str
+    method: str
+    image: np.ndarray
+    topgap: list[MapResult]
+    baseline: MapResult | None
+    ks: list[int]
+    cam_size: tuple[int, int]
+    x01: torch.Tensor
+    box: tuple[int, int, int, int]
+    notes: list[str] = field(default_factory=list)
+    mask_notes: list[str] = field(default_factory=list)
+    has_mask: bool = False
+
+    def view(self, index: int) -> tuple[MapResult, MapResult | None]:
+        """(Top-GAP result at the index-th k, baseline result): no computation."""
+        if not 0 <= index < len(self.topgap):
+            raise InputError(f"k index {index} out of range: this family has k in {self.ks}")
+        return self.topgap[index], self.baseline
+
+    def k_label(self, index: int) -> str:
+        return k_label(self.ks[index], self.cam_size)
+
+    def index_of(self, k: int) -> int:
+        if k not in self.ks:
+            raise InputError(f"k = {k} was not trained in family {self.family!r}; choose one of {self.ks}")
+        return self.ks.index(k)
+
+    def with_mask(self, mask=None, ignore: np.ndarray | None = None, notes: list[str] | None = None) -> "Result":
+        """A copy with IOU, threshold and mass computed against a mask (an upload, or a bool array).
+
+        mask None clears them. An empty or all-object mask gives no metrics and a note saying why.
+        """
+        maps = [dataclasses.replace(m, iou=None, threshold=None, mass=None) for m in self.topgap]
+        base = dataclasses.replace(self.baseline, iou=None, threshold=None, mass=None) if self.baseline else None
+        out = dataclasses.replace(self, topgap=maps, baseline=base, mask_notes=list(notes or []), has_mask=False)
+        if mask is None:
+            return out
+        if isinstance(mask, np.ndarray) and mask.dtype == bool:
+            obj, ign, more = mask, (ignore if ignore is not None else np.zeros_like(mask)), []
+        else:
+            obj, ign, more = decode_mask(mask)
+        obj, ign, fit_notes = fit_mask(obj, ign, self.image.shape[:2])
+        out.mask_notes += more + fit_notes
+        valid = ~ign
+        if not (obj & valid).any():
+            out.mask_notes.append("the mask marks no object pixel, so IOU and mass are undefined; nonzero (or drawn) "
+                                  "pixels are the object: check the encoding or draw the object")
+            return out
+        if (obj | ign).all():
+            out.mask_notes.append("the mask marks every pixel as object, so IOU and mass would trivially be 1; "
+                                  "supply a mask with some background")
+            return out
+        for m in maps + ([base] if base else []):
+            m.iou, m.threshold = best_iou(m.cam, obj, ign)
+            m.mass = mass_in_mask(m.cam, obj, ign)
+        out.has_mask = True
+        return out
+
+    def report(self, index: int | None = None) -> dict:
+        """JSON-serialisable report: {family, k, method, models: {name: summary}, notes}."""
+        chosen = self.topgap if index is None else [self.view(index)[0]]
+        models = {m.name: m.summary() for m in chosen}
+        if self.baseline:
+            models[self.baseline.name] = {**self.baseline.summary(), "method": self.method}
+        h, w = self.cam_size
+        return {"family": self.family, "k": None if index is None else self.ks[index],
+                "k_fraction": None if index is None else round(self.ks[index] / (h * w), 6),
+                "cam_size": [h, w], "method": self.method, "models": models,
+                "notes": self.notes + self.mask_notes}
+
+
+def _top(probs: torch.Tensor, names: list[str]) -> dict[str, float]:
+    p, i = probs.topk(min(TOP, len(names)))
+    return {names[j]: float(v) for v, j in zip(p.tolist(), i.tolist())}
+
+
+def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, cam: torch.Tensor, prep: Prepared,
+                names: list[str]) -> MapResult:
+    c = _to_image(cam, prep.box, prep.image.shape[:2])
+    label = int(probs.argmax())
+    return MapResult(name, cfg.kind, cfg.k, _top(probs, names), names[label], float(probs[label]), c,
+                     overlay(prep.image, c), l1_sparsity(c))
+
+
+def own_cam(model: TopGapNet, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class probabilities (C,), CAM (h, w) of the predicted class) of one image from ONE forward pass.
+
+    The same map as :func:`topgap.cam.topgap_cam` (eval mode, resized, min-max scaled), which would
+    need a second pass for the probabilities.
+    """
+    with torch.no_grad():
+        logits, maps = model.forward_with_maps(x)
+        label = int(logits[0].argmax())
+        cam = F.interpolate(maps[:, label:label + 1], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return logits[0].softmax(0), minmax_scale(cam)
+
+
+def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Result:
+    """Run every model of `family` on `image` once: CAM and prediction per k, and the baseline's.
+
+    Args:
+        image: path, bytes, PIL image or array (any mode, see :mod:`topgap.imageio`).
+        mask: optional mask upload (any encoding) or bool array; metrics are added when given.
+        method: the baseline's CAM method, one of :data:`topgap.cam.METHODS`.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    prep = prepare(image, family)
+    size = family.input_size
+    maps = []
+    for name, model, cfg in family.topgap:
+        probs, cam = own_cam(model, family.norms[name](prep.x01), size)
+        maps.append(_map_result(name, cfg, probs, cam, prep, family.class_names))
+    base = None
+    if family.baseline:
+        name, model, cfg = family.baseline
+        x = family.norms[name](prep.x01)
+        with torch.no_grad():
+            probs = model(x).softmax(1)[0]
+        cam, _ = baseline_cam(model, x, targets=int(probs.argmax()), method=method, size=size)
+        base = _map_result(name, cfg, probs, cam[0], prep, family.class_names)
+    notes = list(prep.notes) + ([] if base else ["this family has no baseline model"])
+    result = Result(family.name, method, prep.image, maps, base, family.ks, family.cam_size, prep.x01, prep.box, notes)
+    return result.with_mask(mask) if mask is not None else result
+
+
+class FamilyStore:
+    """Family folders under a models root, each loaded on first use and then kept (thread-safe)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._loaded: dict[str, Family] = {}
+        self.remote: list[str] = []  # families fetched from elsewhere on first use (see topgap.hub)
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*/config.json")))
+
+    def folder(self, name: str) -> Path:
+        if name not in self.names():
+            listed = ", ".join(self.names()) or f"none: train one into {self.root}/<family>/"
+            raise InputError(f"unknown model family {name!r}; available: {listed}")
+        return self.root / name
+
+    def get(self, name: str, folder: Path | None = None) -> Family:
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = Family(folder or self.folder(name), name)
+            return self._loaded[name]
+
+
+ATTACKS = ("fgsm", "pgd")
+PGD_STEPS = 10  # fewer than the paper's 40: one image, interactive
+
+
+def attack_view(family: Family, result: Result, index: int, kind: str, eps: float) -> dict[str, MapResult]:
+    """FGSM or PGD (Linf, eps in [0, 1] units) against the index-th Top-GAP model and the baseline, each attacked
+    white-box on its own clean prediction; their answers and CAMs on the perturbed image.
+
+    Returns {model name: MapResult on the adversarial image}; compare with ``result.view(index)``.
+    """
+    from .attacks import run_attack
+
+    if kind not in ATTACKS:
+        raise InputError(f"unknown attack {kind!r}; choose one of {', '.join(ATTACKS)}")
+    if not 0 < eps <= 0.25:
+        raise InputError(f"eps must be in (0, 0.25] (got {eps}); 1/255 to 16/255 are usual")
+    chosen, base = result.view(index)
+    prep = Prepared(result.image, result.x01, result.box, [])
+    size = family.input_size
+    out = {}
+    for m in [chosen] + ([base] if base else []):
+        model01 = family.model01(m.name)
+        y = torch.tensor([family.class_names.index(m.label)])
+        adv = run_attack(model01, result.x01, y, kind, eps, steps=PGD_STEPS if kind == "pgd" else None)
+        cfg, x = _member(family, m.name), model01[0](adv)
+        if m.kind == "topgap":
+            probs, cam = own_cam(model01[1], x, size)
+        else:
+            with torch.no_grad():
+                probs = model01[1](x).softmax(1)[0]
+            cams, _ = baseline_cam(model01[1], x, targets=int(probs.argmax()), method=result.method, size=size)
+            cam = cams[0]
+        adv_prep = dataclasses.replace(prep, image=_adv_image(adv, result))
+        out[m.name] = _map_result(m.name, cfg, probs, cam, adv_prep, family.class_names)
+    return out
+
+
+def _member(family: Family, name: str) -> ModelConfig:
+    return {n: c for n, _, c in family.topgap + ([family.baseline] if family.baseline else [])}[name]
+
+
+def _adv_image(adv01: torch.Tensor, result: Result) -> np.ndarray:
+    """The perturbed model input cropped to the picture and resized to the shown image, uint8."""
+    y0, y1, x0, x1 = result.box
+    a = (adv01[0, :, y0:y1, x0:x1].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    h, w = result.image.shape[:2]
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
