@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-SUBCOMMAND_MODULES = ["synth", "train", "evaluate"]  # modules with register(subparsers): synth, train, evaluate
+SUBCOMMAND_MODULES = ["synth", "train", "evaluate", "card"]  # modules with register(subparsers): synth, train, evaluate
 
 
 def describe(args: argparse.Namespace) -> dict:

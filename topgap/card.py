@@ -1,0 +1,120 @@
+"""`topgap card`: a model family's card, README.md for people and card.json for the app, from measured files only.
+
+Everything on the card comes from the family's own files: each model's config.json (recipe, training
+time) and train_log.json, and an evaluation report written by ``topgap evaluate`` (results.json and
+its plots). The card states plainly, metric by metric, whether the best Top-GAP model beats the baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import family_members, read_config
+from .evaluate import markdown_report
+from .io import atomic_write, write_json
+
+__all__ = ["verdicts", "write_card", "register"]
+
+# (results key path, label, higher is better)
+COMPARED = [
+    (("clean", "accuracy"), "clean accuracy", True),
+    (("shifted", "accuracy"), "accuracy on the shifted split", True),
+    (("iou",), "IOU with the masks (own CAM vs GradCAM on the baseline)", True),
+    (("mass_in_mask",), "share of CAM mass on the object", True),
+    (("l1",), "l1 of the CAM (sparsity)", False),
+    (("white_box_rate",), "correct under every white-box attack", True),
+    (("black_box_rate",), "correct under every black-box attack", True),
+]
+
+
+def _get(m: dict, path: tuple[str, ...]):
+    for key in path:
+        m = (m or {}).get(key)
+    return m
+
+
+def verdicts(results: dict) -> list[dict[str, Any]]:
+    """For each compared metric: the best Top-GAP model, its value, the baseline's, and whether it is better."""
+    models = results["models"]
+    base = next((m for m in models.values() if m["kind"] == "baseline"), None)
+    out = []
+    for path, label, higher in COMPARED:
+        ours = [(n, _get(m, path)) for n, m in models.items() if m["kind"] == "topgap" and _get(m, path) is not None]
+        b = _get(base, path) if base else None
+        if not ours or b is None:
+            continue
+        name, value = (max if higher else min)(ours, key=lambda t: t[1])
+        better = value > b if higher else value < b
+        out.append({"metric": label, "best_topgap": name, "topgap": value, "baseline": b,
+                    "topgap_better": bool(better) if value != b else None})
+    return out
+
+
+def _verdict_line(v: dict) -> str:
+    if v["topgap_better"] is None:
+        word = "ties with"
+    else:
+        word = "beats" if v["topgap_better"] else "does **not** beat"
+    return f"- {v['metric']}: Top-GAP ({v['best_topgap']}) {word} the baseline: {v['topgap']:.3f} vs {v['baseline']:.3f}"
+
+
+def write_card(family: str | Path, report: str | Path, *, title: str, data_note: str, commands: list[str],
+               hardware: str | None = None) -> list[Path]:
+    """Write README.md, card.json and plots/ into the family folder from the evaluation `report` folder."""
+    family, report = Path(family), Path(report)
+    results = json.loads((report / "results.json").read_text())
+    training = {}
+    for folder in family_members(family):
+        cfg = read_config(folder)
+        training[folder.name] = {"kind": cfg.kind, "k": cfg.k, "backbone": cfg.backbone,
+                                 "input_size": list(cfg.input_size), **cfg.metrics, "recipe": cfg.recipe}
+    hardware = hardware or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
+    for plot in sorted((report / "plots").glob("*.png")):
+        atomic_write(family / "plots" / plot.name, lambda tmp, plot=plot: shutil.copyfile(plot, tmp))
+    judged = verdicts(results)
+    card = {"title": title, "data": data_note, "commands": commands, "hardware": hardware, "training": training,
+            "verdicts": judged, "evaluation": results,
+            "plots": [f"plots/{p.name}" for p in sorted((family / "plots").glob("*.png"))]}
+    total = sum(t.get("train_seconds", 0) for t in training.values())
+    rows = "\n".join(f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
+                     f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |"
+                     for n, t in training.items())
+    tables = markdown_report(results, title).split("\n", 1)[1]  # drop its own title
+    text = "\n".join([
+        f"# {title}", "",
+        "## Data", "", data_note, "",
+        "## How Top-GAP compares with the baseline", "",
+        *(_verdict_line(v) for v in judged), "",
+        "## Reproduce", "", "```", *commands, "```", "",
+        "## Training", "", f"Hardware: {hardware}. Total training time {total / 60:.1f} min.", "",
+        "| model | kind | k | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|", rows, "",
+        "## Evaluation", tables, "",
+        "## Plots", "", *(f"![{Path(p).stem}]({p})" for p in card["plots"]), "",
+    ])
+    return [atomic_write(family / "README.md", lambda tmp: Path(tmp).write_text(text)),
+            write_json(family / "card.json", card)]
+
+
+def run(args: argparse.Namespace) -> dict:
+    paths = write_card(args.family, args.report, title=args.title, data_note=args.data_note, commands=args.command,
+                       hardware=args.hardware)
+    return {"written": [str(p) for p in paths]}
+
+
+def register(subparsers) -> None:
+    """Add ``topgap card``."""
+    p = subparsers.add_parser("card", help="write a family's model card from its evaluation report",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("family", help="the family folder (model folders k*/ and baseline/)")
+    p.add_argument("--report", required=True, help="the folder topgap evaluate wrote (results.json, plots/)")
+    p.add_argument("--title", required=True)
+    p.add_argument("--data-note", required=True, help="data provenance and terms, one paragraph of Markdown")
+    p.add_argument("--command", action="append", default=[], help="a command that reproduces the family (repeat)")
+    p.add_argument("--hardware", default=None, help="where it was trained (default: this machine)")
+    p.set_defaults(func=run)
