@@ -18,3 +18,12 @@ def tiny_net():
 
     torch.manual_seed(0)
     return TopGapNet("resnet18", num_classes=3, k=8, fpn_channels=32).to(DEVICE)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and do not stall when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

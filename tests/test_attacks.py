@@ -6,14 +6,7 @@ from topgap import TopGapNet
 from topgap.attacks import (gradient_masking_flag, robustness, run_attack, transfer_robustness, with_rates,
                             wrap01)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and do not stall when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NoGrad(torch.autograd.Function):

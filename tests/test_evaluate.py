@@ -12,14 +12,7 @@ from topgap.checkpoint import load_family, save_model
 from topgap.config import ModelConfig
 from topgap.evaluate import aggregate_folds, evaluate_family, parse_eps, register, run, write_report
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and do not stall when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CLASSES = ["a", "b", "c"]
