@@ -4,16 +4,14 @@
 items are ``{"image": float32 (3, H, W) in [0, 1], "label": int, "mask": uint8 (H, W), "has_mask": bool,
 "index": int}``; mask values are 0 background, 1 object, 255 ignore/unknown (all 255 without a mask).
 
-Decoding (:func:`read_image`) goes by file content, not name, and turns every Pillow mode into RGB:
-EXIF orientation applied; 16-bit grey scaled by 1/257 (not clipped); transparency (RGBA, LA, palette with a
-transparent index) composited on black, the colour the masks call background; CMYK, grey and palette via
-Pillow. Bad files are found when the dataset is opened: ``on_error="stop"`` raises a ValueError naming them,
+Decoding (:func:`read_image`) goes by file content, not name, through :mod:`topgap.imageio`, the same
+decoder the app uses (EXIF orientation, 16-bit and float rescaled, transparency composited on white,
+CMYK and palette converted, decompression bombs refused). Bad files are found when the dataset is opened: ``on_error="stop"`` raises a ValueError naming them,
 ``on_error="skip"`` leaves them out and lists them in ``dataset.skipped``. Nothing is ever written into a
 data folder.
 """
 from __future__ import annotations
 
-import io
 import math
 import tarfile
 import warnings
@@ -23,8 +21,9 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .imageio import open_image, to_rgb
 from .masks import binary_mask
 
 __all__ = ["open_dataset", "list_splits", "ImageDataset", "read_image", "download_oxford_pet", "download_cifar10",
@@ -40,59 +39,23 @@ _SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 # ---------------------------------------------------------------- decoding
 
-def _bomb_error(name: str, e: Exception) -> ValueError:
-    return ValueError(f"{name}: {e} Shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file.")
-
-
-def to_rgb(im: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a Pillow image of any mode (see the module docstring for the conventions)."""
-    im = ImageOps.exif_transpose(im)
-    mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        if mode == "F":  # floats: [0, 1] if they fit, else taken as 0-255
-            a = a * 255 if a.size and np.nanmax(a) <= 1 else a
-        else:  # 16-bit (I;16*, or I holding 16-bit values): full range onto 0-255
-            a = np.clip(a, 0, 65535) / 257
-        grey = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if mode == "P" and "transparency" in im.info:
-        im, mode = im.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        a = np.asarray(im.convert("RGBA"), dtype=np.uint16)
-        rgb = (a[..., :3] * a[..., 3:] + 127) // 255  # composite on black
-        return rgb.astype(np.uint8)
-    if mode != "RGB":
-        try:
-            im = im.convert("RGB")
-        except ValueError as e:
-            raise ValueError(f"cannot convert Pillow mode {mode!r} to RGB ({e}); save the image as RGB") from e
-    return np.asarray(im, dtype=np.uint8).copy()
-
-
 def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
-    """Decode an image file (or its bytes) by content into (H, W, 3) uint8 RGB; ValueError if it cannot be read."""
+    """Decode an image file (or its bytes) by content into (H, W, 3) uint8 RGB; ValueError names the file."""
     name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            im.load()
-            return to_rgb(im)
-    except Image.DecompressionBombError as e:
-        raise _bomb_error(name, e) from e
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read image {name}: {e}") from e
+        with open_image(source) as im:
+            return to_rgb(im)[0]
+    except ValueError as e:
+        raise ValueError(f"cannot read image {name}: {e}") from None
 
 
 def _read_mask(path: Path, boundary: str) -> np.ndarray:
     """(H, W) uint8 mask: 1 object, 0 background, 255 ignore."""
     try:
-        with Image.open(path) as im:
-            im.load()
+        with open_image(path) as im:
             obj, ignore = binary_mask(im, boundary=boundary)
-    except Image.DecompressionBombError as e:
-        raise _bomb_error(str(path), e) from e
-    except (OSError, SyntaxError, Image.UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read mask {path}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"cannot read mask {path}: {e}") from None
     m = obj.astype(np.uint8)
     m[ignore] = IGNORE
     return m

@@ -71,6 +71,13 @@ class Family:
     def k_label(self, i: int) -> str:
         return k_label(self.ks[i], self.cam_size)
 
+    def warm_up(self, rounds: int = 3) -> None:
+        """Run every model (and GradCAM on the baseline) a few times: CPU kernels are slow on their first calls,
+        which would otherwise land on the first users."""
+        image = np.full((*self.input_size, 3), 128, np.uint8)
+        for _ in range(rounds):
+            explain_all(self, image)
+
     def model01(self, name: str) -> nn.Module:
         """The named model behind its Normalize: takes [0, 1] images (for attacks)."""
         model = dict((n, m) for n, m, _ in self.topgap + ([self.baseline] if self.baseline else []))[name]
@@ -314,7 +321,9 @@ class FamilyStore:
     def get(self, name: str, folder: Path | None = None) -> Family:
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = Family(folder or self.folder(name), name)
+                fam = Family(folder or self.folder(name), name)
+                fam.warm_up()
+                self._loaded[name] = fam
             return self._loaded[name]
 
 

@@ -1,0 +1,206 @@
+"""Decoding of unusual uploads, masks, and the compute-once / switch-only logic of topgap.explain."""
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from appfamily import KS, make_family
+from topgap.cam import topgap_cam
+from topgap.explain import Family, explain_all, own_cam
+from topgap.imageio import BACKGROUND, InputError, decode_image, decode_mask, drawn_mask, fit_mask
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    return Family(make_family(tmp_path_factory.mktemp("models")))
+
+
+def png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+# ---- images ----
+
+def test_16bit_grayscale_rescaled_by_bit_depth():
+    a = np.array([[0, 32768, 65535]], np.uint16)
+    rgb, notes = decode_image(png(Image.fromarray(a, "I;16")))
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 3, 3)
+    assert rgb[0, :, 0].tolist() == [0, 128, 255] and "16-bit" in notes[0]
+
+
+def test_float_image_not_blacked_out():
+    a = np.array([[0.0, 0.5, 1.0]], np.float32)
+    rgb, _ = decode_image(Image.fromarray(a, "F"))
+    assert rgb[0, :, 0].tolist() == [0, 128, 255]
+    wide = np.array([[-10.0, 0.0, 10.0]], np.float32)
+    assert decode_image(Image.fromarray(wide, "F"))[0][0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_rgba_composited_on_white():
+    a = np.zeros((2, 2, 4), np.uint8)
+    a[0, 0] = (255, 0, 0, 255)  # opaque red stays red, transparent becomes white
+    rgb, notes = decode_image(png(Image.fromarray(a, "RGBA")))
+    assert rgb[0, 0].tolist() == [255, 0, 0] and rgb[1, 1].tolist() == list(BACKGROUND)
+    assert any("white" in n for n in notes)
+
+
+def test_la_and_palette_with_transparency():
+    la = Image.fromarray(np.array([[[10, 255], [10, 0]]], np.uint8), "LA")
+    assert decode_image(png(la))[0][0].tolist() == [[10, 10, 10], list(BACKGROUND)]
+    p = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    p.putpalette([0, 0, 255, 0, 255, 0] + [0] * 762)
+    p.info["transparency"] = 0
+    assert decode_image(png(p, transparency=0))[0][0].tolist() == [list(BACKGROUND), [0, 255, 0]]
+
+
+def test_cmyk_and_grayscale():
+    cmyk = Image.new("CMYK", (2, 2), (0, 255, 255, 0))  # pure red in CMYK
+    rgb, _ = decode_image(png(cmyk, "JPEG", quality=100))
+    assert rgb[0, 0, 0] > 200 and rgb[0, 0, 1] < 60
+    gray, _ = decode_image(png(Image.new("L", (3, 2), 77)))
+    assert gray.shape == (2, 3, 3) and (gray == 77).all()
+
+
+def test_exif_orientation_applied():
+    a = np.zeros((2, 4, 3), np.uint8)
+    a[0, 0] = 255
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    rgb, notes = decode_image(png(img, "JPEG", exif=exif, quality=100))
+    assert rgb.shape == (4, 2, 3) and any("EXIF" in n for n in notes)
+
+
+def test_bomb_and_broken_files_give_clear_errors():
+    bomb = png(Image.new("1", (8000, 6000)))  # 48 MP in a few KB
+    with pytest.raises(InputError, match="MP"):
+        decode_image(bomb)
+    with pytest.raises(InputError, match="not an image"):
+        decode_image(b"hello, not an image")
+    with pytest.raises(InputError, match="broken or truncated"):
+        decode_image(png(Image.new("RGB", (64, 64), 9))[:-30] + b"")
+    with pytest.raises(InputError, match="broken or truncated|not an image"):
+        decode_image(png(Image.new("RGB", (64, 64)), "JPEG")[:200])
+
+
+def test_tiny_and_panoramic_images(fam):
+    tiny = explain_all(fam, np.full((3, 5, 3), 200, np.uint8))
+    assert min(tiny.image.shape[:2]) >= 3 and max(tiny.image.shape[:2]) >= max(fam.input_size)
+    assert any("tiny" in n for n in tiny.notes)
+    pano = explain_all(fam, (np.random.default_rng(0).random((50, 400, 3)) * 255).astype(np.uint8))
+    assert pano.image.shape[:2] == (50, 400) and any("letterboxed" in n for n in pano.notes)
+    y0, y1, x0, x1 = pano.box
+    assert (x0, x1) == (0, 64) and 0 < y0 < y1 < 64
+    assert pano.topgap[0].cam.shape == (50, 400) and pano.topgap[0].cam.max() == pytest.approx(1)
+
+
+# ---- masks ----
+
+@pytest.mark.parametrize("encode", ["255", "01", "palette", "trimap", "rgba"])
+def test_mask_encodings(encode):
+    obj = np.zeros((8, 8), bool)
+    obj[2:6, 2:6] = True
+    if encode == "255":
+        img = Image.fromarray(obj.astype(np.uint8) * 255)
+    elif encode == "01":
+        img = Image.fromarray(obj.astype(np.uint8))
+    elif encode == "palette":
+        img = Image.fromarray(obj.astype(np.uint8), "P")
+        img.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    elif encode == "trimap":
+        img = Image.fromarray(np.where(obj, 1, 2).astype(np.uint8))
+    else:
+        a = np.zeros((8, 8, 4), np.uint8)
+        a[obj] = (255, 0, 0, 255)
+        img = Image.fromarray(a, "RGBA")
+    got, ignore, _ = decode_mask(png(img))
+    assert (got == obj).all() and not ignore.any()
+
+
+def test_mask_resized_and_empty_and_full_masks_explained(fam):
+    img = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    result = explain_all(fam, img)
+    small = np.zeros((16, 16), np.uint8)
+    small[4:12, 4:12] = 255
+    with_small = result.with_mask(Image.fromarray(small))
+    assert with_small.has_mask and any("resized" in n for n in with_small.mask_notes)
+    assert all(0 <= m.iou <= 1 and m.threshold is not None for m in with_small.topgap + [with_small.baseline])
+    other_aspect = fit_mask(np.ones((10, 30), bool), np.zeros((10, 30), bool), (64, 64))[2]
+    assert "aspect" in other_aspect[0]
+    empty = result.with_mask(Image.fromarray(np.zeros((64, 64), np.uint8)))
+    assert not empty.has_mask and empty.topgap[0].iou is None and "no object" in empty.mask_notes[-1]
+    full = result.with_mask(np.ones((64, 64), bool))
+    assert not full.has_mask and "every pixel" in full.mask_notes[-1]
+    with pytest.raises(InputError):
+        result.with_mask(b"garbage")
+
+
+def test_drawn_mask_from_editor_layers():
+    layer = np.zeros((800, 800, 4), np.uint8)
+    assert drawn_mask({"background": None, "layers": [layer], "composite": None}) is None
+    layer[100:200, 100:300, 3] = 255
+    drawn = drawn_mask({"background": None, "layers": [layer], "composite": None})
+    assert drawn.sum() == 100 * 200
+    assert drawn_mask(None) is None
+
+
+# ---- compute once, switch only ----
+
+def test_one_call_computes_every_k_and_baseline(fam, monkeypatch):
+    import topgap.explain as ex
+
+    calls = {"own": 0, "baseline": 0}
+    own, base = ex.own_cam, ex.baseline_cam
+
+    def count(name, fn):
+        def wrapped(*a, **kw):
+            calls[name] += 1
+            return fn(*a, **kw)
+        return wrapped
+    monkeypatch.setattr(ex, "own_cam", count("own", own))
+    monkeypatch.setattr(ex, "baseline_cam", count("baseline", base))
+    result = explain_all(fam, np.zeros((40, 40, 3), np.uint8))
+    assert calls == {"own": len(KS), "baseline": 1}
+    assert [m.k for m in result.topgap] == list(KS) and result.baseline.kind == "baseline"
+    report = result.report(1)
+    assert report["k"] == KS[1] and set(report["models"]) == {f"k{KS[1]}", "baseline"}
+    # switching k reads the stored maps only
+    for i in range(len(KS)):
+        t = time.perf_counter()
+        chosen, b = result.view(i)
+        assert time.perf_counter() - t < 0.01 and chosen.k == KS[i] and b is result.baseline
+    assert calls == {"own": len(KS), "baseline": 1}
+    with pytest.raises(InputError, match="not trained"):
+        result.index_of(5)
+
+
+def test_own_cam_equals_topgap_cam(fam):
+    _, model, _ = fam.topgap[0]
+    x = torch.randn(1, 3, 64, 64)
+    probs, cam = own_cam(model, x, (64, 64))
+    ref, t = topgap_cam(model, x, size=(64, 64))
+    assert int(probs.argmax()) == int(t[0]) and torch.allclose(cam, ref[0], atol=1e-6)
+    assert probs.sum() == pytest.approx(1, abs=1e-5)
+
+
+def test_unknown_method_rejected(fam):
+    with pytest.raises(InputError, match="gradcam"):
+        explain_all(fam, np.zeros((8, 8, 3), np.uint8), method="nope")
+
+
+def test_attack_view_fgsm_and_pgd(fam):
+    from topgap.explain import attack_view
+
+    result = explain_all(fam, (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8))
+    for kind in ("fgsm", "pgd"):
+        adv = attack_view(fam, result, 1, kind, 8 / 255)
+        assert set(adv) == {f"k{KS[1]}", "baseline"}
+        for m in adv.values():
+            assert m.overlay.shape == result.image.shape and m.label in fam.class_names
+    with pytest.raises(InputError, match="eps"):
+        attack_view(fam, result, 0, "fgsm", 0.0)
