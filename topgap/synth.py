@@ -36,6 +36,7 @@ VARIANTS = {
               "area": {"small": 0.012, "large": 0.035}},  # per nucleus, as a fraction of the image
 }
 PALETTE = [(220, 40, 40), (245, 140, 20), (200, 40, 180), (120, 50, 200), (40, 40, 40), (245, 245, 245)]
+CLASS_COLOURS = [0, 1, 2, 4]  # PALETTE entries of the shapes classes with object_colour="class": red, orange, magenta, black
 CELL_PALETTE = [(120, 220, 255), (240, 240, 255), (255, 230, 120), (255, 140, 220)]
 _SS = 4  # supersampling factor for anti-aliased object edges
 
@@ -169,8 +170,14 @@ def _coverage(polys: list[np.ndarray], s: int) -> np.ndarray:
     return cv2.resize(big, (s, s), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
 
 
-def render(variant: str, label: int, background: int, size: int, rng: np.random.Generator) -> dict:
-    """One scene: {"image": (S, S, 3) uint8 RGB, "mask": (S, S) bool object pixels, "color": RGB of the object}."""
+def render(variant: str, label: int, background: int, size: int, rng: np.random.Generator,
+           object_colour: str = "class") -> dict:
+    """One scene: {"image": (S, S, 3) uint8 RGB, "mask": (S, S) bool object pixels, "color": RGB of the object}.
+
+    object_colour (shapes only): "class" gives each class its own colour, so shape and colour of the
+    object both decide the class (learnable from scratch in minutes on a CPU); "random" draws it from
+    a shared palette, so only the shape decides (a harder benchmark).
+    """
     spec = VARIANTS[variant]
     cls = spec["classes"][label]
     img = BACKGROUNDS[spec["backgrounds"][background]](rng, size)
@@ -179,7 +186,7 @@ def render(variant: str, label: int, background: int, size: int, rng: np.random.
     polys = []
     if variant == "shapes":
         polys.append(_place(rng, cls, area_px, size, taken))
-        color = PALETTE[rng.integers(len(PALETTE))]
+        color = PALETTE[CLASS_COLOURS[label] if object_colour == "class" else rng.integers(len(PALETTE))]
     else:
         color = CELL_PALETTE[rng.integers(len(CELL_PALETTE))]
         for _ in range(rng.integers(1, 4)):
@@ -208,7 +215,7 @@ def _png(a: np.ndarray) -> bytes:
 
 
 def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, size: int = 96, seed: int = 0,
-             bias: float = 0.9, variant: str = "shapes", on_exist: str = "error") -> dict:
+             bias: float = 0.9, variant: str = "shapes", object_colour: str = "class", on_exist: str = "error") -> dict:
     """Write the benchmark to `out` (atomically) and return its summary (synth.json plus "out" and "seconds")."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
@@ -218,6 +225,8 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
         raise ValueError(f"size must be at least 32 pixels (got {size})")
     if min(n_train, n_val, n_test) < 0:
         raise ValueError("image counts must not be negative")
+    if object_colour not in ("class", "random"):
+        raise ValueError(f"object_colour must be 'class' or 'random' (got {object_colour!r})")
     if on_exist not in ("error", "overwrite"):
         raise ValueError(f"on_exist must be 'error' or 'overwrite' (got {on_exist!r})")
     out = Path(out)
@@ -254,7 +263,7 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
                     bg = home
                 else:
                     bg = int((home + 1 + rng.integers(nb - 1)) % nb)
-                scene = render(variant, label, bg, size, rng)
+                scene = render(variant, label, bg, size, rng, object_colour)
                 name = f"{classes[label]}/{i:05d}.png"
                 (tmp / split / name).write_bytes(_png(scene["image"]))
                 (tmp / "masks" / split / name).write_bytes(_png(scene["mask"].astype(np.uint8) * 255))
@@ -265,6 +274,7 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
             stats[split] = {"count": counts[split], "per_class": per_class,
                             "aligned_rate": round(aligned / counts[split], 4) if counts[split] else None}
         meta = {"variant": variant, "seed": seed, "size": size, "bias": bias,
+                "object_colour": object_colour if variant == "shapes" else "random",
                 "class_names": classes, "backgrounds": backgrounds,
                 "home_background": {c: backgrounds[i % nb] for i, c in enumerate(classes)},
                 "object_area_px": {c: round(spec["area"][c] * size * size, 1) for c in classes},
@@ -296,7 +306,7 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
 def run(args: argparse.Namespace) -> dict:
     """Generate a synthetic benchmark with a known object size and a background bias."""
     return generate(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
-                    seed=args.seed, bias=args.bias, variant=args.variant,
+                    seed=args.seed, bias=args.bias, variant=args.variant, object_colour=args.object_colour,
                     on_exist="overwrite" if args.overwrite else "error")
 
 
@@ -313,6 +323,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bias", type=float, default=0.9,
                    help="probability that the background matches the class (train/val/test)")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="shapes")
+    p.add_argument("--object-colour", choices=["class", "random"], default="class",
+                   help="shapes: each class's own object colour, or a random one (only the shape decides)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark folder")
     p.set_defaults(func=run)
     return p
