@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torchattacks
 
 from topgap import ModelConfig, build_model, topgap_loss
 from topgap.model import Normalize
-
-
-def median_step(step, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time
 
 
 def main() -> None:
@@ -76,9 +64,9 @@ def main() -> None:
         base01.train()  # torchattacks switches to eval for the attack
         step_base(adv)
 
-    t_base = median_step(step_base, args.repeats)
-    t_ours = median_step(step_ours, args.repeats)
-    t_at = median_step(step_pgd_at, max(3, args.repeats // 3), warmup=1)
+    t_base = median_time(step_base, args.repeats)
+    t_ours = median_time(step_ours, args.repeats)
+    t_at = median_time(step_pgd_at, max(3, args.repeats // 3), warmup=1)
     print(json.dumps({
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "backbone": args.backbone, "size": args.size, "batch": args.batch, "k": args.k, "fpn_channels": args.fpn_channels,
