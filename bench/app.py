@@ -66,8 +66,8 @@ def main() -> None:
 
     import torch
 
-    from topgap.cam import baseline_cam
-    from topgap.explain import explain_all, own_cam
+    from topgap.cam import baseline_cam, topgap_cam
+    from topgap.explain import explain_all
 
     out = {"family": str(args.family), "threads": torch.get_num_threads(),
            "cold_start_s": round(cold_start(args.family.parent, args.family.name), 3)}
@@ -82,7 +82,7 @@ def main() -> None:
                                                args.repeats * 3), 4)
     name, model, cfg = fam.topgap[-1]
     x = fam.norms[name](result.x01)
-    ours = median_time(lambda: own_cam(model, x, fam.input_size), args.repeats)
+    ours = median_time(lambda: topgap_cam(model, x, size=fam.input_size), args.repeats)
     bname, bmodel, _ = fam.baseline
     xb = fam.norms[bname](result.x01)
     theirs = median_time(lambda: baseline_cam(bmodel, xb, method="gradcam", size=fam.input_size), args.repeats)

@@ -136,7 +136,7 @@ def test_slider_handler_reads_state_only(app_module, files, monkeypatch):
     import topgap.explain as ex
 
     result = app_module.analyse("fam", Image.open(files / "image.png"), None, None, "gradcam", 0)[0]
-    monkeypatch.setattr(ex, "own_cam", lambda *a, **k: pytest.fail("the slider must not run a model"))
+    monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the slider must not run a model"))
     monkeypatch.setattr(ex, "baseline_cam", lambda *a, **k: pytest.fail("the slider must not run a model"))
     for i in range(len(KS)):
         slider, top, labels, *_ = app_module.switch_k(result, i)

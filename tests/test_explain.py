@@ -4,12 +4,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from appfamily import KS, make_family
-from topgap.cam import topgap_cam
-from topgap.explain import Family, explain_all, own_cam
+from topgap.explain import Family, explain_all
 from topgap.imageio import BACKGROUND, InputError, decode_image, decode_mask, drawn_mask, fit_mask
 
 
@@ -155,14 +153,14 @@ def test_one_call_computes_every_k_and_baseline(fam, monkeypatch):
     import topgap.explain as ex
 
     calls = {"own": 0, "baseline": 0}
-    own, base = ex.own_cam, ex.baseline_cam
+    own, base = ex.topgap_cam, ex.baseline_cam
 
     def count(name, fn):
         def wrapped(*a, **kw):
             calls[name] += 1
             return fn(*a, **kw)
         return wrapped
-    monkeypatch.setattr(ex, "own_cam", count("own", own))
+    monkeypatch.setattr(ex, "topgap_cam", count("own", own))
     monkeypatch.setattr(ex, "baseline_cam", count("baseline", base))
     result = explain_all(fam, np.zeros((40, 40, 3), np.uint8))
     assert calls == {"own": len(KS), "baseline": 1}
@@ -177,15 +175,6 @@ def test_one_call_computes_every_k_and_baseline(fam, monkeypatch):
     assert calls == {"own": len(KS), "baseline": 1}
     with pytest.raises(InputError, match="not trained"):
         result.index_of(5)
-
-
-def test_own_cam_equals_topgap_cam(fam):
-    _, model, _ = fam.topgap[0]
-    x = torch.randn(1, 3, 64, 64)
-    probs, cam = own_cam(model, x, (64, 64))
-    ref, t = topgap_cam(model, x, size=(64, 64))
-    assert int(probs.argmax()) == int(t[0]) and torch.allclose(cam, ref[0], atol=1e-6)
-    assert probs.sum() == pytest.approx(1, abs=1e-5)
 
 
 def test_unknown_method_rejected(fam):

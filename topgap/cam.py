@@ -60,8 +60,8 @@ def _to_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return minmax_scale(maps)
 
 
-def topgap_cam(model: TopGapNet, x: torch.Tensor, targets=None, size: tuple[int, int] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def topgap_cam(model: TopGapNet, x: torch.Tensor, targets=None, size: tuple[int, int] | None = None,
+               with_logits: bool = False) -> tuple[torch.Tensor, ...]:
     """The model's own CAM (paper's CAM mode) for one class per image.
 
     Args:
@@ -69,20 +69,22 @@ def topgap_cam(model: TopGapNet, x: torch.Tensor, targets=None, size: tuple[int,
         x: (B, 3, H, W) normalised images.
         targets: class index per image, one index for all, or None for the predicted class.
         size: (h, w) of the returned maps; default the class-map size (H/4, W/4 with 4 maps).
+        with_logits: also return the logits (B, C) of the same forward pass.
 
     Returns:
-        (cams (B, h, w) in [0, 1], the target classes (B,)).
+        (cams (B, h, w) in [0, 1], the target classes (B,)[, logits (B, C)]).
     """
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            maps = model.class_maps(x)
-            t = _resolve_targets(model.pool(maps), targets)
+            logits, maps = model.forward_with_maps(x)
+            t = _resolve_targets(logits, targets)
     finally:
         model.train(was_training)
     maps = maps[torch.arange(len(t), device=maps.device), t]
-    return _to_size(maps, size or tuple(maps.shape[-2:])), t
+    cams = _to_size(maps, size or tuple(maps.shape[-2:]))
+    return (cams, t, logits) if with_logits else (cams, t)
 
 
 def _target_layer(model: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -22,15 +22,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .cam import METHODS, baseline_cam
+from .cam import METHODS, baseline_cam, topgap_cam
 from .checkpoint import CheckpointError, load_family
 from .config import ModelConfig
 from .imageio import InputError, decode_image, decode_mask, fit_mask
 from .metrics import best_iou, l1_sparsity, mass_in_mask
-from .model import Normalize, TopGapNet, minmax_scale
+from .model import Normalize
 
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
            "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label"]
@@ -256,19 +255,6 @@ def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, cam: torch.Ten
                      overlay(prep.image, c), l1_sparsity(c))
 
 
-def own_cam(model: TopGapNet, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class probabilities (C,), CAM (h, w) of the predicted class) of one image from ONE forward pass.
-
-    The same map as :func:`topgap.cam.topgap_cam` (eval mode, resized, min-max scaled), which would
-    need a second pass for the probabilities.
-    """
-    with torch.no_grad():
-        logits, maps = model.forward_with_maps(x)
-        label = int(logits[0].argmax())
-        cam = F.interpolate(maps[:, label:label + 1], size=size, mode="bilinear", align_corners=False)[0, 0]
-    return logits[0].softmax(0), minmax_scale(cam)
-
-
 def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Result:
     """Run every model of `family` on `image` once: CAM and prediction per k, and the baseline's.
 
@@ -283,8 +269,8 @@ def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Re
     size = family.input_size
     maps = []
     for name, model, cfg in family.topgap:
-        probs, cam = own_cam(model, family.norms[name](prep.x01), size)
-        maps.append(_map_result(name, cfg, probs, cam, prep, family.class_names))
+        cam, _, logits = topgap_cam(model, family.norms[name](prep.x01), size=size, with_logits=True)
+        maps.append(_map_result(name, cfg, logits[0].softmax(0), cam[0], prep, family.class_names))
     base = None
     if family.baseline:
         name, model, cfg = family.baseline
@@ -353,7 +339,8 @@ def attack_view(family: Family, result: Result, index: int, kind: str, eps: floa
         adv = run_attack(model01, result.x01, y, kind, eps, steps=PGD_STEPS if kind == "pgd" else None)
         cfg, x = _member(family, m.name), model01[0](adv)
         if m.kind == "topgap":
-            probs, cam = own_cam(model01[1], x, size)
+            cams, _, logits = topgap_cam(model01[1], x, size=size, with_logits=True)
+            probs, cam = logits[0].softmax(0), cams[0]
         else:
             with torch.no_grad():
                 probs = model01[1](x).softmax(1)[0]
