@@ -52,13 +52,13 @@ def main() -> None:
     labels = torch.tensor(shifted.labels)
     base = probs.get("baseline")
     files = [str(Path(it.source).relative_to(data)) for it in shifted.items]
-    if base is not None:
-        worst = int(base[torch.arange(len(labels)), labels].argmin())
-        picks["baseline-least-sure"] = files[worst]
     for name, pr in probs.items():
         wrong = (pr.argmax(1) != labels).nonzero().flatten()
         if len(wrong):
             picks[f"misclassified-by-{name}"] = files[int(wrong[0])]
+    if base is not None:
+        order = base[torch.arange(len(labels)), labels].argsort().tolist()  # least sure of the true class first
+        picks["baseline-least-sure"] = next(files[i] for i in order if files[i] not in picks.values())
     for folder in ("images", "masks"):
         shutil.rmtree(out / folder, ignore_errors=True)
         (out / folder).mkdir(parents=True)

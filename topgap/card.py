@@ -39,8 +39,14 @@ def _get(m: dict, path: tuple[str, ...]):
     return m
 
 
+TIE = 0.01  # differences smaller than this are reported as ties, not wins
+
+
 def verdicts(results: dict) -> list[dict[str, Any]]:
-    """For each compared metric: the best Top-GAP model, its value, the baseline's, and whether it is better."""
+    """For each compared metric: the best Top-GAP model, its value, the baseline's, and whether it is better.
+
+    ``topgap_better`` is None (a tie) when the two differ by less than :data:`TIE`.
+    """
     models = results["models"]
     base = next((m for m in models.values() if m["kind"] == "baseline"), None)
     out = []
@@ -52,13 +58,13 @@ def verdicts(results: dict) -> list[dict[str, Any]]:
         name, value = (max if higher else min)(ours, key=lambda t: t[1])
         better = value > b if higher else value < b
         out.append({"metric": label, "best_topgap": name, "topgap": value, "baseline": b,
-                    "topgap_better": bool(better) if value != b else None})
+                    "topgap_better": bool(better) if abs(value - b) >= TIE else None})
     return out
 
 
 def _verdict_line(v: dict) -> str:
     if v["topgap_better"] is None:
-        word = "ties with"
+        word = f"is within {TIE} of"
     else:
         word = "beats" if v["topgap_better"] else "does **not** beat"
     return f"- {v['metric']}: Top-GAP ({v['best_topgap']}) {word} the baseline: {v['topgap']:.3f} vs {v['baseline']:.3f}"

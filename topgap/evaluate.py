@@ -319,7 +319,8 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
 
     if results.get("shifted"):
         s = results["shifted"]
-        out += [f"## Table 5: accuracy under distribution shift ({results['dataset']} → {s['dataset']})", "",
+        out += [f"## Table 5: accuracy under distribution shift ({results['dataset']}/{results['split']} → "
+                f"{s['dataset']}/{s['split']})", "",
                 _table(["model", "k", "Acc ↑", "Acc ↑ (ours)"],
                        [[n, m["k"], (b["shifted"] or {}).get("accuracy"), (m["shifted"] or {}).get("accuracy")]
                         for n, m in ours.items()]), ""]
@@ -482,7 +483,7 @@ def run(args: argparse.Namespace) -> dict:
                               batch_size=args.batch_size, max_images=args.max_images, device=args.device,
                               name=Path(args.data).name, split=args.split)
     if args.shifted_split:
-        results["shifted"]["split"] = args.shifted_split
+        results["shifted"].update(dataset=Path(args.data).name, split=args.shifted_split)
     out = Path(args.out) if args.out else Path(args.family) / f"eval-{args.split}"
     paths = write_report(results, out, title=f"Top-GAP evaluation: {Path(args.family).name} on {Path(args.data).name}")
     return {"out": str(out), "files": [str(p) for p in paths], "n_images": results["n_images"],
