@@ -1,13 +1,6 @@
 """The launched app through gradio_client (/explain, errors, load), plus the Space front matter and the Dockerfile."""
-import importlib
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +8,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from appfamily import KS, make_family
+from appfamily import KS, make_family, served_app
 
 ROOT = Path(__file__).resolve().parents[1]
 gr = pytest.importorskip("gradio")
@@ -23,59 +16,13 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_module(tmp_path_factory):
-    """app.py imported against a temp models root holding one random-weight family."""
-    models = tmp_path_factory.mktemp("models")
-    make_family(models, "fam")
-    old = os.environ.get("TOPGAP_MODELS")
-    os.environ["TOPGAP_MODELS"] = str(models)
-    sys.path.insert(0, str(ROOT))
-    sys.modules.pop("app", None)
-    try:
-        yield importlib.import_module("app")
-    finally:
-        sys.path.remove(str(ROOT))
-        if old is None:
-            os.environ.pop("TOPGAP_MODELS", None)
-        else:
-            os.environ["TOPGAP_MODELS"] = old
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python app.py` in a subprocess (its own memory to measure) on a free port; yields (process, url)."""
     models = tmp_path_factory.mktemp("served_models")
     make_family(models, "fam")
-    port = free_port()
-    env = {**os.environ, "TOPGAP_MODELS": str(models), "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "MALLOC_ARENA_MAX": "2"}  # as in the Dockerfile: glibc would add an arena per worker thread
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        assert proc.poll() is None, "python app.py exited during start-up"
-    else:
-        proc.kill()
-        pytest.fail("python app.py did not answer within 120 s")
-    try:
+    with served_app(models) as (proc, url):
         yield psutil.Process(proc.pid), url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,13 @@
 
 Needs `pip install playwright` and `apt-get install -y chromium` (never `playwright install`); skips otherwise.
 """
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from appfamily import KS, make_family
+from appfamily import KS, make_family, served_app
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -28,23 +22,8 @@ if not Path(CHROMIUM).is_file():
 def url(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     make_family(models, "fam")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "TOPGAP_MODELS": str(models), "GRADIO_SERVER_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(address, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield address
-    proc.terminate()
-    proc.wait(timeout=30)
+    with served_app(models) as (_, address):
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from topgap import CheckpointError, ModelConfig, build_model, load_model, save_model
 
