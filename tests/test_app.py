@@ -1,5 +1,8 @@
 """The launched app through gradio_client (/explain, errors, load), plus the Space front matter and the Dockerfile."""
+import importlib
+import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 gr = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app_module(tmp_path_factory):
+    """app.py imported against a temp models root holding one random-weight family."""
+    models = tmp_path_factory.mktemp("models")
+    make_family(models, "fam")
+    old = os.environ.get("TOPGAP_MODELS")
+    os.environ["TOPGAP_MODELS"] = str(models)
+    sys.path.insert(0, str(ROOT))
+    sys.modules.pop("app", None)
+    try:
+        yield importlib.import_module("app")
+    finally:
+        sys.path.remove(str(ROOT))
+        if old is None:
+            os.environ.pop("TOPGAP_MODELS", None)
+        else:
+            os.environ["TOPGAP_MODELS"] = old
 
 
 @pytest.fixture(scope="module")
