@@ -335,7 +335,8 @@ with gr.Blocks(title="Top-GAP explorer", delete_cache=(3600, 3600)) as demo:
                                    layers=False, elem_id="mask", format="png",
                                    brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
         if _examples():
-            gr.Examples(_examples(), inputs=[image_in, mask_in], cache_examples=False, label="Examples")
+            gr.Examples(_examples(), inputs=[image_in, mask_in], cache_examples=False, label="Examples",
+                        examples_per_page=5)
         with gr.Row():
             with gr.Column():
                 topgap_img = gr.Image(label="Top-GAP CAM (own)", format="png", interactive=False, elem_id="topgap_cam")

@@ -35,6 +35,7 @@ __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all"
            "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label"]
 
 DISPLAY_MAX = 512
+DISPLAY_MIN = 384  # smaller pictures are enlarged (nearest neighbour) for display; the model input is unchanged
 MAX_STRETCH = 2.0
 TOP = 3
 ALPHA = 0.5  # heat-map opacity of every overlay
@@ -94,7 +95,7 @@ class Prepared:
 
 def _display_size(h: int, w: int, input_size: tuple[int, int]) -> tuple[int, int]:
     scale = min(1.0, DISPLAY_MAX / max(h, w))
-    scale = max(scale, max(input_size) / max(h, w))
+    scale = max(scale, max(DISPLAY_MIN, *input_size) / max(h, w))
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
@@ -106,7 +107,7 @@ def prepare(image, family: Family) -> Prepared:
     if (dh, dw) != (h0, w0):
         up = dh > h0
         rgb = cv2.resize(rgb, (dw, dh), interpolation=cv2.INTER_NEAREST if up else cv2.INTER_AREA)
-        if up:
+        if up and (h0 < family.input_size[0] or w0 < family.input_size[1]):
             notes.append(f"tiny image ({w0}x{h0}) enlarged to {dw}x{dh}")
     ih, iw = family.input_size
     stretch = (dw / dh) / (iw / ih)
