@@ -67,7 +67,7 @@ def files(tmp_path_factory):
 def test_explain_without_mask(client, files):
     top, base, report = client.predict(handle_file(files / "image.png"), None, KS[1], "gradcam", "fam",
                                        api_name="/explain")
-    assert Image.open(top).size == (64, 48) and Image.open(base).size == (64, 48)
+    assert Image.open(top).size == Image.open(base).size == (384, 288)  # 64x48 shown at DISPLAY_MIN = 384 px
     assert report["family"] == "fam" and report["k"] == KS[1]
     assert set(report["models"]) == {f"k{KS[1]}", "baseline"}
     for m in report["models"].values():
