@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--data and --out are required (on the command line or in --config)")
     size = _size(args.image_size)
     common = dict(input_size=size, fmt=args.fmt, labels=args.labels, on_error=args.on_error)
-    train_set = open_dataset(args.data, args.train_split, train=True, **common)
+    train_set = open_dataset(args.data, args.train_split, train=args.augment == "standard", **common)
     val_set = None
     if args.val_split and args.val_split in list_splits(args.data, fmt=args.fmt):
         val_set = open_dataset(args.data, args.val_split, **common)
@@ -317,6 +317,8 @@ def register(subparsers) -> None:
     d.add_argument("--val-split", default="val", help="used when the dataset has it")
     d.add_argument("--on-error", default="stop", choices=["stop", "skip"], help="unreadable files: stop or skip")
     d.add_argument("--image-size", default="224", help="input size, 224 or HxW")
+    d.add_argument("--augment", default="standard", choices=["standard", "none"],
+                   help="standard: random resized crop (scale 0.6-1) + flip; inputs <= 64 px: pad 4, crop, flip")
     d.add_argument("--mean", type=float, nargs=3, default=list(IMAGENET_MEAN))
     d.add_argument("--std", type=float, nargs=3, default=list(IMAGENET_STD))
     m = p.add_argument_group("models")
