@@ -36,6 +36,9 @@ def test_preact_resnet18_on_cifar_sized_inputs():
     base = create_baseline("preact_resnet18", 10)
     assert round(n_params(base) / 1e6, 2) == 11.17  # the usual PreAct-ResNet-18 size
     assert base(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    narrow = create_baseline("preact_resnet18_w16", 10)  # a quarter of the width: about 1/16 of the weights
+    assert 0.05 < n_params(narrow) / n_params(base) < 0.08
+    assert TopGapNet("preact_resnet18_w16", 10, k=8, num_maps=3).cam(torch.randn(1, 3, 32, 32)).shape == (1, 10, 16, 16)
 
 
 def test_logits_are_top_gap_of_class_maps(tiny_net, device):

@@ -1,6 +1,7 @@
 """PreAct-ResNet-18 for 32x32 inputs (He et al., 2016), the CIFAR-10 network of the paper's Table 4.
 
-Registered with timm, so ``timm.create_model("preact_resnet18", num_classes=10)`` gives the baseline
+Registered with timm (and ``preact_resnet18_w16``, a quarter of the width, for CPU-scaled runs), so
+``timm.create_model("preact_resnet18", num_classes=10)`` gives the baseline
 and ``features_only=True`` gives the Top-GAP backbone, like any timm CNN. Feature maps for a 32x32
 input: 64@32x32, 128@16x16, 256@8x8, 512@4x4.
 """
@@ -34,9 +35,10 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0, **kwargs):
+    def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0,
+                 base_width: int = 64, **kwargs):
         super().__init__()
-        widths = (64, 128, 256, 512)
+        widths = tuple(base_width * 2**i for i in range(4))
         self.num_classes, self.num_features, self.drop_rate = num_classes, widths[-1], drop_rate
         self.stem = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         in_chs, stages, self.feature_info = widths[0], [], []
@@ -69,16 +71,24 @@ class PreActResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-default_cfgs = generate_default_cfgs({
-    "preact_resnet18.untrained": dict(
-        url="", num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616), first_conv="stem", classifier="fc"),
-})
+_CIFAR = dict(url="", num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), mean=(0.4914, 0.4822, 0.4465),
+              std=(0.2470, 0.2435, 0.2616), first_conv="stem", classifier="fc")
+default_cfgs = generate_default_cfgs({"preact_resnet18.untrained": _CIFAR, "preact_resnet18_w16.untrained": _CIFAR})
+
+
+def _create(variant: str, pretrained: bool, **kwargs) -> PreActResNet:
+    feature_cfg = dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", (0, 1, 2, 3)))
+    return build_model_with_cfg(PreActResNet, variant, pretrained, layers=(2, 2, 2, 2), feature_cfg=feature_cfg,
+                                **kwargs)
 
 
 @register_model
 def preact_resnet18(pretrained: bool = False, **kwargs) -> PreActResNet:
-    """PreAct-ResNet-18 for 32x32 inputs; no pretrained weights exist."""
-    feature_cfg = dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", (0, 1, 2, 3)))
-    return build_model_with_cfg(PreActResNet, "preact_resnet18", pretrained, layers=(2, 2, 2, 2),
-                                feature_cfg=feature_cfg, **kwargs)
+    """PreAct-ResNet-18 for 32x32 inputs (widths 64-512); no pretrained weights exist."""
+    return _create("preact_resnet18", pretrained, **kwargs)
+
+
+@register_model
+def preact_resnet18_w16(pretrained: bool = False, **kwargs) -> PreActResNet:
+    """PreAct-ResNet-18 at a quarter of the width (16-128, ~16x fewer FLOPs): the CPU-scaled CIFAR-10 network."""
+    return _create("preact_resnet18_w16", pretrained, base_width=16, **kwargs)
