@@ -381,7 +381,8 @@ def _nan(v):
 
 
 def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evaluation") -> list[Path]:
-    """Write results.json, results.md and plots/{l1,iou,accuracy,robustness}.png to `out_dir`, atomically.
+    """Write results.json, results.md and plots/{l1,iou,accuracy,robustness}.png to `out_dir`, atomically;
+    with several PGD step counts also plots/pgd_steps.png (Figure A2).
 
     Plots show each metric against k/(h*w) for the Top-GAP models, the baseline as a dashed line
     (like Figure 3); robustness uses the paper's definition (prediction unchanged).
@@ -404,7 +405,34 @@ def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evalu
             lambda m, k=k: _rate(m, k, "robust_paper")) for k in keys]
     paths.append(_plot(plots / "robustness.png", results, rob, "robust accuracy (prediction unchanged) ↑",
                        f"Robustness, eps = {results['eps'] * 255:.3g}/255 (section 4.2)"))
+    if "pgd" in results["attacks"] and len(results["pgd_steps"]) > 1:
+        paths.append(_plot_pgd_steps(plots / "pgd_steps.png", results))
     return paths
+
+
+def _plot_pgd_steps(path: Path, results: dict) -> Path:
+    """Robust accuracy of every model against the number of PGD steps, both definitions (like Figure A2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    steps = sorted(results["pgd_steps"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        for i, (name, m) in enumerate(results["models"].items()):
+            for definition, style in (("robust_paper", "o-"), ("robust_correct", "s--")):
+                ax.plot(steps, [_nan(_rate(m, f"pgd{s}", definition)) for s in steps], style, color=f"C{i}",
+                        label=f"{name} ({'unchanged' if definition == 'robust_paper' else 'correct'})")
+        ax.set_xlabel("PGD steps")
+        ax.set_ylabel("robust accuracy ↑")
+        ax.set_title(f"Robust accuracy against PGD steps, eps = {results['eps'] * 255:.3g}/255 (Figure A2)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", ncol=2)
+        fig.tight_layout()
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def aggregate_folds(results_list: list[dict]) -> dict:
