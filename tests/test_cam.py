@@ -86,3 +86,18 @@ def test_repeated_calls_do_not_grow_memory(baseline):
     tracemalloc.stop()
     assert growth < 1_000_000, f"{growth} bytes retained after 20 calls"
     assert all(p.grad is None for p in baseline.parameters())
+
+
+def test_baseline_cam_runs_one_forward_pass_and_returns_its_logits(baseline):
+    x = torch.randn(2, 3, 64, 64)
+    calls = []
+    handle = baseline.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        cams, targets, logits = baseline_cam(baseline, x, with_logits=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    with torch.no_grad():
+        expected = baseline.eval()(x)
+    assert_close(logits, expected)
+    assert_close(targets, expected.argmax(1))

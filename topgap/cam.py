@@ -41,10 +41,13 @@ class FeatureTap(nn.Module):
 
 
 def _resolve_targets(logits: torch.Tensor, targets: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
-    batch, num_classes = logits.shape
     if targets is None:
         return logits.argmax(1)
-    t = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+    return _check_targets(targets, *logits.shape, logits.device)
+
+
+def _check_targets(targets, batch: int, num_classes: int, device) -> torch.Tensor:
+    t = torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1)
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -100,7 +103,7 @@ def _target_layer(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = "gradcam",
-                 size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 size: tuple[int, int] | None = None, with_logits: bool = False) -> tuple[torch.Tensor, ...]:
     """A post-hoc CAM (pytorch-grad-cam) of a timm classifier or of a TopGapNet.
 
     Args:
@@ -109,9 +112,10 @@ def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = 
         targets: class index per image, one index for all, or None for the predicted class.
         method: one of :data:`METHODS` (gradcam, gradcam++, hirescam, layercam, xgradcam, eigencam, scorecam).
         size: (h, w) of the returned maps; default the input size. Pass a Top-GAP CAM's size to compare.
+        with_logits: also return the logits (B, C) of the CAM's own forward pass.
 
     Returns:
-        (cams (B, h, w) in [0, 1], the target classes (B,)).
+        (cams (B, h, w) in [0, 1], the target classes (B,)[, logits (B, C)]). One forward pass in all.
 
     Hooks are removed and the model's training flag restored even when the call fails; parameter
     gradients it produced are released, so repeated calls do not grow memory.
@@ -119,16 +123,18 @@ def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = 
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     runner, layer = _target_layer(model)
+    t = None if targets is None else _check_targets(targets, len(x), model.num_classes, x.device)
     was_training = model.training
     with _HOOKS:
         try:
             runner.eval()
-            with torch.no_grad():
-                t = _resolve_targets(runner(x), targets)
             with torch.enable_grad(), METHODS[method](model=runner, target_layers=[layer]) as cam:
-                grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])
+                chosen = None if t is None else [ClassifierOutputTarget(int(c)) for c in t]  # None: predicted class
+                grayscale = cam(input_tensor=x, targets=chosen)
+                logits = cam.outputs.detach()
         finally:
             model.train(was_training)
             model.zero_grad(set_to_none=True)
-    maps = torch.from_numpy(grayscale).float().to(x.device)
-    return _to_size(maps, size or tuple(x.shape[-2:])), t
+    t = logits.argmax(1) if t is None else t
+    cams = _to_size(torch.from_numpy(grayscale).float().to(x.device), size or tuple(x.shape[-2:]))
+    return (cams, t, logits) if with_logits else (cams, t)

@@ -276,10 +276,8 @@ def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Re
     if family.baseline:
         name, model, cfg = family.baseline
         x = family.norms[name](prep.x01)
-        with torch.no_grad():
-            probs = model(x).softmax(1)[0]
-        cam, _ = baseline_cam(model, x, targets=int(probs.argmax()), method=method, size=size)
-        base = _map_result(name, cfg, probs, cam[0], prep, family.class_names)
+        cam, _, logits = baseline_cam(model, x, method=method, size=size, with_logits=True)
+        base = _map_result(name, cfg, logits[0].softmax(0), cam[0], prep, family.class_names)
     notes = list(prep.notes) + ([] if base else ["this family has no baseline model"])
     result = Result(family.name, method, prep.image, maps, base, family.ks, family.cam_size, prep.x01, prep.box, notes)
     return result.with_mask(mask) if mask is not None else result
@@ -343,10 +341,8 @@ def attack_view(family: Family, result: Result, index: int, kind: str, eps: floa
             cams, _, logits = topgap_cam(model01[1], x, size=size, with_logits=True)
             probs, cam = logits[0].softmax(0), cams[0]
         else:
-            with torch.no_grad():
-                probs = model01[1](x).softmax(1)[0]
-            cams, _ = baseline_cam(model01[1], x, targets=int(probs.argmax()), method=result.method, size=size)
-            cam = cams[0]
+            cams, _, logits = baseline_cam(model01[1], x, method=result.method, size=size, with_logits=True)
+            probs, cam = logits[0].softmax(0), cams[0]
         adv_prep = dataclasses.replace(prep, image=_adv_image(adv, result))
         out[m.name] = _map_result(m.name, cfg, probs, cam, adv_prep, family.class_names)
     return out
