@@ -1,4 +1,4 @@
-"""Top-GAP explorer: the model's own CAM across k against a GradCAM baseline (Gradio UI; logic in topgap.explain).
+"""Top-GAP explorer: the model's own CAM across k against a GradCAM baseline (Gradio UI; logic in topgap.explorer.explain).
 
     python app.py   # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
 
@@ -25,9 +25,9 @@ from PIL import Image, UnidentifiedImageError
 
 from topgap.cam import METHODS
 from topgap.checkpoint import CheckpointError
-from topgap.explain import ATTACKS, Family, FamilyStore, InputError, Result, attack_view, explain_all
-from topgap.hub import HubStore
-from topgap.imageio import drawn_mask
+from topgap.explorer.explain import ATTACKS, Family, FamilyStore, InputError, Result, attack_view, explain_all
+from topgap.explorer.hub import HubStore
+from topgap.data.imageio import drawn_mask
 from topgap.io import atomic_write
 
 matplotlib.use("Agg")

@@ -67,7 +67,7 @@ def main() -> None:
     import torch
 
     from topgap.cam import baseline_cam, topgap_cam
-    from topgap.explain import explain_all
+    from topgap.explorer.explain import explain_all
 
     out = {"family": str(args.family), "threads": torch.get_num_threads(),
            "cold_start_s": round(cold_start(args.family.parent, args.family.name), 3)}

@@ -102,7 +102,7 @@ def test_checked_image_turns_decode_failures_into_gr_error(app_module, files):
 
 
 def test_slider_handler_reads_state_only(app_module, files, monkeypatch):
-    import topgap.explain as ex
+    import topgap.explorer.explain as ex
 
     result = app_module.analyse("fam", Image.open(files / "image.png"), None, None, "gradcam", 0)[0]
     monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the slider must not run a model"))

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from topgap import TopGapNet
-from topgap.attacks import (gradient_masking_flag, robustness, run_attack, transfer_robustness, with_rates,
+from topgap.eval.attacks import (gradient_masking_flag, robustness, run_attack, transfer_robustness, with_rates,
                             wrap01)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

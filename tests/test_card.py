@@ -1,7 +1,7 @@
 import json
 
 from topgap import ModelConfig, build_model, save_model
-from topgap.card import verdicts, write_card
+from topgap.eval.card import verdicts, write_card
 from topgap.io import write_json
 
 

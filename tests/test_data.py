@@ -128,7 +128,7 @@ def test_exif_orientation(tmp_path):
 
 def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
     path = _save(tmp_path / "big.png", Image.new("L", (100, 100)))
-    monkeypatch.setattr("topgap.imageio.MAX_PIXELS", 1000)
+    monkeypatch.setattr("topgap.data.imageio.MAX_PIXELS", 1000)
     with pytest.raises(ValueError, match="big.png.*downscale"):
         read_image(path)
 

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from topgap import TopGapNet, create_baseline
 from topgap.checkpoint import load_family, save_model
 from topgap.config import ModelConfig
-from topgap.evaluate import aggregate_folds, evaluate_family, parse_eps, register, run, write_report
+from topgap.eval.evaluate import aggregate_folds, evaluate_family, parse_eps, register, run, write_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Decoding of unusual uploads, masks, and the compute-once / switch-only logic of topgap.explain."""
+"""Decoding of unusual uploads, masks, and the compute-once / switch-only logic of topgap.explorer.explain."""
 import io
 import time
 
@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from appfamily import KS, make_family
-from topgap.explain import Family, explain_all
-from topgap.imageio import BACKGROUND, InputError, decode_image, decode_mask, drawn_mask, fit_mask
+from topgap.explorer.explain import Family, explain_all
+from topgap.data.imageio import BACKGROUND, InputError, decode_image, decode_mask, drawn_mask, fit_mask
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_drawn_mask_from_editor_layers():
 # ---- compute once, switch only ----
 
 def test_one_call_computes_every_k_and_baseline(fam, monkeypatch):
-    import topgap.explain as ex
+    import topgap.explorer.explain as ex
 
     calls = {"own": 0, "baseline": 0}
     own, base = ex.topgap_cam, ex.baseline_cam
@@ -183,7 +183,7 @@ def test_unknown_method_rejected(fam):
 
 
 def test_attack_view_fgsm_and_pgd(fam):
-    from topgap.explain import attack_view
+    from topgap.explorer.explain import attack_view
 
     result = explain_all(fam, (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8))
     for kind in ("fgsm", "pgd"):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from topgap.masks import binary_mask
+from topgap.data.masks import binary_mask
 
 OBJ = np.array([[1, 1, 0], [0, 1, 0]], bool)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from topgap.data import list_splits, open_dataset
-from topgap.synth import SPLITS, VARIANTS, generate, register, render
+from topgap.data.synth import SPLITS, VARIANTS, generate, register, render
 
 SMALL = dict(n_train=16, n_val=8, n_test=8, size=48)
 

@@ -2,7 +2,7 @@
 
 CAMs are [0, 1] maps of shape (H, W) (or batches (..., H, W) for :func:`l1_sparsity`); masks are
 binary (nonzero = object) with an optional `ignore` map of pixels left out of the count (the
-boundary band of Oxford-IIIT Pet trimaps; see :func:`topgap.masks.binary_mask`). A CAM is resized
+boundary band of Oxford-IIIT Pet trimaps; see :func:`topgap.data.masks.binary_mask`). A CAM is resized
 to its mask (bilinear, OpenCV) before it is compared.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ Images:
 - transparency (RGBA, LA, PA, palette with a transparent index) is composited on **white**;
 - CMYK, grayscale, YCbCr, HSV, 1-bit converted to RGB.
 
-Masks go through the same safe decoding, then :func:`topgap.masks.binary_mask` (0/255, 0/1, palette
+Masks go through the same safe decoding, then :func:`topgap.data.masks.binary_mask` (0/255, 0/1, palette
 indices, trimaps, RGBA drawings) and are resized to the image with nearest neighbour.
 """
 from __future__ import annotations

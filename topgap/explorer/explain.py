@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cam import METHODS, baseline_cam, topgap_cam
-from .checkpoint import CheckpointError, load_family
-from .config import ModelConfig
-from .imageio import InputError, decode_image, decode_mask, fit_mask
-from .metrics import best_iou, l1_sparsity, mass_in_mask
-from .model import Normalize
+from ..cam import METHODS, baseline_cam, topgap_cam
+from ..checkpoint import CheckpointError, load_family
+from ..config import ModelConfig
+from ..data.imageio import InputError, decode_image, decode_mask, fit_mask
+from ..metrics import best_iou, l1_sparsity, mass_in_mask
+from ..model import Normalize
 
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
            "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label"]
@@ -260,7 +260,7 @@ def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Re
     """Run every model of `family` on `image` once: CAM and prediction per k, and the baseline's.
 
     Args:
-        image: path, bytes, PIL image or array (any mode, see :mod:`topgap.imageio`).
+        image: path, bytes, PIL image or array (any mode, see :mod:`topgap.data.imageio`).
         mask: optional mask upload (any encoding) or bool array; metrics are added when given.
         method: the baseline's CAM method, one of :data:`topgap.cam.METHODS`.
     """
@@ -289,7 +289,7 @@ class FamilyStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._loaded: dict[str, Family] = {}
-        self.remote: list[str] = []  # families fetched from elsewhere on first use (see topgap.hub)
+        self.remote: list[str] = []  # families fetched from elsewhere on first use (see topgap.explorer.hub)
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -322,7 +322,7 @@ def attack_view(family: Family, result: Result, index: int, kind: str, eps: floa
 
     Returns {model name: MapResult on the adversarial image}; compare with ``result.view(index)``.
     """
-    from .attacks import run_attack
+    from ..eval.attacks import run_attack
 
     if kind not in ATTACKS:
         raise InputError(f"unknown attack {kind!r}; choose one of {', '.join(ATTACKS)}")

@@ -25,7 +25,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from .model import Normalize
+from ..model import Normalize
 
 __all__ = ["KINDS", "wrap01", "run_attack", "robustness", "with_rates", "transfer_robustness", "gradient_masking_flag"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .checkpoint import CONFIG, WEIGHTS
+from ..checkpoint import CONFIG, WEIGHTS
 from .explain import FamilyStore, InputError
 
 __all__ = ["HubStore"]

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import family_members, read_config
+from ..checkpoint import family_members, read_config
 from .evaluate import markdown_report
-from .io import atomic_write, write_json
+from ..io import atomic_write, write_json
 
 __all__ = ["verdicts", "write_card", "register"]
 

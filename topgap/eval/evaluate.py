@@ -3,7 +3,7 @@
 Measures what the paper reports: l1 sparsity of the CAMs (section 4.1, Table 2, Figure 3), clean
 accuracy and FGSM/PGD robustness (4.2, Table 3), accuracy under distribution shift (Table 5), and
 IOU with the ground-truth masks (4.4, Table 7); plus Square (black-box) and transfer-from-baseline
-robustness to check for gradient masking (:func:`topgap.attacks.gradient_masking_flag`).
+robustness to check for gradient masking (:func:`topgap.eval.attacks.gradient_masking_flag`).
 
 CAMs are taken for the predicted class, resized to the dataset's mask size (the input size) and
 min-max scaled there, so every map type is measured at one resolution and one scaling: Top-GAP
@@ -50,10 +50,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .attacks import gradient_masking_flag, robustness, run_attack, with_rates, wrap01
-from .cam import METHODS, baseline_cam, topgap_cam
-from .config import ModelConfig
-from .io import atomic_write, write_json
-from .metrics import best_iou, l1_sparsity, mass_in_mask
+from ..cam import METHODS, baseline_cam, topgap_cam
+from ..config import ModelConfig
+from ..io import atomic_write, write_json
+from ..metrics import best_iou, l1_sparsity, mass_in_mask
 
 __all__ = ["ATTACKS", "evaluate_family", "write_report", "aggregate_folds", "parse_eps", "register", "run"]
 
@@ -493,8 +493,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Load the family, open the dataset, evaluate, write the report; return a short summary."""
-    from .checkpoint import load_family
-    from .data import open_dataset
+    from ..checkpoint import load_family
+    from ..data import open_dataset
 
     models = load_family(args.family, device=args.device)
     cfg = next(iter(models.values()))[1]

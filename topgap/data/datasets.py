@@ -4,7 +4,7 @@
 items are ``{"image": float32 (3, H, W) in [0, 1], "label": int, "mask": uint8 (H, W), "has_mask": bool,
 "index": int}``; mask values are 0 background, 1 object, 255 ignore/unknown (all 255 without a mask).
 
-Decoding (:func:`read_image`) goes by file content, not name, through :mod:`topgap.imageio`, the same
+Decoding (:func:`read_image`) goes by file content, not name, through :mod:`topgap.data.imageio`, the same
 decoder the app uses (EXIF orientation, 16-bit and float rescaled, transparency composited on white,
 CMYK and palette converted, decompression bombs refused). Bad files are found when the dataset is opened: ``on_error="stop"`` raises a ValueError naming them,
 ``on_error="skip"`` leaves them out and lists them in ``dataset.skipped``. Nothing is ever written into a

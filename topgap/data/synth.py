@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .io import write_json
+from ..io import write_json
 
 __all__ = ["generate", "render", "register", "run", "VARIANTS", "SPLITS"]
 

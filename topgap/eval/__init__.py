@@ -1,0 +1,1 @@
+"""Evaluation: attacks, the family evaluation (computes dicts), reports and model cards."""
