@@ -6,7 +6,9 @@ import torch
 from torch.testing import assert_close
 
 from topgap import METHODS, baseline_cam, create_baseline, topgap_cam
+from topgap.cam import cam_size, postprocess
 from topgap.model import minmax_scale
+from topgap.modes import eval_mode
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def test_topgap_cam_is_the_target_class_map_scaled(tiny_net):
     with torch.no_grad():
         maps = tiny_net.class_maps(x)
     assert_close(targets, tiny_net(x).argmax(1))
-    assert_close(cams, minmax_scale(maps[torch.arange(2), targets]))
+    assert_close(cams, minmax_scale(maps[torch.arange(2), targets].clamp_min(0)))
     cams2, t2 = topgap_cam(tiny_net, x, targets=[2, 0], size=(64, 64))
     assert cams2.shape == (2, 64, 64) and t2.tolist() == [2, 0]
     assert_close(cams2.amax((1, 2)), torch.ones(2))
@@ -47,15 +49,15 @@ def test_gradcam_matches_pytorch_grad_cam_on_the_final_feature_map(baseline):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     x = torch.randn(1, 3, 64, 64)
-    ours, _ = baseline_cam(baseline, x, targets=2)
+    ours, _ = baseline_cam(baseline, x, targets=2, size=(64, 64))
     with GradCAM(baseline.eval(), target_layers=[baseline.layer4]) as cam:
         ref = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(2)]))
-    assert_close(ours, minmax_scale(ref))
+    assert_close(ours, minmax_scale(ref), atol=1e-4, rtol=0)
 
 
 def test_gradcam_on_a_topgap_model(tiny_net):
     cams, _ = baseline_cam(tiny_net, torch.randn(1, 3, 64, 64), targets=0)
-    assert cams.shape == (1, 64, 64)
+    assert cams.shape == (1, 16, 16)  # the fused FPN map, at the class-map resolution
     assert hooks(tiny_net) == 0
 
 
@@ -85,7 +87,7 @@ def test_repeated_calls_do_not_grow_memory(baseline):
     growth = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     assert growth < 1_000_000, f"{growth} bytes retained after 20 calls"
-    assert all(p.grad is None for p in baseline.parameters())
+    assert all(p.grad is None for p in baseline.parameters())  # the caller had none: none left
 
 
 def test_baseline_cam_runs_one_forward_pass_and_returns_its_logits(baseline):
@@ -101,3 +103,61 @@ def test_baseline_cam_runs_one_forward_pass_and_returns_its_logits(baseline):
         expected = baseline.eval()(x)
     assert_close(logits, expected)
     assert_close(targets, expected.argmax(1))
+
+
+def test_postprocess_by_hand():
+    m = torch.tensor([[[-2.0, 0.0], [1.0, 3.0]]])
+    assert_close(postprocess(m), torch.tensor([[[0.0, 0.0], [1 / 3, 1.0]]]))
+    assert_close(postprocess(m, mode="minmax"), torch.tensor([[[0.0, 0.4], [0.6, 1.0]]]))
+    assert_close(postprocess(-m.abs() - 1), torch.zeros(1, 2, 2))  # all negative: nothing left after the ReLU
+    up = postprocess(m, size=(4, 4))
+    assert up.shape == (1, 4, 4) and up.max() == 1 and up.min() == 0
+    with pytest.raises(ValueError, match="relu-minmax"):
+        postprocess(m, mode="relu")
+
+
+def test_gradcam_at_the_class_map_layer_equals_the_own_cam(tiny_net):
+    """GradCAM at X: weights (1/(h w), 0, ...), so its map is X_c / (h w): after post-processing, the own CAM."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 64, 64)
+    own, t = topgap_cam(tiny_net, x)
+    gc, t2 = baseline_cam(tiny_net, x, layer=tiny_net.head.classifier)
+    assert_close(t, t2)
+    assert_close(gc, own, atol=1e-5, rtol=0)
+    raw_own, _ = topgap_cam(tiny_net, x, postprocessing=None)
+    raw_gc, _ = baseline_cam(tiny_net, x, layer=tiny_net.head.classifier, postprocessing=None)
+    assert_close(raw_gc, raw_own / (16 * 16), atol=1e-6, rtol=1e-4)  # before any ReLU: negatives included
+    assert (raw_own < 0).any()
+
+
+def test_both_sides_share_one_switch(baseline, tiny_net):
+    x = torch.randn(2, 3, 64, 64)
+    raw, _ = baseline_cam(baseline, x, targets=0, postprocessing=None)
+    assert raw.shape == (2, 2, 2) and (raw < 0).any()  # pytorch-grad-cam's own ReLU not applied
+    for mode in ("relu-minmax", "minmax"):
+        cams, _ = baseline_cam(baseline, x, targets=0, size=(16, 16), postprocessing=mode)
+        assert_close(cams, postprocess(raw, (16, 16), mode))
+        own, _ = topgap_cam(tiny_net, x, targets=0, postprocessing=mode)
+        assert_close(own, postprocess(topgap_cam(tiny_net, x, targets=0, postprocessing=None)[0], None, mode))
+
+
+def test_cam_size_from_the_model(tiny_net, baseline):
+    assert cam_size(tiny_net, (64, 64)) == (16, 16)
+    assert cam_size(baseline, (64, 96)) == (2, 3)
+
+
+def test_eval_mode_restores_each_flag_and_keeps_the_callers_gradients(baseline):
+    baseline.train()
+    baseline.bn1.eval()  # a frozen batch norm, as in fine-tuning
+    baseline(torch.randn(2, 3, 32, 32)).sum().backward()
+    before = {n: p.grad.clone() for n, p in baseline.named_parameters()}
+    with eval_mode(baseline):
+        assert not any(m.training for m in baseline.modules())
+        baseline(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert baseline.training and not baseline.bn1.training and baseline.layer1.training
+    for n, p in baseline.named_parameters():
+        assert_close(p.grad, before[n])
+    baseline_cam(baseline, torch.randn(1, 3, 32, 32))
+    for n, p in baseline.named_parameters():
+        assert_close(p.grad, before[n])
+    assert not baseline.bn1.training

@@ -1,13 +1,20 @@
-"""CAMs at one scale: the Top-GAP model's own CAM and post-hoc baselines through pytorch-grad-cam.
+"""CAMs compared on equal terms: the Top-GAP model's own CAM and post-hoc baselines (pytorch-grad-cam).
 
-Both come back as (B, H, W) float tensors in [0, 1], min-max scaled per image after resizing to
-the same `size`, so a Top-GAP CAM and a GradCAM of the unmodified model compare fairly.
+Every map that is compared passes one function, :func:`postprocess`: ReLU, bilinear resize to a common
+size, min-max scaling per map (``"relu-minmax"``, pytorch-grad-cam's own definition, the default), or the
+same without the ReLU (``"minmax"``). The baselines' raw maps are taken before pytorch-grad-cam's own
+ReLU and scaling, so the switch applies to both sides alike.
+
+Identity (tested): GradCAM taken at a Top-GAP net's class-map layer, for class c, equals
+``postprocess(X_c)``: d logit_c / dX_c is 1/k on the top-k pixels, so the channel weights are
+(1/(h w), 0, ...) and the GradCAM map is X_c / (h w) before scaling.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
@@ -15,8 +22,11 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .model import TopGapNet, minmax_scale
+from .modes import eval_mode
 
-__all__ = ["METHODS", "topgap_cam", "baseline_cam", "FeatureTap"]
+__all__ = ["METHODS", "POSTPROCESSING", "postprocess", "cam_size", "topgap_cam", "baseline_cam", "FeatureTap"]
+
+POSTPROCESSING = ("relu-minmax", "minmax")  # the one switch; None in the functions below = raw maps
 
 METHODS = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
@@ -57,15 +67,48 @@ def _check_targets(targets, batch: int, num_classes: int, device) -> torch.Tenso
     return t
 
 
-def _to_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return minmax_scale(maps)
+def postprocess(maps: torch.Tensor, size: tuple[int, int] | None = None,
+                mode: str = "relu-minmax") -> torch.Tensor:
+    """The post-processing of every compared map: M' = minmax(resize(ReLU(M))) ("relu-minmax") or minmax(resize(M)).
+
+    Args:
+        maps: (B, h, w) raw maps.
+        size: (H, W) to resize to (bilinear, align_corners=False); None keeps (h, w).
+        mode: one of :data:`POSTPROCESSING`.
+
+    Returns (B, H, W) in [0, 1]; a constant map becomes 0.
+    """
+    if mode not in POSTPROCESSING:
+        raise ValueError(f"unknown post-processing {mode!r}; choose one of {', '.join(POSTPROCESSING)}")
+    if mode == "relu-minmax":
+        maps = maps.clamp_min(0)
+    if size is not None and tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return minmax_scale(maps.float())
+
+
+def _finish(maps: torch.Tensor, size, mode: str | None) -> torch.Tensor:
+    return maps if mode is None else postprocess(maps, size, mode)
+
+
+def cam_size(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, int]:
+    """The native resolution of a model's CAM for `input_size` inputs, from one pass on zeros.
+
+    TopGapNet: its class maps (H/4, W/4 with 4 maps); a timm classifier: its final feature map
+    (GradCAM's usual target layer, e.g. H/32, W/32).
+    """
+    runner, _ = _target_layer(model)
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype)
+    with eval_mode(model), torch.no_grad():
+        if isinstance(model, TopGapNet):
+            return tuple(model.class_maps(x).shape[-2:])
+        return tuple(runner.model.forward_features(x).shape[-2:])
 
 
 def topgap_cam(model: TopGapNet, x: torch.Tensor, targets=None, size: tuple[int, int] | None = None,
-               with_logits: bool = False) -> tuple[torch.Tensor, ...]:
-    """The model's own CAM (paper's CAM mode) for one class per image.
+               with_logits: bool = False, postprocessing: str | None = "relu-minmax") -> tuple[torch.Tensor, ...]:
+    """The model's own CAM (paper's CAM mode): the class map X_c of one class per image.
 
     Args:
         model: a TopGapNet.
@@ -73,20 +116,15 @@ def topgap_cam(model: TopGapNet, x: torch.Tensor, targets=None, size: tuple[int,
         targets: class index per image, one index for all, or None for the predicted class.
         size: (h, w) of the returned maps; default the class-map size (H/4, W/4 with 4 maps).
         with_logits: also return the logits (B, C) of the same forward pass.
+        postprocessing: see :func:`postprocess`; None returns the raw class maps (size ignored).
 
     Returns:
-        (cams (B, h, w) in [0, 1], the target classes (B,)[, logits (B, C)]).
+        (cams (B, h, w), the target classes (B,)[, logits (B, C)]).
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits, maps = model.forward_with_maps(x)
-            t = _resolve_targets(logits, targets)
-    finally:
-        model.train(was_training)
-    maps = maps[torch.arange(len(t), device=maps.device), t]
-    cams = _to_size(maps, size or tuple(maps.shape[-2:]))
+    with eval_mode(model), torch.no_grad():
+        logits, maps = model.forward_with_maps(x)
+    t = _resolve_targets(logits, targets)
+    cams = _finish(maps[torch.arange(len(t), device=maps.device), t], size, postprocessing)
     return (cams, t, logits) if with_logits else (cams, t)
 
 
@@ -102,8 +140,29 @@ def _target_layer(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return wrapped, wrapped.tap
 
 
+def _raw(method: type) -> type:
+    """`method` returning its raw map at the layer's resolution: no ReLU, no scaling, no resize."""
+
+    class Raw(method):
+        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+            acts = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
+            grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+            return [self.get_cam_image(input_tensor, layer, targets, acts[i], grads[i] if grads else None,
+                                       eigen_smooth) for i, layer in enumerate(self.target_layers)]
+
+        def aggregate_multi_layers(self, cam_per_target_layer):
+            return np.mean(np.stack(cam_per_target_layer), axis=0)
+
+    Raw.__name__ = f"Raw{method.__name__}"
+    return Raw
+
+
+_RAW = {name: _raw(cls) for name, cls in METHODS.items()}
+
+
 def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = "gradcam",
-                 size: tuple[int, int] | None = None, with_logits: bool = False) -> tuple[torch.Tensor, ...]:
+                 size: tuple[int, int] | None = None, with_logits: bool = False,
+                 postprocessing: str | None = "relu-minmax", layer: nn.Module | None = None) -> tuple[torch.Tensor, ...]:
     """A post-hoc CAM (pytorch-grad-cam) of a timm classifier or of a TopGapNet.
 
     Args:
@@ -111,30 +170,26 @@ def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = 
         x: (B, 3, H, W) normalised images.
         targets: class index per image, one index for all, or None for the predicted class.
         method: one of :data:`METHODS` (gradcam, gradcam++, hirescam, layercam, xgradcam, eigencam, scorecam).
-        size: (h, w) of the returned maps; default the input size. Pass a Top-GAP CAM's size to compare.
+        size: (h, w) of the returned maps; default the target layer's resolution.
         with_logits: also return the logits (B, C) of the CAM's own forward pass.
+        postprocessing: see :func:`postprocess`; None returns the raw maps (before any ReLU).
+        layer: the layer to explain; default the final feature map (timm) or the fused FPN map (TopGapNet).
 
     Returns:
-        (cams (B, h, w) in [0, 1], the target classes (B,)[, logits (B, C)]). One forward pass in all.
+        (cams (B, h, w), the target classes (B,)[, logits (B, C)]). One forward pass in all.
 
-    Hooks are removed and the model's training flag restored even when the call fails; parameter
-    gradients it produced are released, so repeated calls do not grow memory.
+    Hooks are removed and the training flags restored even when the call fails; the gradients it
+    produces are discarded and a caller's own accumulated gradients kept (:func:`topgap.modes.eval_mode`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    runner, layer = _target_layer(model)
+    runner, default_layer = _target_layer(model)
     t = None if targets is None else _check_targets(targets, len(x), model.num_classes, x.device)
-    was_training = model.training
-    with _HOOKS:
-        try:
-            runner.eval()
-            with torch.enable_grad(), METHODS[method](model=runner, target_layers=[layer]) as cam:
-                chosen = None if t is None else [ClassifierOutputTarget(int(c)) for c in t]  # None: predicted class
-                grayscale = cam(input_tensor=x, targets=chosen)
-                logits = cam.outputs.detach()
-        finally:
-            model.train(was_training)
-            model.zero_grad(set_to_none=True)
+    with _HOOKS, eval_mode(runner), torch.enable_grad(), \
+            _RAW[method](model=runner, target_layers=[layer or default_layer]) as cam:
+        chosen = None if t is None else [ClassifierOutputTarget(int(c)) for c in t]  # None: predicted class
+        raw = torch.from_numpy(np.asarray(cam(input_tensor=x, targets=chosen), dtype=np.float32)).to(x.device)
+        logits = cam.outputs.detach()
     t = logits.argmax(1) if t is None else t
-    cams = _to_size(torch.from_numpy(grayscale).float().to(x.device), size or tuple(x.shape[-2:]))
+    cams = _finish(raw, size, postprocessing)
     return (cams, t, logits) if with_logits else (cams, t)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backbones as _backbones  # noqa: F401  (registers preact_resnet18 with timm)
+from .modes import eval_mode
 from .pooling import TopGAP
 
 __all__ = ["TopGapNet", "FPNHead", "Normalize", "create_baseline", "check_backbone", "minmax_scale"]
@@ -145,14 +146,11 @@ class TopGapNet(nn.Module):
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """CAM mode: class maps with dropout off and BN frozen, min-max scaled to [0, 1] per image and class.
 
-        Returns (B, num_classes, H/r, W/r). The module's training flag is restored afterwards.
+        Returns (B, num_classes, H/r, W/r), raw maps min-max scaled (see :func:`topgap.cam.postprocess` for the
+        ReLU + min-max used when maps are compared). Each submodule's training flag is restored afterwards.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return minmax_scale(self.class_maps(x))
-        finally:
-            self.train(was_training)
 
 
 def _pretrained_args(pretrained: bool | str) -> dict:
