@@ -10,14 +10,18 @@ from torch.utils.data import Dataset
 from topgap import TopGapNet, create_baseline
 from topgap.checkpoint import load_family, save_model
 from topgap.config import ModelConfig
-from topgap.eval.evaluate import aggregate_folds, evaluate_family, parse_eps, register, run, write_report
+from topgap.cam import postprocess, topgap_cam
+from topgap.eval.evaluate import (aggregate_folds, convergence, evaluate_family, parse_eps, register, run,
+                                   select_models)
+from topgap.eval.report import write_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CLASSES = ["a", "b", "c"]
 SIZE = (32, 32)
-FAST = dict(eps=8 / 255, pgd_steps=(2,), square_queries=5, batch_size=8, progress=False)
+FAST = dict(eps=8 / 255, pgd_steps=(2,), square_queries=5, batch_size=8, progress=False, bootstrap_samples=200,
+            eps_curve=(8 / 255, 1.0), curve_steps=3, faithfulness_images=3)
 
 
 class FakeSet(Dataset):
@@ -58,14 +62,23 @@ def family() -> dict:
     return out
 
 
+def surrogate():
+    torch.manual_seed(2)
+    return create_baseline("resnet18", 3).eval(), ModelConfig("resnet18", CLASSES, kind="baseline", input_size=SIZE)
+
+
 @pytest.fixture(scope="module")
 def results():
-    return evaluate_family(family(), FakeSet(), shifted=FakeSet(6, seed=1), attack_images=5, **FAST)
+    return evaluate_family(family(), FakeSet(), shifts={"shifted": FakeSet(6, seed=1)}, surrogate=surrogate(),
+                           attack_images=5, attacks=("fgsm", "pgd", "square", "transfer"),
+                           convergence={"k32": (False, "final train loss at chance level")}, **FAST)
 
 
 def test_structure_and_values(results):
     json.dumps(results, allow_nan=False)  # strictly JSON-serialisable
     assert results["n_images"] == 12 and results["attack_images"] == 5 and results["eps"] == 8 / 255
+    assert results["postprocessing"] == "relu-minmax" and results["pgd_rule"] == "foolbox"
+    assert results["l1_resolution"] == [8, 8] and results["localisation_resolution"] == [32, 32]
     assert list(results["models"]) == ["k4", "k32", "baseline"]
     data, models = FakeSet(), family()
     for name, m in results["models"].items():
@@ -76,16 +89,18 @@ def test_structure_and_values(results):
         assert m["clean"] == {"n": 12, "correct": int((pred == torch.tensor(data.labels)).sum()),
                               "accuracy": m["clean"]["correct"] / 12}
         assert m["n_masks"] == 10  # image 5 has none, image 6 marks no object pixel
-        for key in ("iou", "iou_gradcam", "l1", "l1_gradcam"):
+        assert m["n_road"] == 3
+        for key in ("iou", "iou_gradcam", "l1", "l1_gradcam", "pxap", "maxboxacc_v2"):
             assert 0 <= m[key] <= 1
-        for key, l1 in (("mass_in_mask", "l1"), ("mass_in_mask_gradcam", "l1_gradcam")):
-            # an all-zero CAM has no mass to place: None (the untrained baseline's 1x1 final map at 32x32)
-            assert (m[key] is None) == (m[l1] == 0) and (m[key] is None or 0 <= m[key] <= 1)
         assert set(m["attacks"]) == {"fgsm", "pgd2", "square", "transfer"}
         assert m["attacks"]["fgsm"]["n"] == 12 and m["attacks"]["square"]["n"] == 5
+        assert m["attacks"]["transfer"]["n"] == 5
         assert m["attacks"]["fgsm"]["clean_correct"] == m["clean"]["correct"]
-        assert m["shifted"]["n"] == 6
+        assert m["shifts"]["shifted"]["n"] == 6
         assert isinstance(m["gradient_masking_suspected"], bool)
+        curve = [c["accuracy"] for c in m["eps_curve"]]
+        assert [c["eps"] for c in m["eps_curve"]] == [8 / 255, 1.0] and curve == sorted(curve, reverse=True)
+        assert m["eps_curve_reaches_zero"] is True  # eps = 1 covers the whole image range
     k4 = results["models"]["k4"]
     assert k4["cam_size"] == [8, 8] and k4["k"] == 4 and k4["k_fraction"] == 4 / 64
     assert results["models"]["k32"]["k_fraction"] == 0.5
@@ -93,44 +108,82 @@ def test_structure_and_values(results):
     assert base["k"] is None and base["cam_size"] is None and base["l1"] == base["l1_gradcam"]
 
 
+def test_l1_is_the_postprocessed_map_at_the_class_map_resolution(results):
+    """Recompute the own CAM's l1 by hand: ReLU, min-max, mean, at 8x8, predicted class."""
+    model, cfg = family()["k4"]
+    x = (FakeSet().images - torch.tensor(cfg.mean).view(1, 3, 1, 1)) / torch.tensor(cfg.std).view(1, 3, 1, 1)
+    raw, _ = topgap_cam(model, x, postprocessing=None)
+    by_hand = postprocess(raw).mean((1, 2)).mean().item()
+    assert math.isclose(results["models"]["k4"]["l1"], by_hand, rel_tol=1e-5)
+
+
+def test_comparisons_have_intervals_and_skip_models_that_did_not_converge(results):
+    k4, k32 = results["models"]["k4"], results["models"]["k32"]
+    cmp = k4["comparisons"]["baseline"]
+    assert {"accuracy", "l1", "iou", "mass_in_mask", "pxap", "maxboxacc_v2", "road", "fgsm_correct", "pgd2_correct",
+            "square_correct", "transfer_correct", "shifted_accuracy"} <= set(cmp)
+    for c in cmp.values():
+        assert c["diff"] is None or c["low"] <= c["diff"] + 1e-9 and c["diff"] <= c["high"] + 1e-9
+        assert c["verdict"] in ("better", "worse", "no clear difference", "n/a")
+    acc = cmp["accuracy"]
+    assert math.isclose(acc["diff"], k4["clean"]["accuracy"] - results["models"]["baseline"]["clean"]["accuracy"])
+    assert k32["converged"] is False and k32["convergence"] == "final train loss at chance level"
+    assert all(c["verdict"].startswith("not converged") for c in k32["comparisons"]["baseline"].values())
+    assert "comparisons" not in results["models"]["baseline"]
+
+
+def test_selection_uses_the_given_split_and_never_a_model_that_did_not_converge(results):
+    val = json.loads(json.dumps(results))
+    val["split"] = "val"
+    val["models"]["k32"]["clean"]["accuracy"] = 1.0  # best, but did not converge
+    val["models"]["k4"]["iou"] = 0.9
+    s = select_models(val)
+    assert s["split"] == "val" and s["by"]["accuracy"]["model"] == "k4" and s["by"]["iou"]["model"] == "k4"
+    val["models"]["k32"]["converged"] = True
+    assert select_models(val)["by"]["accuracy"] == {"model": "k32", "value": 1.0}
+
+
+def test_convergence_from_the_training_log():
+    assert convergence([{"loss": math.log(3) * 1.02, "train_accuracy": 0.4}], 3)[0] is False
+    assert "chance" in convergence([{"loss": 0.5, "train_accuracy": 0.4}], 3)[1]
+    assert convergence([{"loss": 0.5, "train_accuracy": 0.9}], 3)[0] is True
+    assert convergence([], 3) == (False, "no epoch logged")
+
+
 def test_no_masks_and_limits():
     models = {n: v for n, v in family().items() if n != "baseline"}
     r = evaluate_family(models, FakeSet(masks=False), attacks=("fgsm",), max_images=5, **FAST)
     m = r["models"]["k4"]
     assert r["n_images"] == 5 and m["clean"]["n"] == 5 and m["n_masks"] == 0 and m["iou"] is None
-    assert set(m["attacks"]) == {"fgsm"} and m["gradient_masking_suspected"] is None and r["shifted"] is None
-    with pytest.raises(ValueError, match="baseline"):
+    assert m["pxap"] is None and m["maxboxacc_v2"] is None
+    assert set(m["attacks"]) == {"fgsm"} and m["gradient_masking_suspected"] is None and r["shifts"] == {}
+    with pytest.raises(ValueError, match="surrogate"):
         evaluate_family(models, FakeSet(), attacks=("transfer",), **FAST)
     with pytest.raises(ValueError, match="unknown attacks"):
         evaluate_family(models, FakeSet(), attacks=("cw",), **FAST)
+    with pytest.raises(ValueError, match="relu-minmax"):
+        evaluate_family(models, FakeSet(), attacks=(), postprocessing="relu", **FAST)
 
 
 def test_write_report(results, tmp_path):
     paths = write_report(results, tmp_path / "report", title="Fake family")
     names = {p.relative_to(tmp_path / "report").as_posix() for p in paths}
     assert names == {"results.json", "results.md", "plots/l1.png", "plots/iou.png", "plots/accuracy.png",
-                     "plots/robustness.png"}
-    assert all(p.stat().st_size > 0 for p in paths)
+                     "plots/robustness.png", "plots/eps_curve.png"}
     assert not [p for p in (tmp_path / "report").rglob("*") if p.name.endswith(".tmp")]
     assert json.loads((tmp_path / "report" / "results.json").read_text()) == results
     for png in (tmp_path / "report" / "plots").iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "report" / "results.md").read_text()
-    assert md.startswith("# Fake family")
-    for heading in ("## Table 2", "## Table 3", "## Table 5", "## Table 7", "## All models"):
+    assert md.startswith("# Fake family") and "post-processing **relu-minmax**" in md and "**foolbox**" in md
+    for heading in ("## Not converged", "## Verdicts", "## Table 2", "## Table 3", "## Table 5", "## Table 7",
+                    "## Faithfulness", "## Accuracy against eps", "## All models"):
         assert heading in md
-    lines = md.splitlines()
-    assert "| model | k | k/(h*w) | l1 ↓ (GradCAM, baseline) | l1 ↓ (ours) |" in lines
-    assert any(line.startswith("| model | k | FGSM ↑ unchanged | FGSM ↑ correct | FGSM ↑ (ours) unchanged")
-               for line in lines)
-    assert "| model | k | IOU ↑ (GradCAM, baseline) | IOU ↑ (ours) |" in lines
     base, k4 = results["models"]["baseline"], results["models"]["k4"]
-    assert f"| k4 | 4 | 0.062 | {base['l1']:.3f} | {k4['l1']:.3f} |" in lines
-    assert f"| k4 | 4 | {base['iou']:.3f} | {k4['iou']:.3f} |" in lines
-    table3_k4 = next(line for line in lines if line.startswith("| k4 | 4 | ") and line.count("|") > 10)
-    assert table3_k4.endswith(f"| {base['clean']['accuracy']:.3f} | {k4['clean']['accuracy']:.3f} |")
-    full = [line for line in lines if line.startswith("| baseline | baseline |")]
-    assert len(full) == 1
+    c = k4["comparisons"]["baseline"]["l1"]
+    assert (f"| k4 | 4 | 0.062 | {base['l1']:.3f} | {k4['l1']:.3f} | {k4['l1_gradcam']:.3f} | "
+            f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']} |") in md.splitlines()
+    assert "k32 ⚠ not converged" in md and "**k32** did not converge" in md
 
 
 def test_aggregate_folds(results):
@@ -140,8 +193,9 @@ def test_aggregate_folds(results):
     acc = agg["models"]["k4"]["accuracy"]
     assert agg["n_folds"] == 2
     assert math.isclose(acc["mean"], results["models"]["k4"]["clean"]["accuracy"] + 0.1)
-    assert math.isclose(acc["std"], 0.2 / math.sqrt(2))
-    assert set(agg["models"]["baseline"]) >= {"accuracy", "fgsm_paper", "fgsm_correct", "pgd2_paper", "l1", "iou"}
+    assert math.isclose(acc["std"], 0.1)  # population std over the two folds
+    assert set(agg["models"]["baseline"]) >= {"accuracy", "fgsm_correct", "fgsm_unchanged", "pgd2_correct", "l1",
+                                              "iou", "pxap", "road", "shifted_accuracy"}
     assert aggregate_folds([results])["models"]["k4"]["accuracy"]["std"] == 0.0
 
 
@@ -154,34 +208,47 @@ def test_parse_eps():
     register(sub)
     args = sub.choices["evaluate"].parse_args(["fam", "--data", "d", "--eps", "8/255", "--pgd-steps", "20", "50"])
     assert args.eps == 8 / 255 and args.pgd_steps == [20, 50] and args.func is run
-    assert sub.choices["evaluate"].parse_args(["fam", "--data", "d"]).eps == 1 / 255
+    defaults = sub.choices["evaluate"].parse_args(["fam", "--data", "d"])
+    assert defaults.eps == 1 / 255 and defaults.pgd_rule == "foolbox" and defaults.square_queries >= 1000
+
+
+def _write_folder_dataset(root, split, data):
+    from PIL import Image
+
+    for i in range(len(data)):
+        cls = CLASSES[data.labels[i]]
+        for folder, array in ((root / split / cls, (data.images[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)),
+                              (root / "masks" / split / cls, (data.masks[i] == 1).astype(np.uint8) * 255)):
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(folder / f"img{i}.png")
 
 
 def test_cli_run_end_to_end(tmp_path):
-    pytest.importorskip("topgap.data")
-    from PIL import Image
-
     fam = tmp_path / "family"
     for name, (model, cfg) in family().items():
         save_model(model, cfg, fam / name)
-    assert list(load_family(fam)) == ["k4", "k32", "baseline"]
-    data = FakeSet(6)
+    (fam / "k32" / "train_log.json").write_text(json.dumps([{"epoch": 1, "loss": 1.1, "train_accuracy": 0.33}]))
+    sur = surrogate()
+    save_model(*sur, tmp_path / "surrogate")
     root = tmp_path / "data"
-    for i in range(len(data)):
-        cls = CLASSES[data.labels[i]]
-        for folder, array in ((root / "test" / cls, (data.images[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)),
-                              (root / "masks" / "test" / cls, (data.masks[i] == 1).astype(np.uint8) * 255)):
-
-
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(array).save(folder / f"img{i}.png")
-    args = Namespace(family=str(fam), data=str(root), split="test", shifted_split=None, fmt="auto", eps=8 / 255,
-                     pgd_steps=[2], attacks=["fgsm", "pgd", "square", "transfer"], square_queries=5,
-                     attack_images=3, cam_method="gradcam", batch_size=4, max_images=None, out=str(tmp_path / "out"),
-                     device="cpu")
-    summary = run(args)
+    _write_folder_dataset(root, "test", FakeSet(6))
+    _write_folder_dataset(root, "val", FakeSet(6, seed=3))
+    _write_folder_dataset(root, "test_shifted", FakeSet(6, seed=4))
+    sub = ArgumentParser().add_subparsers()
+    register(sub)
+    args = sub.choices["evaluate"].parse_args([
+        str(fam), "--data", str(root), "--eps", "8/255", "--pgd-steps", "2", "--attacks", "fgsm", "pgd",
+        "--surrogate", str(tmp_path / "surrogate"), "--attack-images", "3", "--eps-curve", "8/255",
+        "--faithfulness-images", "2", "--bootstrap", "100", "--batch-size", "4", "--out", str(tmp_path / "out"),
+        "--select-split", "val", "--shift-splits", "test_shifted"])
+    summary = args.func(args)
     assert summary["n_images"] == 6 and set(summary["models"]) == {"k4", "k32", "baseline"}
+    assert summary["models"]["k32"]["converged"] is False and summary["models"]["k4"]["converged"] is None
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["dataset"] == "data" and results["split"] == "test"
-    assert all(m["n_masks"] > 0 for m in results["models"].values())
+    assert results["dataset"] == "data" and results["split"] == "test" and "transfer" in results["attacks"]
+    assert results["selection"]["split"] == "val" and results["selection"]["by"]["accuracy"]["model"] == "k4"
+    assert results["models"]["k4"]["shifts"]["test_shifted"]["n"] == 6
     assert (tmp_path / "out" / "plots" / "robustness.png").is_file()
+    bad = sub.choices["evaluate"].parse_args([str(fam), "--data", str(root), "--select-split", "test"])
+    with pytest.raises(ValueError, match="never on the test split"):
+        bad.func(bad)

@@ -1,4 +1,5 @@
-"""CAM metrics: l1 sparsity (paper section 4.1), best IOU over thresholds (section 4.4), mass on the object.
+"""CAM metrics: l1 sparsity (paper section 4.1), best IOU over thresholds (section 4.4), mass on the object,
+and the dataset-level localisation scores of Choe et al. (CVPR 2020): PxAP and MaxBoxAccV2.
 
 CAMs are [0, 1] maps of shape (H, W) (or batches (..., H, W) for :func:`l1_sparsity`); masks are
 binary (nonzero = object) with an optional `ignore` map of pixels left out of the count (the
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["l1_sparsity", "best_iou", "mass_in_mask"]
+__all__ = ["l1_sparsity", "best_iou", "mass_in_mask", "PxAP", "pxap_from_histograms", "BOX_IOU_LEVELS",
+           "box_hits", "maxboxacc_v2", "tight_box"]
 
 
 def _array(a) -> np.ndarray:
@@ -91,3 +93,111 @@ def mass_in_mask(cam, mask, ignore=None) -> float:
     values, obj = _cam_and_mask(cam, mask, ignore)
     total = float(values.sum())
     return float(values[obj].sum()) / total if total > 0 else float("nan")
+
+
+PXAP_BINS = np.append(np.arange(0, 1, 0.001), [1.0, 2.0, 3.0])  # Choe et al.'s cam_curve_interval 0.001
+
+
+def pxap_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Average precision of "cam >= t" over thresholds t, from histograms of object / background pixel scores.
+
+    AP = sum_l P_l (R_l - R_{l-1}) with thresholds swept from high to low (Choe et al., PxAP).
+    """
+    tp, fp = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])
+    if tp[-1] == 0:
+        return float("nan")
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+    recall = tp / tp[-1]
+    return float((precision[1:] * np.diff(recall)).sum() + precision[0] * recall[0])
+
+
+class PxAP:
+    """Pixel average precision over a whole split (Choe et al., "Evaluating WSOL Right", CVPR 2020).
+
+    Every pixel of every image is one sample (object = positive), scored by its CAM value; precision
+    and recall are pooled over the split before the AP, so a single threshold serves all images.
+    ``update`` keeps one histogram pair per image (1000 bins), so intervals can resample images.
+
+    Example:
+        >>> m = PxAP(); m.update(cam, mask, ignore); m.summary()
+    """
+
+    def __init__(self):
+        self.pos: list[np.ndarray] = []
+        self.neg: list[np.ndarray] = []
+
+    def update(self, cam, mask, ignore=None) -> None:
+        values, obj = _cam_and_mask(cam, mask, ignore)
+        self.pos.append(np.histogram(values[obj], bins=PXAP_BINS)[0])
+        self.neg.append(np.histogram(values[~obj], bins=PXAP_BINS)[0])
+
+    def per_image(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n_images, bins) object and background histograms."""
+        bins = len(PXAP_BINS) - 1
+        return (np.array(self.pos).reshape(-1, bins), np.array(self.neg).reshape(-1, bins))
+
+    def summary(self) -> float | None:
+        if not self.pos:
+            return None
+        pos, neg = self.per_image()
+        v = pxap_from_histograms(pos.sum(0), neg.sum(0))
+        return None if np.isnan(v) else v
+
+    def reset(self) -> None:
+        self.pos, self.neg = [], []
+
+
+BOX_IOU_LEVELS = (0.3, 0.5, 0.7)  # delta of MaxBoxAccV2
+BOX_THRESHOLDS = np.arange(0, 1, 0.01)  # CAM thresholds tau (Choe et al.'s cam_curve_interval for boxes)
+
+
+def tight_box(mask) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), inclusive, tight around the mask's object pixels; None for an empty mask."""
+    ys, xs = np.nonzero(_array(mask))
+    return None if len(xs) == 0 else (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+
+
+def _box_iou(a, b) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def box_hits(cam, mask) -> np.ndarray:
+    """(thresholds, deltas) booleans: does some box of ``cam >= tau`` overlap the mask's tight box by IoU >= delta.
+
+    MaxBoxAccV2's per-image term: every contour of the thresholded CAM proposes a box (multi-contour),
+    the best one counts; the ground-truth box is tight around the mask (the pets' xml boxes are heads only).
+    """
+    cam = _check_cam(_array(cam))
+    mask = _array(mask) != 0
+    if cam.shape != mask.shape:
+        cam = cv2.resize(cam, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+    gt = tight_box(mask)
+    if gt is None:
+        raise ValueError("the mask marks no object pixel: a box accuracy needs an object")
+    hits = np.zeros((len(BOX_THRESHOLDS), len(BOX_IOU_LEVELS)), dtype=bool)
+    for i, tau in enumerate(BOX_THRESHOLDS):
+        binary = (cam >= tau).astype(np.uint8)
+        contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if not contours:
+            continue
+        best = max(_box_iou(gt, (x, y, x + w - 1, y + h - 1)) for x, y, w, h in map(cv2.boundingRect, contours))
+        hits[i] = best >= np.array(BOX_IOU_LEVELS)
+    return hits
+
+
+def maxboxacc_v2(hits: np.ndarray) -> float | None:
+    """MaxBoxAccV2 = mean over delta in (0.3, 0.5, 0.7) of max over tau of the share of images hit.
+
+    Args:
+        hits: (n_images, thresholds, deltas) from :func:`box_hits`.
+    """
+    hits = np.asarray(hits)
+    if hits.size == 0:
+        return None
+    return float(hits.mean(0).max(0).mean())

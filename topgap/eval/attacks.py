@@ -6,11 +6,16 @@ Thin wrappers over torchattacks. Every function takes a model on **[0, 1] images
 
 - FGSM (Goodfellow et al.): x' = clip_[0,1](x + eps * sign(grad_x CE(f(x), y))), one step.
 - PGD (Madry et al., Linf, random start): x_0 = x + U(-eps, eps);
-  x_{t+1} = clip_[0,1](Proj_{|x'-x|_inf <= eps}(x_t + alpha * sign(grad))), alpha = 2.5 * eps / steps
-  (Foolbox's rel_stepsize 0.01/0.3 for 40 steps, the paper's setting).
+  x_{t+1} = clip_[0,1](Proj_{|x'-x|_inf <= eps}(x_t + alpha * sign(grad))). Step rules
+  (:data:`PGD_RULES`): "foolbox" (default, the paper's library: Foolbox LinfPGD's rel_stepsize
+  0.01/0.3, i.e. alpha = eps/30 whatever the step count, 40 steps, random start) or "2.5eps/steps"
+  (Madry et al.'s rule of thumb, alpha = 2.5 * eps / steps).
+- AutoAttack (Croce & Hein, 2020), torchattacks' standard version: APGD-CE, APGD-T, FAB-T, Square,
+  each run on the images the previous ones did not break.
 - Square (Andriushchenko et al.): black-box random search on the margin loss, no gradients; it
   only attacks images the model classifies as `y` (torchattacks), others come back unchanged.
-- Transfer: PGD examples crafted on one model (the baseline) and fed to another.
+- Transfer: PGD examples crafted on an independently trained surrogate (e.g. a second-seed
+  baseline), never on the model itself, and fed to every model.
 
 Two definitions of "robust" are counted (:func:`robustness`): the paper's (the prediction of the
 perturbed image equals the prediction of the clean image) and the usual one (the perturbed image
@@ -19,17 +24,18 @@ gradients are masked, not that the model is robust (:func:`gradient_masking_flag
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torchattacks
 from torch import nn
 
 from ..model import Normalize
+from ..modes import eval_mode
 
-__all__ = ["KINDS", "wrap01", "run_attack", "robustness", "with_rates", "transfer_robustness", "gradient_masking_flag"]
+__all__ = ["KINDS", "PGD_RULES", "wrap01", "run_attack", "robustness", "with_rates", "transfer_robustness",
+           "gradient_masking_flag", "eps_curve"]
 
-KINDS = ("fgsm", "pgd", "square")
+KINDS = ("fgsm", "pgd", "square", "autoattack")
+PGD_RULES = {"foolbox": lambda eps, steps: eps * 0.01 / 0.3, "2.5eps/steps": lambda eps, steps: 2.5 * eps / steps}
 
 
 def wrap01(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
@@ -37,18 +43,6 @@ def wrap01(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) ->
     param = next(model.parameters(), None)
     norm = Normalize(mean, std).to(param.device if param is not None else "cpu")
     return nn.Sequential(norm, model)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode inside, the training flag restored and parameter gradients released afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-        model.zero_grad(set_to_none=True)
 
 
 def _check_images(x01: torch.Tensor, y: torch.Tensor) -> None:
@@ -62,51 +56,76 @@ def _check_images(x01: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def run_attack(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, kind: str, eps: float,
-               steps: int | None = None, alpha: float | None = None, seed: int = 0, **kw) -> torch.Tensor:
+               steps: int | None = None, alpha: float | None = None, seed: int = 0, rule: str = "foolbox",
+               **kw) -> torch.Tensor:
     """Adversarial images within the Linf ball |x' - x|_inf <= eps, clipped to [0, 1].
 
     Args:
         model01: a classifier on [0, 1] images (see :func:`wrap01`).
         x01: (B, 3, H, W) images in [0, 1].
         y: (B,) labels the attack moves away from (the true labels, as Foolbox does).
-        kind: "fgsm" (one step of size eps), "pgd" or "square".
+        kind: "fgsm" (one step of size eps), "pgd", "square" or "autoattack".
         eps: Linf budget in [0, 1] units, e.g. 1/255 (paper, Table 3) or 8/255 (CIFAR-10, Table 4).
-        steps: PGD iterations (default 40, the paper's); ignored by FGSM and Square.
-        alpha: PGD step size (default 2.5 * eps / steps); ignored by FGSM and Square.
-        seed: seeds PGD's random start and Square's random search; the global RNG is left as it was.
+        steps: PGD iterations (default 40, the paper's); ignored by the others.
+        alpha: PGD step size; default from `rule`.
+        seed: seeds the random starts and searches; the global RNG is left as it was.
+        rule: PGD step rule, a key of :data:`PGD_RULES` ("foolbox": eps/30; "2.5eps/steps").
         **kw: passed to torchattacks, e.g. ``n_queries`` for Square (default 5000), ``random_start``
-            for PGD (default True), ``n_restarts``/``p_init``/``loss`` for Square.
+            for PGD (default True), ``n_classes`` for AutoAttack (default: the model's output size).
 
-    The model is put in eval mode for the attack and its training flag restored afterwards;
-    parameter gradients are released (set to None).
+    The model is put in eval mode for the attack (each submodule's flag restored afterwards); the
+    parameter gradients the attack produces are discarded.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown attack {kind!r}; choose one of {', '.join(KINDS)}")
     if not 0 <= eps <= 1:
         raise ValueError(f"eps is a Linf budget on [0, 1] images and must lie in [0, 1] (got {eps}); e.g. 1/255")
+    if rule not in PGD_RULES:
+        raise ValueError(f"unknown PGD step rule {rule!r}; choose one of {', '.join(PGD_RULES)}")
     _check_images(x01, y)
     if kind == "pgd":
         steps = 40 if steps is None else steps
         if steps < 1:
             raise ValueError(f"PGD needs steps >= 1 (got {steps})")
-        alpha = 2.5 * eps / steps if alpha is None else alpha
-    with _eval_mode(model01), torch.random.fork_rng(devices=[x01.device] if x01.device.type == "cuda" else []):
+        alpha = PGD_RULES[rule](eps, steps) if alpha is None else alpha
+    with eval_mode(model01), torch.random.fork_rng(devices=[x01.device] if x01.device.type == "cuda" else []):
         torch.manual_seed(seed)
         if kind == "fgsm":
             attack = torchattacks.FGSM(model01, eps=eps, **kw)
         elif kind == "pgd":
             attack = torchattacks.PGD(model01, eps=eps, alpha=alpha, steps=steps, **kw)
-        else:
+        elif kind == "square":
             attack = torchattacks.Square(model01, eps=eps, seed=seed, **{"n_queries": 5000, **kw})
+        else:
+            with torch.no_grad():
+                n_classes = kw.pop("n_classes", None) or model01(x01[:1]).shape[1]
+            attack = torchattacks.AutoAttack(model01, norm="Linf", eps=eps, version="standard",
+                                             n_classes=n_classes, seed=seed, **kw)
         attack.set_model_training_mode(model_training=False)
         with torch.enable_grad():
             adv = attack(x01, y)
     return adv.detach()
 
 
+def eps_curve(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps_values: list[float], steps: int = 20,
+              seed: int = 0) -> list[dict]:
+    """Accuracy under PGD (Foolbox rule) at each eps: ``[{"eps", "n", "robust_correct", "accuracy"}]``.
+
+    An attack whose budget covers the whole image range must reach 0%; a curve that stays above 0 at
+    its largest eps is the classic sign of masked gradients (Carlini et al., 2019, "On evaluating
+    adversarial robustness"), flagged by the evaluation as ``eps_curve_reaches_zero: false``.
+    """
+    out = []
+    for eps in eps_values:
+        adv = run_attack(model01, x01, y, "pgd", eps, steps=steps, seed=seed)
+        c = robustness(model01, x01, y, adv)
+        out.append({"eps": eps, "n": c["n"], "robust_correct": c["robust_correct"], "accuracy": c["robust_correct_rate"]})
+    return out
+
+
 @torch.no_grad()
 def _predict(model01: nn.Module, x01: torch.Tensor) -> torch.Tensor:
-    with _eval_mode(model01):
+    with eval_mode(model01):
         return model01(x01).argmax(1)
 
 
@@ -137,7 +156,10 @@ def with_rates(counts: dict) -> dict:
 
 def transfer_robustness(source01: nn.Module, target01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps: float,
                         steps: int = 40, alpha: float | None = None, seed: int = 0) -> dict:
-    """Transfer attack: PGD examples crafted on `source01` (the baseline), scored on `target01` (Top-GAP).
+    """Transfer attack: PGD examples crafted on `source01`, an independently trained surrogate, scored on `target01`.
+
+    The surrogate must not be the target itself (that would be a white-box attack): use a baseline
+    trained with another seed.
 
     A model whose own white-box robustness is far above this transfer robustness has gradients
     that do not point towards its adversarial examples (see :func:`gradient_masking_flag`).

@@ -2,7 +2,9 @@
 
 Everything on the card comes from the family's own files: each model's config.json (recipe, training
 time) and train_log.json, and an evaluation report written by ``topgap evaluate`` (results.json and
-its plots). The card states plainly, metric by metric, whether the best Top-GAP model beats the baseline.
+its plots). The card states plainly, metric by metric, whether a Top-GAP model (the ones chosen on validation data
+when the report has a selection) beats the baseline, with the 95% interval behind each verdict; a model whose
+training did not converge is flagged and never judged.
 """
 from __future__ import annotations
 
@@ -16,58 +18,28 @@ from typing import Any
 import torch
 
 from ..checkpoint import family_members, read_config
-from .evaluate import markdown_report
 from ..io import atomic_write, write_json
+from .report import headline, markdown_report
 
 __all__ = ["verdicts", "write_card", "register"]
 
-# (results key path, label, higher is better)
-COMPARED = [
-    (("clean", "accuracy"), "clean accuracy", True),
-    (("shifted", "accuracy"), "accuracy on the shifted split", True),
-    (("iou",), "IOU with the masks (own CAM vs GradCAM on the baseline)", True),
-    (("mass_in_mask",), "share of CAM mass on the object", True),
-    (("l1",), "l1 of the CAM (sparsity)", False),
-    (("white_box_rate",), "correct under every white-box attack", True),
-    (("black_box_rate",), "correct under every black-box attack", True),
-]
-
-
-def _get(m: dict, path: tuple[str, ...]):
-    for key in path:
-        m = (m or {}).get(key)
-    return m
-
-
-TIE = 0.01  # differences smaller than this are reported as ties, not wins
-
-
 def verdicts(results: dict) -> list[dict[str, Any]]:
-    """For each compared metric: the best Top-GAP model, its value, the baseline's, and whether it is better.
+    """Every interval-backed comparison of a Top-GAP model with the baseline, as flat rows for the card.
 
-    ``topgap_better`` is None (a tie) when the two differ by less than :data:`TIE`.
+    Only the models chosen on the validation split are listed when the results carry a selection, else
+    every converged Top-GAP model with a k. Rows: {"model", "reference", "metric", "diff", "low", "high",
+    "verdict"}; the verdict says better/worse only when the 95% interval excludes 0.
     """
     models = results["models"]
-    base = next((m for m in models.values() if m["kind"] == "baseline"), None)
-    out = []
-    for path, label, higher in COMPARED:
-        ours = [(n, _get(m, path)) for n, m in models.items() if m["kind"] == "topgap" and _get(m, path) is not None]
-        b = _get(base, path) if base else None
-        if not ours or b is None:
-            continue
-        name, value = (max if higher else min)(ours, key=lambda t: t[1])
-        better = value > b if higher else value < b
-        out.append({"metric": label, "best_topgap": name, "topgap": value, "baseline": b,
-                    "topgap_better": bool(better) if abs(value - b) >= TIE else None})
-    return out
-
-
-def _verdict_line(v: dict) -> str:
-    if v["topgap_better"] is None:
-        word = f"is within {TIE} of"
-    else:
-        word = "beats" if v["topgap_better"] else "does **not** beat"
-    return f"- {v['metric']}: Top-GAP ({v['best_topgap']}) {word} the baseline: {v['topgap']:.3f} vs {v['baseline']:.3f}"
+    base = next((n for n, m in models.items() if m["kind"] == "baseline"), None)
+    chosen = [v["model"] for v in (results.get("selection") or {}).get("by", {}).values()]
+    names = list(dict.fromkeys(chosen)) or [n for n, m in models.items() if m["kind"] == "topgap" and m["k"] is not None]
+    rows = []
+    for n in names:
+        for metric, c in ((models[n].get("comparisons") or {}).get(base) or {}).items():
+            rows.append({"model": n, "reference": base, "metric": metric, "diff": c["diff"], "low": c["low"],
+                         "high": c["high"], "verdict": c["verdict"]})
+    return rows
 
 
 def write_card(family: str | Path, report: str | Path, *, title: str, data_note: str, commands: list[str],
@@ -96,7 +68,7 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
         f"# {title}", "",
         "## Data", "", data_note, "",
         "## How Top-GAP compares with the baseline", "",
-        *(_verdict_line(v) for v in judged), "",
+        *headline(results), "",
         "## Reproduce", "", "```", *commands, "```", "",
         "## Training", "", f"Hardware: {hardware}. Total training time {total / 60:.1f} min.", "",
         "| model | kind | k | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|", rows, "",

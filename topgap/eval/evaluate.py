@@ -1,44 +1,51 @@
-"""`topgap evaluate`: a model family (Top-GAP models by k + the baseline) on one dataset.
+"""`topgap evaluate`: a model family (Top-GAP models by k + the baseline) on one dataset. Computes; writes nothing.
 
-Measures what the paper reports: l1 sparsity of the CAMs (section 4.1, Table 2, Figure 3), clean
-accuracy and FGSM/PGD robustness (4.2, Table 3), accuracy under distribution shift (Table 5), and
-IOU with the ground-truth masks (4.4, Table 7); plus Square (black-box) and transfer-from-baseline
-robustness to check for gradient masking (:func:`topgap.eval.attacks.gradient_masking_flag`).
+Measures what the paper reports, on equal terms for both sides:
 
-CAMs are taken for the predicted class, resized to the dataset's mask size (the input size) and
-min-max scaled there, so every map type is measured at one resolution and one scaling: Top-GAP
-models by their own CAM (``topgap_cam``) and by GradCAM (``*_gradcam`` keys); the baseline by
-GradCAM only. IOU is :func:`topgap.metrics.best_iou` (mask 1 = object, 255 = ignored), averaged
-over the images with a non-empty mask.
+- accuracy, clean (Table 3) and on each distribution-shifted split (Table 5);
+- l1 sparsity of the CAM (4.1, Table 2), at the family's class-map resolution (the paper measures the
+  raw class map, e.g. 56x56 for 224 px with 4 maps; the baseline's GradCAM map is resized to it);
+- localisation against the masks at the mask resolution (the input size): the paper's best-threshold
+  IOU (4.4, Table 7), mass-in-mask (energy pointing game), PxAP and MaxBoxAccV2 (Choe et al., 2020);
+- faithfulness: ROAD (:mod:`topgap.eval.faithfulness`) on the first `faithfulness_images` images;
+- robustness (4.2): FGSM, PGD (Foolbox's step rule by default), AutoAttack, Square, transfer from an
+  independently trained surrogate, and accuracy against eps up to where it reaches 0.
 
-Results (JSON-serialisable; rates are count / n, NaN-free: None when undefined)::
+Every map passes :func:`topgap.cam.postprocess` with the same `postprocessing` switch: the Top-GAP
+models' own CAM, GradCAM on them (``*_gradcam`` keys) and GradCAM on the baseline. Maps are taken for
+the predicted class. "Correct under attack" (pred(x') = y) is the headline robustness; the paper's
+"prediction unchanged" (pred(x') = pred(x)) is kept beside it as ``robust_paper``.
 
-    {"dataset": str, "split": str | None, "n_images": int, "eps": float, "pgd_steps": [int],
-     "attacks": [str], "attack_images": int, "square_queries": int, "cam_method": str,
-     "shifted": {"dataset": str, "split": str | None, "n_images": int} | None,
+Each Top-GAP model is compared with the baseline (and with an FPN-only control, a Top-GAP model with
+k=None, when the family has one) on the same images: paired bootstrap 95% intervals on every difference
+and a verdict that says "better" only when the interval excludes 0 (:mod:`topgap.eval.stats`). Models
+whose training did not converge are marked and get no verdict.
+
+Results (JSON-serialisable, NaN-free)::
+
+    {"dataset", "split", "n_images", "eps", "pgd_steps", "pgd_rule", "attacks", "attack_images",
+     "square_queries", "eps_curve", "cam_method", "postprocessing", "l1_resolution": [h, w],
+     "localisation_resolution": [H, W], "faithfulness": {"metric", "imputer", "percentiles", "images"},
+     "surrogate": str | None, "bootstrap": {"samples", "level", "seed"},
+     "shifts": {name: {"dataset", "split", "n_images"}},
      "models": {name: {
-        "kind": "topgap" | "baseline", "backbone": str, "k": int | None,
-        "cam_size": [h, w] | None,          # class-map size (Top-GAP), None for the baseline
-        "k_fraction": float | None,         # min(k, h*w) / (h*w); 1.0 for GAP (k None)
+        "kind", "backbone", "k", "cam_size", "k_fraction", "converged": bool | None, "convergence": str | None,
         "clean": {"n", "correct", "accuracy"},
-        "l1": float,                        # own CAM (Top-GAP) or GradCAM (baseline), Table 2
-        "l1_gradcam": float,                # GradCAM on this model
-        "n_masks": int, "iou", "iou_gradcam", "mass_in_mask", "mass_in_mask_gradcam": float | None,
-        "attacks": {"fgsm" | "pgd<steps>" | "square" | "transfer":
+        "l1", "iou", "mass_in_mask", "pxap", "maxboxacc_v2", "road",   # own CAM (Top-GAP) or GradCAM (baseline)
+        "l1_gradcam", "iou_gradcam", ..., "road_gradcam",              # GradCAM on this model
+        "n_masks", "n_road",
+        "attacks": {"fgsm" | "pgd<steps>" | "autoattack" | "square" | "transfer":
                     {"n", "clean_correct", "robust_paper", "robust_correct",
                      "clean_accuracy", "robust_paper_rate", "robust_correct_rate"}},
-        "white_box_rate", "black_box_rate": float | None,  # worst case per image, attack subset
-        "gradient_masking_suspected": bool | None,
-        "shifted": {"n", "correct", "accuracy"} | None}}}
-
-FGSM/PGD run on all images, Square and transfer on the first `attack_images` (they are slow);
-``white_box_rate`` counts the images of that subset still correct under every white-box attack,
-``black_box_rate`` those still correct under every black-box/transfer attack. Transfer examples
-are PGD (the largest of `pgd_steps`) on the family's baseline, crafted once per batch.
+        "eps_curve": [{"eps", "n", "robust_correct", "accuracy"}], "eps_curve_reaches_zero": bool | None,
+        "white_box_rate", "black_box_rate", "gradient_masking_suspected",
+        "shifts": {name: {"n", "correct", "accuracy", "iou", "mass_in_mask"}},
+        "comparisons": {reference: {metric: {"diff", "low", "high", "n", "verdict"}}}}}}
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -49,16 +56,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .attacks import gradient_masking_flag, robustness, run_attack, with_rates, wrap01
-from ..cam import METHODS, baseline_cam, topgap_cam
+from ..cam import METHODS, POSTPROCESSING, baseline_cam, cam_size, postprocess, topgap_cam
 from ..config import ModelConfig
-from ..io import atomic_write, write_json
-from ..metrics import best_iou, l1_sparsity, mass_in_mask
+from ..metrics import PxAP, best_iou, box_hits, l1_sparsity, mass_in_mask, maxboxacc_v2, pxap_from_histograms
+from .attacks import PGD_RULES, gradient_masking_flag, robustness, run_attack, with_rates, wrap01
+from .faithfulness import IMPUTERS, ROAD_PERCENTILES, road_scores
+from .stats import BOOTSTRAP_SAMPLES, mean_std, paired_bootstrap, verdict
 
-__all__ = ["ATTACKS", "evaluate_family", "write_report", "aggregate_folds", "parse_eps", "register", "run"]
+__all__ = ["ATTACKS", "EPS_CURVE", "evaluate_family", "compare", "select_models", "aggregate_folds", "parse_eps",
+           "register", "run"]
 
-ATTACKS = ("fgsm", "pgd", "square", "transfer")
-WHITE_BOX, BLACK_BOX = ("fgsm", "pgd"), ("square", "transfer")
+ATTACKS = ("fgsm", "pgd", "autoattack", "square", "transfer")
+WHITE_BOX, BLACK_BOX = ("fgsm", "pgd", "autoattack"), ("square", "transfer")
+EPS_CURVE = tuple(e / 255 for e in (1, 2, 4, 8, 16, 32, 64, 128))
+MAP_METRICS = ("l1", "iou", "mass_in_mask", "pxap", "maxboxacc_v2", "road")
 
 
 def parse_eps(text: str | float) -> float:
@@ -72,20 +83,8 @@ def parse_eps(text: str | float) -> float:
     return eps
 
 
-def _cam_size(model: nn.Module, cfg: ModelConfig, device) -> list[int] | None:
-    if cfg.kind != "topgap":
-        return None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return list(model.class_maps(torch.zeros(1, 3, *cfg.input_size, device=device)).shape[-2:])
-    finally:
-        model.train(was_training)
-
-
-def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if not math.isnan(v)]
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(values)) if values else None
 
 
@@ -93,54 +92,106 @@ def _loader(dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-def _add(total: dict, counts: dict) -> None:
-    for key in ("n", "clean_correct", "robust_paper", "robust_correct"):
-        total[key] = total.get(key, 0) + counts[key]
+class _Maps:
+    """Per-image values of one map type (own CAM or GradCAM) of one model."""
+
+    def __init__(self):
+        self.l1, self.iou, self.mass, self.road, self.boxes = [], [], [], [], []
+        self.pxap = PxAP()
+
+    def add(self, l1_maps: np.ndarray, loc_maps: np.ndarray, masks: np.ndarray, has_mask: np.ndarray) -> None:
+        self.l1.extend(np.atleast_1d(l1_sparsity(l1_maps)).tolist())
+        for i in range(len(loc_maps)):
+            obj, ignore = masks[i] == 1, masks[i] == 255
+            if not has_mask[i] or not obj.any():
+                self.iou.append(float("nan"))
+                self.mass.append(float("nan"))
+                continue
+            self.iou.append(best_iou(loc_maps[i], obj, ignore)[0])
+            self.mass.append(mass_in_mask(loc_maps[i], obj, ignore))
+            self.pxap.update(loc_maps[i], obj, ignore)
+            self.boxes.append(box_hits(loc_maps[i], obj))
+
+    def summary(self, suffix: str = "") -> dict:
+        return {f"l1{suffix}": _mean(self.l1), f"iou{suffix}": _mean(self.iou),
+                f"mass_in_mask{suffix}": _mean(self.mass), f"pxap{suffix}": self.pxap.summary(),
+                f"maxboxacc_v2{suffix}": maxboxacc_v2(self.boxes), f"road{suffix}": _mean(self.road)}
 
 
 class _Tally:
-    """Running sums of one model's metrics: O(1) memory in the number of images."""
+    """One model's per-image results: what the summaries and the paired intervals are computed from."""
 
-    def __init__(self):
-        self.n = self.correct = 0
-        self.l1, self.l1_gc, self.iou, self.iou_gc, self.mass, self.mass_gc = [], [], [], [], [], []
-        self.attacks: dict[str, dict] = {}
-        self.sub_n = self.white = self.black = 0
+    def __init__(self, topgap: bool):
+        self.correct: list[bool] = []
+        self.own, self.gradcam = _Maps(), (_Maps() if topgap else None)
+        self.attacks: dict[str, dict[str, list]] = {}  # key -> {"correct": [...], "unchanged": [...], "clean": [...]}
+        self.curve: dict[float, list[bool]] = {}
+        self.shifts: dict[str, dict[str, list]] = {}
+
+    def add_attack(self, key: str, clean: torch.Tensor, attacked: torch.Tensor, y: torch.Tensor) -> None:
+        a = self.attacks.setdefault(key, {"correct": [], "unchanged": [], "clean": []})
+        a["correct"] += (attacked == y).tolist()
+        a["unchanged"] += (attacked == clean).tolist()
+        a["clean"] += (clean == y).tolist()
 
 
-def evaluate_family(models: dict[str, tuple[nn.Module, ModelConfig]], dataset, *, shifted=None,
-                    attacks=ATTACKS, eps: float = 1 / 255, pgd_steps=(40,), square_queries: int = 200,
-                    attack_images: int | None = None, cam_method: str = "gradcam", batch_size: int = 32,
-                    max_images: int | None = None, device: str = "cpu", progress: bool = True,
-                    name: str | None = None, split: str | None = None) -> dict:
+def _attack_counts(a: dict) -> dict:
+    return with_rates({"n": len(a["correct"]), "clean_correct": int(sum(a["clean"])),
+                       "robust_paper": int(sum(a["unchanged"])), "robust_correct": int(sum(a["correct"]))})
+
+
+def _predict(net01: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net01(x).argmax(1)
+
+
+def evaluate_family(models: dict[str, tuple[nn.Module, ModelConfig]], dataset, *, shifts: dict | None = None,
+                    surrogate: tuple[nn.Module, ModelConfig] | None = None, attacks=ATTACKS, eps: float = 1 / 255,
+                    pgd_steps=(40,), pgd_rule: str = "foolbox", square_queries: int = 1000,
+                    attack_images: int | None = 100, eps_curve=EPS_CURVE, curve_steps: int = 10,
+                    faithfulness_images: int = 50, imputer: str = "blur", postprocessing: str = "relu-minmax",
+                    cam_method: str = "gradcam", batch_size: int = 32, max_images: int | None = None,
+                    device: str = "cpu", progress: bool = True, name: str | None = None, split: str | None = None,
+                    convergence: dict[str, tuple[bool, str]] | None = None, bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+                    seed: int = 0) -> dict:
     """Evaluate every model of a family on `dataset` (items: image in [0, 1], label, mask, has_mask).
 
     Args:
         models: {name: (model, config)} as :func:`topgap.checkpoint.load_family` returns.
-        dataset: the test set; `shifted`: an optional distribution-shifted set (Table 5).
-        attacks: any of "fgsm", "pgd", "square", "transfer" (transfer needs a baseline in `models`).
+        dataset: the test set. shifts: {name: dataset} of distribution-shifted sets (Table 5).
+        surrogate: (model, config) of an independently trained model (e.g. a second-seed baseline) that
+            crafts the transfer attack; required for "transfer".
+        attacks: any of :data:`ATTACKS`. FGSM and PGD run on all images; AutoAttack, Square, transfer and
+            the eps curve on the first `attack_images` (default 100; None = all).
         eps: Linf budget on [0, 1] images (paper: 1/255, CIFAR-10 8/255).
-        pgd_steps: one PGD run per value (paper: 40; Table 4: 20 and 50).
-        square_queries: queries of the Square attack.
-        attack_images: Square and transfer use only the first this many images (default all).
+        pgd_steps: one PGD run per value (paper: 40; Table 4: 20 and 50); pgd_rule: a key of PGD_RULES.
+        square_queries: Square's query budget (>= 1000 for a meaningful masking check).
+        eps_curve: budgets of the accuracy-vs-eps curve (PGD, `curve_steps` steps); () to skip.
+        faithfulness_images: ROAD on the first this many images (0 to skip); imputer: "blur" or "linear".
+        postprocessing: :data:`topgap.cam.POSTPROCESSING` switch, applied to every map alike.
         cam_method: the post-hoc CAM (:data:`topgap.cam.METHODS`) for the baseline and "*_gradcam".
         max_images: evaluate only the first this many images.
-        name, split: recorded in the results (default: the dataset's ``name``/``split`` attributes).
+        convergence: {name: (converged, reason)}; non-converged models get no verdict.
+        bootstrap_samples, seed: the paired bootstrap of the comparisons.
 
     Returns the results dict described in the module docstring.
     """
+    attacks = tuple(attacks)
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; choose from {', '.join(ATTACKS)}")
-    if cam_method not in METHODS:
-        raise ValueError(f"unknown CAM method {cam_method!r}; choose one of {', '.join(METHODS)}")
+    for value, allowed, what in ((cam_method, METHODS, "CAM method"), (postprocessing, POSTPROCESSING,
+                                 "post-processing"), (pgd_rule, PGD_RULES, "PGD step rule"), (imputer, IMPUTERS,
+                                 "ROAD imputer")):
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     if not models:
         raise ValueError("no models to evaluate: the family is empty")
     if "pgd" in attacks and (not pgd_steps or min(pgd_steps) < 1):
         raise ValueError(f"pgd_steps must be one or more positive step counts (got {pgd_steps})")
-    baselines = [n for n, (_, c) in models.items() if c.kind == "baseline"]
-    if "transfer" in attacks and not baselines:
-        raise ValueError("the transfer attack needs a baseline model in the family; drop 'transfer' from attacks")
+    if "transfer" in attacks and surrogate is None:
+        raise ValueError("the transfer attack needs an independently trained surrogate (e.g. --surrogate pointing "
+                         "at a baseline trained with another seed); drop 'transfer' from attacks otherwise")
     eps = parse_eps(eps)
     name = name or getattr(dataset, "name", None) or type(dataset).__name__
     split = split or getattr(dataset, "split", None)
@@ -149,321 +200,248 @@ def evaluate_family(models: dict[str, tuple[nn.Module, ModelConfig]], dataset, *
     n_images = len(dataset)
     n_attack = n_images if attack_images is None else min(attack_images, n_images)
     nets = {n: wrap01(m, c.mean, c.std).to(device).eval() for n, (m, c) in models.items()}
-    tallies = {n: _Tally() for n in models}
-    white = [a for a in attacks if a in WHITE_BOX]
-    black = [a for a in attacks if a in BLACK_BOX]
-    transfer_steps = max(pgd_steps) if pgd_steps else 40
+    input_size = next(iter(models.values()))[1].input_size
+    sizes = {n: cam_size(m, c.input_size) for n, (m, c) in models.items()}
+    topgaps = [n for n, (_, c) in models.items() if c.kind == "topgap"]
+    l1_size = sizes[topgaps[0]] if topgaps else sizes[next(iter(models))]
+    tallies = {n: _Tally(c.kind == "topgap") for n, (_, c) in models.items()}
+    sur01 = wrap01(surrogate[0], surrogate[1].mean, surrogate[1].std).to(device).eval() if surrogate else None
+    opts = dict(eps=eps, pgd_steps=pgd_steps, pgd_rule=pgd_rule, square_queries=square_queries, eps_curve=eps_curve,
+                curve_steps=curve_steps, imputer=imputer, postprocessing=postprocessing, cam_method=cam_method,
+                l1_size=l1_size, seed=seed)
 
     seen = 0
     for batch in tqdm(_loader(dataset, batch_size), desc="evaluate", disable=not progress, unit="batch"):
         x, y = batch["image"].to(device), batch["label"].to(device)
         masks, has_mask = batch["mask"].numpy(), batch["has_mask"].numpy().astype(bool)
         sub = max(0, min(len(y), n_attack - seen))  # images of this batch in the attack subset
+        road_n = max(0, min(len(y), faithfulness_images - seen))
         seen += len(y)
         transfer_adv = None
         if "transfer" in attacks and sub:
-            transfer_adv = run_attack(nets[baselines[0]], x[:sub], y[:sub], "pgd", eps, steps=transfer_steps)
+            transfer_adv = run_attack(sur01, x[:sub], y[:sub], "pgd", eps, steps=max(pgd_steps), rule=pgd_rule,
+                                      seed=seed)
         for n, (model, cfg) in models.items():
-            _evaluate_batch(tallies[n], nets[n], model, cfg, x, y, masks, has_mask, sub, transfer_adv,
-                            white=white, black=black, attacks=attacks, eps=eps, pgd_steps=pgd_steps,
-                            square_queries=square_queries, cam_method=cam_method)
+            _evaluate_batch(tallies[n], nets[n], model, cfg, x, y, masks, has_mask, sub, road_n, transfer_adv,
+                            attacks=attacks, **opts)
 
-    shifted_acc = {n: _accuracy(nets[n], shifted, batch_size, device, progress) for n in models} if shifted else {}
+    for shift, data in (shifts or {}).items():
+        for n, (model, cfg) in models.items():
+            tallies[n].shifts[shift] = _shifted(nets[n], model, cfg, data, batch_size, device, progress, opts)
+
     results = {
         "dataset": name, "split": split, "n_images": n_images, "eps": eps,
-        "pgd_steps": [int(s) for s in pgd_steps], "attacks": list(attacks), "attack_images": n_attack,
-        "square_queries": square_queries, "cam_method": cam_method,
-        "shifted": None if shifted is None else {"dataset": getattr(shifted, "name", type(shifted).__name__),
-                                                 "split": getattr(shifted, "split", None), "n_images": len(shifted)},
+        "pgd_steps": [int(s) for s in pgd_steps], "pgd_rule": pgd_rule, "attacks": list(attacks),
+        "attack_images": n_attack, "square_queries": square_queries, "eps_curve": [float(e) for e in eps_curve],
+        "cam_method": cam_method, "postprocessing": postprocessing, "l1_resolution": list(l1_size),
+        "localisation_resolution": list(input_size),
+        "faithfulness": {"metric": "ROAD combined (LeRF - MoRF) / 2, softmax of the predicted class",
+                         "imputer": imputer, "percentiles": list(ROAD_PERCENTILES),
+                         "images": min(faithfulness_images, n_images)},
+        "surrogate": None if surrogate is None else surrogate[1].backbone + f" ({surrogate[1].kind}, "
+                                                                            f"seed {surrogate[1].recipe.get('seed')})",
+        "bootstrap": {"samples": bootstrap_samples, "level": 0.95, "seed": seed},
+        "shifts": {s: {"dataset": getattr(d, "name", type(d).__name__), "split": getattr(d, "split", s),
+                       "n_images": len(d)} for s, d in (shifts or {}).items()},
         "models": {},
     }
-    for n, (model, cfg) in models.items():
-        results["models"][n] = _summarise(tallies[n], model, cfg, device, white, black, shifted_acc.get(n))
+    convergence = convergence or {}
+    for n, (_, cfg) in models.items():
+        results["models"][n] = _summarise(tallies[n], cfg, sizes[n], attacks, convergence.get(n))
+    for n, refs in compare(models, tallies, convergence, bootstrap_samples, seed).items():
+        results["models"][n]["comparisons"] = refs
     return results
 
 
+def _maps(model: nn.Module, cfg: ModelConfig, xn: torch.Tensor, *, postprocessing, cam_method, l1_size, size):
+    """Predictions and post-processed maps: {"own": (l1 maps, localisation maps)[, "gradcam": ...]}."""
+    if cfg.kind == "topgap":
+        own_raw, pred, logits = topgap_cam(model, xn, postprocessing=None, with_logits=True)
+        gc_raw, _ = baseline_cam(model, xn, targets=pred, method=cam_method, postprocessing=None)
+        raws = {"own": own_raw, "gradcam": gc_raw}
+    else:
+        gc_raw, pred, logits = baseline_cam(model, xn, method=cam_method, postprocessing=None, with_logits=True)
+        raws = {"own": gc_raw}
+    out = {k: (postprocess(r, l1_size, postprocessing), postprocess(r, size, postprocessing)) for k, r in raws.items()}
+    return pred, out
+
+
 def _evaluate_batch(t: _Tally, net01: nn.Module, model: nn.Module, cfg: ModelConfig, x, y, masks, has_mask, sub,
-                    transfer_adv, *, white, black, attacks, eps, pgd_steps, square_queries, cam_method) -> None:
-    with torch.no_grad():
-        pred = net01(x).argmax(1)
-    t.n += len(y)
-    t.correct += int((pred == y).sum())
-    xn, size = net01[0](x), tuple(masks.shape[-2:])
-    gradcam, _ = baseline_cam(model, xn, targets=pred, method=cam_method, size=size)
-    own = topgap_cam(model, xn, targets=pred, size=size)[0] if cfg.kind == "topgap" else gradcam
-    own, gradcam = own.cpu().numpy(), gradcam.cpu().numpy()
-    t.l1.extend(np.atleast_1d(l1_sparsity(own)).tolist())
-    t.l1_gc.extend(np.atleast_1d(l1_sparsity(gradcam)).tolist())
-    for i in np.flatnonzero(has_mask):
-        obj, ignore = masks[i] == 1, masks[i] == 255
-        if not obj.any():
-            continue
-        t.iou.append(best_iou(own[i], obj, ignore)[0])
-        t.iou_gc.append(best_iou(gradcam[i], obj, ignore)[0])
-        t.mass.append(mass_in_mask(own[i], obj, ignore))
-        t.mass_gc.append(mass_in_mask(gradcam[i], obj, ignore))
+                    road_n, transfer_adv, *, attacks, eps, pgd_steps, pgd_rule, square_queries, eps_curve,
+                    curve_steps, imputer, postprocessing, cam_method, l1_size, seed) -> None:
+    xn = net01[0](x)
+    pred, maps = _maps(model, cfg, xn, postprocessing=postprocessing, cam_method=cam_method, l1_size=l1_size,
+                       size=tuple(masks.shape[-2:]))
+    t.correct += (pred == y).tolist()
+    for key, (l1_maps, loc) in maps.items():
+        tally = t.own if key == "own" else t.gradcam
+        tally.add(l1_maps.cpu().numpy(), loc.cpu().numpy(), masks, has_mask)
+        if road_n:
+            if loc.shape[-2:] != xn.shape[-2:]:
+                loc = postprocess(loc, tuple(xn.shape[-2:]), postprocessing)
+            tally.road += road_scores(model, xn[:road_n], loc[:road_n], pred[:road_n], imputer=imputer).tolist()
 
-    white_ok = torch.ones(sub, dtype=torch.bool, device=y.device)
-    black_ok = torch.ones(sub, dtype=torch.bool, device=y.device)
-    runs = [("fgsm", "fgsm", {})] if "fgsm" in attacks else []
-    runs += [(f"pgd{s}", "pgd", {"steps": int(s)}) for s in pgd_steps] if "pgd" in attacks else []
-    for key, kind, kw in runs:
-        adv = run_attack(net01, x, y, kind, eps, **kw)
-        _add(t.attacks.setdefault(key, {}), robustness(net01, x, y, adv))
-        if sub:
-            with torch.no_grad():
-                white_ok &= net01(adv[:sub]).argmax(1) == y[:sub]
-    if sub:
-        for key in black:
-            adv = (run_attack(net01, x[:sub], y[:sub], "square", eps, n_queries=square_queries)
-                   if key == "square" else transfer_adv)
-            _add(t.attacks.setdefault(key, {}), robustness(net01, x[:sub], y[:sub], adv))
-            with torch.no_grad():
-                black_ok &= net01(adv).argmax(1) == y[:sub]
-        t.sub_n += sub
-        t.white += int(white_ok.sum())
-        t.black += int(black_ok.sum())
+    runs = [("fgsm", "fgsm", {}, len(y))] if "fgsm" in attacks else []
+    runs += [(f"pgd{s}", "pgd", {"steps": int(s), "rule": pgd_rule}, len(y)) for s in pgd_steps] if "pgd" in attacks else []
+    runs += [("autoattack", "autoattack", {}, sub)] if "autoattack" in attacks and sub else []
+    runs += [("square", "square", {"n_queries": square_queries}, sub)] if "square" in attacks and sub else []
+    for key, kind, kw, n in runs:
+        adv = run_attack(net01, x[:n], y[:n], kind, eps, seed=seed, **kw)
+        t.add_attack(key, pred[:n], _predict(net01, adv), y[:n])
+    if transfer_adv is not None:
+        t.add_attack("transfer", pred[:sub], _predict(net01, transfer_adv), y[:sub])
+    if eps_curve and sub:
+        alive = pred[:sub] == y[:sub]  # correct under every budget so far: a larger ball contains the smaller
+        for e in sorted(eps_curve):
+            idx = alive.nonzero().flatten()
+            if len(idx):
+                adv = run_attack(net01, x[:sub][idx], y[:sub][idx], "pgd", e, steps=curve_steps, seed=seed)
+                alive[idx] = _predict(net01, adv) == y[:sub][idx]
+            t.curve.setdefault(float(e), []).extend(alive.tolist())
 
 
-def _accuracy(net01: nn.Module, dataset, batch_size: int, device, progress: bool) -> dict:
-    correct = n = 0
-    with torch.no_grad():
-        for batch in tqdm(_loader(dataset, batch_size), desc="shifted", disable=not progress, unit="batch"):
-            pred = net01(batch["image"].to(device)).argmax(1).cpu()
-            correct += int((pred == batch["label"]).sum())
-            n += len(pred)
-    return {"n": n, "correct": correct, "accuracy": correct / n if n else None}
+def _shifted(net01, model, cfg, data, batch_size, device, progress, opts) -> dict:
+    correct, own = [], _Maps()
+    for batch in tqdm(_loader(data, batch_size), desc="shifted", disable=not progress, unit="batch"):
+        x, y = batch["image"].to(device), batch["label"].to(device)
+        masks, has_mask = batch["mask"].numpy(), batch["has_mask"].numpy().astype(bool)
+        if has_mask.any():
+            pred, maps = _maps(model, cfg, net01[0](x), postprocessing=opts["postprocessing"],
+                               cam_method=opts["cam_method"], l1_size=opts["l1_size"], size=tuple(masks.shape[-2:]))
+            own.add(maps["own"][0].cpu().numpy(), maps["own"][1].cpu().numpy(), masks, has_mask)
+        else:
+            pred = _predict(net01, x)
+        correct += (pred == y).tolist()
+    n = len(correct)
+    return {"correct_list": correct, "iou_list": own.iou, "summary": {
+        "n": n, "correct": int(sum(correct)), "accuracy": sum(correct) / n if n else None,
+        "iou": _mean(own.iou), "mass_in_mask": _mean(own.mass)}}
 
 
-def _summarise(t: _Tally, model, cfg: ModelConfig, device, white, black, shifted) -> dict:
-    cam_size = _cam_size(model, cfg, device)
+def _summarise(t: _Tally, cfg: ModelConfig, size: tuple[int, int], attacks, conv) -> dict:
+    cam = list(size) if cfg.kind == "topgap" else None
     k_fraction = None
-    if cam_size is not None:
-        pixels = cam_size[0] * cam_size[1]
+    if cam is not None:
+        pixels = cam[0] * cam[1]
         k_fraction = 1.0 if cfg.k is None else min(cfg.k, pixels) / pixels
-    wb = t.white / t.sub_n if t.sub_n and white else None
-    bb = t.black / t.sub_n if t.sub_n and black else None
-    return {
-        "kind": cfg.kind, "backbone": cfg.backbone, "k": cfg.k if cfg.kind == "topgap" else None,
-        "cam_size": cam_size, "k_fraction": k_fraction,
-        "clean": {"n": t.n, "correct": t.correct, "accuracy": t.correct / t.n if t.n else None},
-        "l1": _mean(t.l1), "l1_gradcam": _mean(t.l1_gc), "n_masks": len(t.iou),
-        "iou": _mean(t.iou), "iou_gradcam": _mean(t.iou_gc),
-        "mass_in_mask": _mean(t.mass), "mass_in_mask_gradcam": _mean(t.mass_gc),
-        "attacks": {key: with_rates(c) for key, c in t.attacks.items()},
-        "white_box_rate": wb, "black_box_rate": bb,
-        "gradient_masking_suspected": None if wb is None or bb is None else gradient_masking_flag(wb, bb),
-        "shifted": shifted,
-    }
+    n = len(t.correct)
+    out = {"kind": cfg.kind, "backbone": cfg.backbone, "k": cfg.k if cfg.kind == "topgap" else None,
+           "cam_size": cam, "k_fraction": k_fraction,
+           "converged": None if conv is None else bool(conv[0]), "convergence": None if conv is None else conv[1],
+           "clean": {"n": n, "correct": int(sum(t.correct)), "accuracy": sum(t.correct) / n if n else None},
+           **t.own.summary(), **(t.gradcam or t.own).summary("_gradcam"),
+           "n_masks": len(t.own.boxes), "n_road": len(t.own.road),
+           "attacks": {key: _attack_counts(a) for key, a in t.attacks.items()}}
+    curve = [{"eps": e, "n": len(v), "robust_correct": int(sum(v)), "accuracy": sum(v) / len(v) if v else None}
+             for e, v in sorted(t.curve.items())]
+    out["eps_curve"] = curve
+    out["eps_curve_reaches_zero"] = (curve[-1]["robust_correct"] == 0) if curve else None
+    white = [k for k in t.attacks if k.rstrip("0123456789") in WHITE_BOX]
+    black = [k for k in t.attacks if k in BLACK_BOX]
+    sub = min((len(t.attacks[k]["correct"]) for k in white + black), default=0)
+    worst = lambda keys: float(np.mean(np.all([t.attacks[k]["correct"][:sub] for k in keys], 0)))  # noqa: E731
+    wb = worst(white) if sub and white and black else None
+    bb = worst(black) if sub and black else None
+    out.update(white_box_rate=wb, black_box_rate=bb,
+               gradient_masking_suspected=None if wb is None or bb is None else
+               gradient_masking_flag(wb, bb) or out["eps_curve_reaches_zero"] is False)
+    out["shifts"] = {s: v["summary"] for s, v in t.shifts.items()}
+    return out
 
 
-# ----------------------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------------------- comparisons
 
-def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+def _pxap_stat(rows: np.ndarray) -> float:
+    half = rows.shape[1] // 2
+    return pxap_from_histograms(rows[:, :half].sum(0), rows[:, half:].sum(0))
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _paired(t: _Tally, r: _Tally) -> dict[str, tuple]:
+    """metric -> (this model's per-image values, the reference's, statistic, higher is better)."""
+    f = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
+    out = {"accuracy": (f(t.correct), f(r.correct), None, True)}
+    for key in ("l1", "iou", "mass", "road"):
+        a, b = f(getattr(t.own, key)), f(getattr(r.own, key))
+        if len(a) and len(a) == len(b):
+            out[{"mass": "mass_in_mask"}.get(key, key)] = (a, b, None, key != "l1")
+    if t.own.pxap.pos and len(t.own.pxap.pos) == len(r.own.pxap.pos):
+        out["pxap"] = (np.hstack(t.own.pxap.per_image()), np.hstack(r.own.pxap.per_image()), _pxap_stat, True)
+    if t.own.boxes and len(t.own.boxes) == len(r.own.boxes):
+        out["maxboxacc_v2"] = (np.array(t.own.boxes, dtype=np.float64), np.array(r.own.boxes, dtype=np.float64),
+                               lambda h: maxboxacc_v2(h), True)
+    for key, a in t.attacks.items():
+        if key in r.attacks and len(a["correct"]) == len(r.attacks[key]["correct"]):
+            out[f"{key}_correct"] = (f(a["correct"]), f(r.attacks[key]["correct"]), None, True)
+    for s, v in t.shifts.items():
+        if s in r.shifts:
+            out[f"{s}_accuracy"] = (f(v["correct_list"]), f(r.shifts[s]["correct_list"]), None, True)
+    return out
 
 
-def _rate(m: dict, key: str, definition: str):
-    a = m["attacks"].get(key)
-    return a[f"{definition}_rate"] if a else None
+def compare(models: dict, tallies: dict[str, _Tally], convergence: dict, samples: int, seed: int) -> dict:
+    """{model: {reference: {metric: interval + verdict}}} for every Top-GAP model against the baseline(s) and the
+    FPN-only control(s) (Top-GAP models with k=None); the own CAM of a Top-GAP model against GradCAM on the baseline."""
+    refs = [n for n, (_, c) in models.items() if c.kind == "baseline" or (c.kind == "topgap" and c.k is None)]
+    out = {}
+    for n, (_, cfg) in models.items():
+        if cfg.kind != "topgap":
+            continue
+        out[n] = {}
+        for ref in (r for r in refs if r != n):
+            out[n][ref] = {}
+            ok = all(convergence.get(m, (True, ""))[0] for m in (n, ref))
+            for metric, (a, b, stat, higher) in _paired(tallies[n], tallies[ref]).items():
+                ci = paired_bootstrap(a, b, **({"statistic": stat} if stat else {}), samples=samples, seed=seed)
+                ci["verdict"] = verdict(ci, higher) if ok else "not converged: no verdict"
+                out[n][ref][metric] = ci
+    return out
 
 
-def _split(results: dict) -> tuple[dict | None, dict]:
-    models = results["models"]
-    base = next((m for m in models.values() if m["kind"] == "baseline"), None)
-    return base, {n: m for n, m in models.items() if m["kind"] == "topgap"}
-
-
-def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
-    """The results as Markdown tables laid out like the paper's Tables 2, 3, 5 and 7, plus a full table."""
-    base, ours = _split(results)
-    b = base or {"l1": None, "iou": None, "clean": {"accuracy": None}, "attacks": {}, "shifted": None}
-    pgd_keys = [f"pgd{s}" for s in results["pgd_steps"]] if "pgd" in results["attacks"] else []
-    wb_keys = (["fgsm"] if "fgsm" in results["attacks"] else []) + pgd_keys
-    label = {"fgsm": "FGSM", **{k: f"PGD^{k[3:]}" for k in pgd_keys}}
-    split = f" (split {results['split']})" if results["split"] else ""
-    out = [f"# {title}", "",
-           f"Dataset **{results['dataset']}**{split}, {results['n_images']} images, "
-           f"eps = {results['eps']:.5g} ({results['eps'] * 255:.3g}/255), CAM baseline: {results['cam_method']}. "
-           "Rows: the Top-GAP models by k; the baseline columns repeat the unmodified model.", ""]
-
-    out += ["## Table 2: l1 sparsity of the CAM (lower is sparser)", "",
-            _table(["model", "k", "k/(h*w)", "l1 ↓ (GradCAM, baseline)", "l1 ↓ (ours)"],
-                   [[n, m["k"], m["k_fraction"], b["l1"], m["l1"]] for n, m in ours.items()]), ""]
-
-    header = ["model", "k"]
-    for key in wb_keys:
-        header += [f"{label[key]} ↑ unchanged", f"{label[key]} ↑ correct",
-                   f"{label[key]} ↑ (ours) unchanged", f"{label[key]} ↑ (ours) correct"]
-    header += ["Clean Acc", "Clean Acc (ours)"]
-    rows = []
-    for n, m in ours.items():
-        row = [n, m["k"]]
-        for key in wb_keys:
-            row += [_rate(b, key, "robust_paper"), _rate(b, key, "robust_correct"),
-                    _rate(m, key, "robust_paper"), _rate(m, key, "robust_correct")]
-        rows.append(row + [b["clean"]["accuracy"], m["clean"]["accuracy"]])
-    out += ["## Table 3: robust accuracy under white-box attacks", "",
-            "*unchanged*: prediction on the attacked image equals the clean prediction (the paper's definition); "
-            "*correct*: the attacked image is still classified correctly.", "", _table(header, rows), ""]
-
-    if results.get("shifted"):
-        s = results["shifted"]
-        out += [f"## Table 5: accuracy under distribution shift ({results['dataset']}/{results['split']} → "
-                f"{s['dataset']}/{s['split']})", "",
-                _table(["model", "k", "Acc ↑", "Acc ↑ (ours)"],
-                       [[n, m["k"], (b["shifted"] or {}).get("accuracy"), (m["shifted"] or {}).get("accuracy")]
-                        for n, m in ours.items()]), ""]
-
-    if any(m["n_masks"] for m in results["models"].values()):
-        out += ["## Table 7: IOU with the ground-truth masks (best threshold per image)", "",
-                _table(["model", "k", "IOU ↑ (GradCAM, baseline)", "IOU ↑ (ours)"],
-                       [[n, m["k"], b["iou"], m["iou"]] for n, m in ours.items()]), ""]
-
-    attack_keys = wb_keys + [k for k in ("square", "transfer") if k in results["attacks"]]
-    header = ["model", "kind", "k", "cam size", "k/(h*w)", "clean acc", "shifted acc", "l1", "l1 GradCAM",
-              "IOU", "IOU GradCAM", "mass in mask", "mass GradCAM"]
-    header += [f"{label.get(k, k.capitalize())} unchanged / correct" for k in attack_keys]
-    header += ["white-box", "black-box", "gradient masking?"]
-    rows = []
-    for n, m in results["models"].items():
-        row = [n, m["kind"], m["k"], "x".join(map(str, m["cam_size"])) if m["cam_size"] else None, m["k_fraction"],
-               m["clean"]["accuracy"], (m["shifted"] or {}).get("accuracy"), m["l1"], m["l1_gradcam"],
-               m["iou"], m["iou_gradcam"], m["mass_in_mask"], m["mass_in_mask_gradcam"]]
-        row += [f"{_fmt(_rate(m, k, 'robust_paper'))} / {_fmt(_rate(m, k, 'robust_correct'))}" for k in attack_keys]
-        rows.append(row + [m["white_box_rate"], m["black_box_rate"], m["gradient_masking_suspected"]])
-    out += ["## All models", "",
-            f"Square ({results['square_queries']} queries) and transfer (PGD on the baseline) use the first "
-            f"{results['attack_images']} images. White-/black-box: share of those images still correct under every "
-            "white-box / every black-box attack; gradient masking is suspected when white-box exceeds black-box by "
-            "more than 0.1.", "", _table(header, rows), ""]
-    return "\n".join(out)
-
-
-def _plot(path: Path, results: dict, series: list[tuple[str, callable]], ylabel: str, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    base, ours = _split(results)
-    points = sorted((m["k_fraction"], m) for m in ours.values() if m["k_fraction"] is not None)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
-        for i, (label, get) in enumerate(series):
-            colour = f"C{i}"
-            ax.plot([p for p, _ in points], [_nan(get(m)) for _, m in points], "o-", color=colour, label=label)
-            if base is not None and get(base) is not None:
-                ax.axhline(get(base), color=colour, linestyle="--", label=f"{label} (baseline)")
-        ax.set_xlabel("k / (h*w)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
-
-
-def _nan(v):
-    return float("nan") if v is None else v
-
-
-def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evaluation") -> list[Path]:
-    """Write results.json, results.md and plots/{l1,iou,accuracy,robustness}.png to `out_dir`, atomically;
-    with several PGD step counts also plots/pgd_steps.png (Figure A2).
-
-    Plots show each metric against k/(h*w) for the Top-GAP models, the baseline as a dashed line
-    (like Figure 3); robustness uses the paper's definition (prediction unchanged).
-    """
-    out = Path(out_dir)
-    paths = [write_json(out / "results.json", results)]
-    text = markdown_report(results, title)
-    paths.append(atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text)))
-    plots = out / "plots"
-    paths.append(_plot(plots / "l1.png", results, [("l1 (ours) / GradCAM (baseline)", lambda m: m["l1"])],
-                       "l1 of the CAM ↓", "Sparsity (section 4.1)"))
-    paths.append(_plot(plots / "iou.png", results, [("IOU (ours) / GradCAM (baseline)", lambda m: m["iou"])],
-                       "IOU ↑", "Localisation (section 4.4)"))
-    acc = [("clean", lambda m: m["clean"]["accuracy"])]
-    if results.get("shifted"):
-        acc.append(("shifted", lambda m: (m["shifted"] or {}).get("accuracy")))
-    paths.append(_plot(plots / "accuracy.png", results, acc, "accuracy ↑", "Accuracy (Tables 3, 5)"))
-    keys = [k for k in next(iter(results["models"].values()))["attacks"] if k != "transfer"]
-    rob = [(k.upper() if k == "fgsm" else k.capitalize() if k == "square" else f"PGD^{k[3:]}",
-            lambda m, k=k: _rate(m, k, "robust_paper")) for k in keys]
-    paths.append(_plot(plots / "robustness.png", results, rob, "robust accuracy (prediction unchanged) ↑",
-                       f"Robustness, eps = {results['eps'] * 255:.3g}/255 (section 4.2)"))
-    if "pgd" in results["attacks"] and len(results["pgd_steps"]) > 1:
-        paths.append(_plot_pgd_steps(plots / "pgd_steps.png", results))
-    return paths
-
-
-def _plot_pgd_steps(path: Path, results: dict) -> Path:
-    """Robust accuracy of every model against the number of PGD steps, both definitions (like Figure A2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    steps = sorted(results["pgd_steps"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
-        for i, (name, m) in enumerate(results["models"].items()):
-            for definition, style in (("robust_paper", "o-"), ("robust_correct", "s--")):
-                ax.plot(steps, [_nan(_rate(m, f"pgd{s}", definition)) for s in steps], style, color=f"C{i}",
-                        label=f"{name} ({'unchanged' if definition == 'robust_paper' else 'correct'})")
-        ax.set_xlabel("PGD steps")
-        ax.set_ylabel("robust accuracy ↑")
-        ax.set_title(f"Robust accuracy against PGD steps, eps = {results['eps'] * 255:.3g}/255 (Figure A2)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", ncol=2)
-        fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+def select_models(results: dict, criteria=("accuracy", "iou")) -> dict:
+    """Pick, per criterion, the converged Top-GAP model (k set) that is best on these (validation) results."""
+    chosen = {}
+    for criterion in criteria:
+        get = (lambda m: m["clean"]["accuracy"]) if criterion == "accuracy" else (lambda m, c=criterion: m.get(c))
+        lower = criterion == "l1"
+        pool = [(get(m), n) for n, m in results["models"].items()
+                if m["kind"] == "topgap" and m["k"] is not None and m.get("converged") is not False
+                and get(m) is not None]
+        if pool:
+            value, name = (min if lower else max)(pool)
+            chosen[criterion] = {"model": name, "value": value}
+    return {"split": results["split"], "dataset": results["dataset"], "by": chosen}
 
 
 def aggregate_folds(results_list: list[dict]) -> dict:
-    """Mean ± std over folds (Table 3: 5 folds) of each model's accuracies, robust rates, l1 and IOU.
+    """Mean ± std over folds of every scalar metric of each model (accuracies, map metrics, robust rates, shifts).
 
-    Returns {"n_folds": int, "models": {name: {metric: {"mean", "std", "values"}}}} for the models
-    present in every fold; metrics: "accuracy", "shifted_accuracy", "l1", "iou", and
-    "<attack>_paper" / "<attack>_correct" robust rates. std is the sample standard deviation
-    (ddof=1; 0 for a single fold). Metrics missing in some fold are left out.
+    Returns {"n_folds": int, "models": {name: {metric: {"mean", "std", "n", "values"}}}} for the models in
+    every fold; std is the population std over folds (0 for one fold). Metrics missing in some fold are left out.
     """
     if not results_list:
         raise ValueError("aggregate_folds needs at least one fold's results")
     names = [n for n in results_list[0]["models"] if all(n in r["models"] for r in results_list)]
-    metrics = {
-        "accuracy": lambda m: m["clean"]["accuracy"],
-        "shifted_accuracy": lambda m: (m.get("shifted") or {}).get("accuracy"),
-        "l1": lambda m: m.get("l1"), "iou": lambda m: m.get("iou"),
-    }
-    for key in results_list[0]["models"][names[0]]["attacks"] if names else []:
-        metrics[f"{key}_paper"] = lambda m, key=key: _rate(m, key, "robust_paper")
-        metrics[f"{key}_correct"] = lambda m, key=key: _rate(m, key, "robust_correct")
     out = {}
     for n in names:
+        flat = [_flatten(r["models"][n]) for r in results_list]
         out[n] = {}
-        for metric, get in metrics.items():
-            values = [get(r["models"][n]) for r in results_list]
+        for metric in flat[0]:
+            values = [f.get(metric) for f in flat]
             if any(v is None for v in values):
                 continue
-            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            out[n][metric] = {"mean": float(np.mean(values)), "std": std, "values": [float(v) for v in values]}
+            out[n][metric] = {**mean_std(values), "values": [float(v) for v in values]}
     return {"n_folds": len(results_list), "models": out}
+
+
+def _flatten(m: dict) -> dict[str, float]:
+    flat = {"accuracy": m["clean"]["accuracy"]}
+    for key in MAP_METRICS:
+        flat[key], flat[f"{key}_gradcam"] = m.get(key), m.get(f"{key}_gradcam")
+    for key, a in m.get("attacks", {}).items():
+        flat[f"{key}_correct"], flat[f"{key}_unchanged"] = a["robust_correct_rate"], a["robust_paper_rate"]
+    for s, v in (m.get("shifts") or {}).items():
+        flat[f"{s}_accuracy"] = v["accuracy"]
+    return flat
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -471,19 +449,31 @@ def aggregate_folds(results_list: list[dict]) -> dict:
 def register(subparsers) -> None:
     """Add the `evaluate` subcommand."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    doc = "Evaluate a model family: l1, IOU, accuracy, FGSM/PGD/Square/transfer robustness; write a report."
+    doc = ("Evaluate a model family: accuracy, l1, IOU/mass/PxAP/MaxBoxAccV2, ROAD, FGSM/PGD/AutoAttack/Square/"
+           "transfer, accuracy against eps and under shift, with paired bootstrap intervals; write a report.")
     p = subparsers.add_parser("evaluate", help=doc, description=doc, formatter_class=fmt)
-    p.add_argument("family", help="a family folder: one model folder per k plus baseline/")
+    p.add_argument("family", help="a family folder: one model folder per k plus baseline/ (or fold*/ from --folds)")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="test")
-    p.add_argument("--shifted-split", default=None, help="a distribution-shifted split for Table 5")
+    p.add_argument("--shift-splits", nargs="*", default=[], help="distribution-shifted splits (Table 5), e.g. "
+                                                                 "test_shifted only_bg")
+    p.add_argument("--select-split", default=None, help="validation split on which k is chosen (never the test split)")
     p.add_argument("--fmt", default="auto", help="dataset format (see topgap.data.open_dataset)")
+    p.add_argument("--labels", default="breed", choices=["breed", "species"], help="Oxford-IIIT Pet labels")
     p.add_argument("--eps", type=parse_eps, default="1/255", help="Linf budget on [0, 1] images, e.g. 1/255, 8/255")
     p.add_argument("--pgd-steps", type=int, nargs="+", default=[40])
-    p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
-    p.add_argument("--square-queries", type=int, default=200)
-    p.add_argument("--attack-images", type=int, default=None, help="Square/transfer on the first N images (all)")
+    p.add_argument("--pgd-rule", default="foolbox", choices=list(PGD_RULES))
+    p.add_argument("--attacks", nargs="*", choices=ATTACKS, default=["fgsm", "pgd", "autoattack", "square"])
+    p.add_argument("--surrogate", default=None, help="model folder of an independently trained model (another seed) "
+                                                     "for the transfer attack; adds 'transfer'")
+    p.add_argument("--square-queries", type=int, default=1000)
+    p.add_argument("--attack-images", type=int, default=100, help="AutoAttack/Square/transfer/eps curve on N images")
+    p.add_argument("--eps-curve", type=parse_eps, nargs="*", default=list(EPS_CURVE))
+    p.add_argument("--faithfulness-images", type=int, default=50, help="ROAD on the first N images (0: skip)")
+    p.add_argument("--imputer", default="blur", choices=list(IMPUTERS), help="ROAD imputation")
+    p.add_argument("--postprocessing", default="relu-minmax", choices=list(POSTPROCESSING))
     p.add_argument("--cam-method", default="gradcam", choices=list(METHODS))
+    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP_SAMPLES, help="bootstrap resamples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--out", default=None, help="report folder (default FAMILY/eval-SPLIT)")
@@ -491,30 +481,92 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Load the family, open the dataset, evaluate, write the report; return a short summary."""
-    from ..checkpoint import load_family
-    from ..data import open_dataset
+def convergence(log: list[dict], num_classes: int) -> tuple[bool, str]:
+    """(converged, reason) from a training log: not converged when the last epoch's loss is within 10% of ln C
+    (chance-level cross-entropy) or its train accuracy is below 1.5 / C."""
+    if not log:
+        return False, "no epoch logged"
+    last, chance = log[-1], math.log(num_classes)
+    if num_classes > 1 and abs(last["loss"] - chance) <= 0.1 * chance:
+        return False, f"final train loss {last['loss']:.3f} is at chance level (ln {num_classes} = {chance:.3f})"
+    if last["train_accuracy"] < 1.5 / num_classes:
+        return False, f"final train accuracy {last['train_accuracy']:.3f} is near chance (1/{num_classes})"
+    return True, f"final train loss {last['loss']:.3f}, train accuracy {last['train_accuracy']:.3f}"
 
-    models = load_family(args.family, device=args.device)
-    cfg = next(iter(models.values()))[1]
-    dataset = open_dataset(args.data, args.split, input_size=cfg.input_size, fmt=args.fmt)
+
+def _convergence(folder: Path, cfg: ModelConfig) -> tuple[bool, str] | None:
+    log = folder / "train_log.json"
+    return convergence(json.loads(log.read_text()), cfg.num_classes) if log.is_file() else None
+
+
+def _evaluate_folder(family: Path, dataset, args, *, surrogate, shifts, split: str) -> dict:
+    from ..checkpoint import load_family
+
+    models = load_family(family, device=args.device)
     for n, (_, c) in models.items():
         if list(c.class_names) != list(dataset.class_names):
-            raise ValueError(f"model {n} was trained on classes {c.class_names} but {args.data} ({args.split}) has "
+            raise ValueError(f"model {n} was trained on classes {c.class_names} but {args.data} ({split}) has "
                              f"{dataset.class_names}; labels would not line up")
-    shifted = (open_dataset(args.data, args.shifted_split, input_size=cfg.input_size, fmt=args.fmt)
-               if args.shifted_split else None)
-    results = evaluate_family(models, dataset, shifted=shifted, attacks=tuple(args.attacks), eps=args.eps,
-                              pgd_steps=tuple(args.pgd_steps), square_queries=args.square_queries,
-                              attack_images=args.attack_images, cam_method=args.cam_method,
-                              batch_size=args.batch_size, max_images=args.max_images, device=args.device,
-                              name=Path(args.data).name, split=args.split)
-    if args.shifted_split:
-        results["shifted"].update(dataset=Path(args.data).name, split=args.shifted_split)
-    out = Path(args.out) if args.out else Path(args.family) / f"eval-{args.split}"
-    paths = write_report(results, out, title=f"Top-GAP evaluation: {Path(args.family).name} on {Path(args.data).name}")
+    conv = {n: v for n in models if (v := _convergence(family / n, models[n][1])) is not None}
+    attacks = tuple(args.attacks) + (("transfer",) if surrogate else ())
+    return evaluate_family(models, dataset, shifts=shifts, surrogate=surrogate, attacks=attacks, eps=args.eps,
+                           pgd_steps=tuple(args.pgd_steps), pgd_rule=args.pgd_rule, square_queries=args.square_queries,
+                           attack_images=args.attack_images, eps_curve=tuple(args.eps_curve),
+                           faithfulness_images=args.faithfulness_images, imputer=args.imputer,
+                           postprocessing=args.postprocessing, cam_method=args.cam_method,
+                           batch_size=args.batch_size, max_images=args.max_images, device=args.device,
+                           name=Path(args.data).name, split=split, convergence=conv, bootstrap_samples=args.bootstrap)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Load the family, open the dataset, evaluate, write the report; return a short summary."""
+    from ..checkpoint import family_members, load_model
+    from ..data import open_dataset
+    from .report import write_report
+
+    family = Path(args.family)
+    if args.select_split and args.select_split == args.split:
+        raise ValueError(f"--select-split {args.select_split} is the split being reported: choose k on a validation "
+                         "split, never on the test split")
+    folds = sorted(p for p in family.glob("fold*") if p.is_dir())
+    members = family_members(folds[0] if folds else family)
+    cfg = json.loads((members[0] / "config.json").read_text())
+    common = dict(input_size=tuple(cfg["input_size"]), fmt=args.fmt, labels=args.labels)
+    surrogate = load_model(args.surrogate, device=args.device) if args.surrogate else None
+    title = f"Top-GAP evaluation: {family.name} on {Path(args.data).name}"
+    out = Path(args.out) if args.out else family / f"eval-{args.split}"
+    if folds:
+        return _run_folds(family, folds, args, common, surrogate, out, title)
+    dataset = open_dataset(args.data, args.split, **common)
+    shifts = {s: open_dataset(args.data, s, **common) for s in args.shift_splits}
+    results = _evaluate_folder(family, dataset, args, surrogate=surrogate, shifts=shifts, split=args.split)
+    if args.select_split:
+        val_args = argparse.Namespace(**{**vars(args), "attacks": [], "eps_curve": [], "faithfulness_images": 0})
+        val = _evaluate_folder(family, open_dataset(args.data, args.select_split, **common), val_args,
+                               surrogate=None, shifts={}, split=args.select_split)
+        results["selection"] = select_models(val)
+    paths = write_report(results, out, title=title)
     return {"out": str(out), "files": [str(p) for p in paths], "n_images": results["n_images"],
             "models": {n: {"accuracy": m["clean"]["accuracy"], "l1": m["l1"], "iou": m["iou"],
-                           "gradient_masking_suspected": m["gradient_masking_suspected"]}
+                           "converged": m["converged"], "gradient_masking_suspected": m["gradient_masking_suspected"]}
                        for n, m in results["models"].items()}}
+
+
+def _run_folds(family: Path, folds: list[Path], args, common, surrogate, out: Path, title: str) -> dict:
+    """Cross-validation: each fold's models on that fold's held-out images (cv.json), then mean ± std."""
+    from ..data import open_dataset
+    from .report import write_cv_report
+
+    cv = json.loads((family / "cv.json").read_text()) if (family / "cv.json").is_file() else {}
+    held_out = cv.get("held_out")
+    if not held_out or len(held_out) != len(folds):
+        raise ValueError(f"{family}/cv.json does not list the held-out images of its {len(folds)} folds; "
+                         "retrain with this version of topgap train --folds")
+    data = open_dataset(args.data, cv.get("train_split", "train"), **common)
+    per_fold = [_evaluate_folder(f, Subset(data, idx), args, surrogate=surrogate, shifts={}, split=f"{f.name} held out")
+                for f, idx in zip(folds, held_out)]
+    agg = aggregate_folds(per_fold)
+    paths = write_cv_report(agg, per_fold, out, title=title + f" ({len(folds)}-fold cross-validation)")
+    return {"out": str(out), "files": [str(p) for p in paths], "folds": len(folds),
+            "models": {n: {k: v["mean"] for k, v in m.items() if k in ("accuracy", "iou", "l1")}
+                       for n, m in agg["models"].items()}}

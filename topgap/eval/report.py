@@ -1,0 +1,285 @@
+"""Reports of `topgap evaluate` results: results.json, results.md laid out like the paper's tables, plots/.
+
+Nothing is computed here beyond formatting: every number, interval and verdict comes from the results
+dict of :func:`topgap.eval.evaluate.evaluate_family`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..io import atomic_write, write_json
+
+__all__ = ["markdown_report", "write_report", "write_cv_report", "headline"]
+
+HIGHER_IS_BETTER = {"l1": False}
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ci(c: dict | None) -> str:
+    """'+0.012 [-0.010, +0.034] no clear difference'."""
+    if not c or c.get("diff") is None:
+        return "–"
+    return f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}"
+
+
+def _rate(m: dict, key: str, definition: str):
+    a = m["attacks"].get(key)
+    return a[f"{definition}_rate"] if a else None
+
+
+def _parts(results: dict) -> tuple[str | None, dict]:
+    models = results["models"]
+    base = next((n for n, m in models.items() if m["kind"] == "baseline"), None)
+    return base, {n: m for n, m in models.items() if m["kind"] == "topgap"}
+
+
+def _name(n: str, m: dict) -> str:
+    return n if m.get("converged") is not False else f"{n} ⚠ not converged"
+
+
+def _cmp(m: dict, ref: str | None, metric: str) -> dict | None:
+    return ((m.get("comparisons") or {}).get(ref) or {}).get(metric) if ref else None
+
+
+def headline(results: dict) -> list[str]:
+    """Plain sentences: each selected (or every) converged Top-GAP model against the baseline, interval-backed."""
+    base, ours = _parts(results)
+    if base is None:
+        return ["No baseline in this family: no comparison."]
+    chosen = {v["model"]: c for c, v in (results.get("selection") or {}).get("by", {}).items()}
+    names = list(chosen) or [n for n, m in ours.items() if m["k"] is not None]
+    labels = {"accuracy": "clean accuracy", "l1": "l1 sparsity (lower is better)", "iou": "IOU",
+              "pxap": "PxAP", "maxboxacc_v2": "MaxBoxAccV2", "mass_in_mask": "mass in mask",
+              "road": "ROAD faithfulness"}
+    lines = []
+    for n in dict.fromkeys(names):
+        m = ours.get(n)
+        if m is None:
+            continue
+        if m.get("converged") is False:
+            lines.append(f"- **{n}** did not converge ({m['convergence']}): left out of every verdict.")
+            continue
+        why = f" (chosen on {results['selection']['split']} by {chosen[n]})" if n in chosen else ""
+        cmp = (m.get("comparisons") or {}).get(base, {})
+        parts = [f"{labels.get(k, k.replace('_', ' '))}: {_ci(c)}" for k, c in cmp.items()]
+        lines.append(f"- **{n}**{why} minus baseline, 95% interval: " + "; ".join(parts))
+    return lines
+
+
+def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
+    """The results as Markdown: settings, verdicts with intervals, then tables laid out like Tables 2, 3, 5, 7."""
+    base, ours = _parts(results)
+    b = results["models"].get(base) if base else None
+    pgd_keys = [f"pgd{s}" for s in results["pgd_steps"]] if "pgd" in results["attacks"] else []
+    attack_keys = (["fgsm"] if "fgsm" in results["attacks"] else []) + pgd_keys + [
+        k for k in ("autoattack", "square", "transfer") if k in results["attacks"]]
+    label = {"fgsm": "FGSM", "autoattack": "AutoAttack", "square": "Square", "transfer": "Transfer",
+             **{k: f"PGD-{k[3:]}" for k in pgd_keys}}
+    split = f" (split {results['split']})" if results["split"] else ""
+    f = results["faithfulness"]
+    out = [f"# {title}", "",
+           f"Dataset **{results['dataset']}**{split}, {results['n_images']} images. "
+           f"Maps for the predicted class, post-processing **{results['postprocessing']}** for every map (own CAM "
+           f"and {results['cam_method']} alike); l1 at the class-map resolution "
+           f"{'x'.join(map(str, results['l1_resolution']))}, localisation at "
+           f"{'x'.join(map(str, results['localisation_resolution']))}. "
+           f"Attacks at eps = {results['eps']:.5g} ({results['eps'] * 255:.3g}/255); PGD step rule "
+           f"**{results['pgd_rule']}**; AutoAttack, Square ({results['square_queries']} queries), transfer "
+           f"(surrogate: {results['surrogate'] or 'none'}) and the eps curve on the first {results['attack_images']} "
+           f"images. ROAD ({f['imputer']} imputation, percentiles {f['percentiles']}) on the first {f['images']}. "
+           f"Intervals: paired bootstrap, {results['bootstrap']['samples']} resamples, 95%; a verdict says better or "
+           "worse only when the interval excludes 0.", ""]
+    flagged = [f"- {n}: {m['convergence']}" for n, m in results["models"].items() if m.get("converged") is False]
+    if flagged:
+        out += ["## Not converged (no verdicts)", "", *flagged, ""]
+    if results.get("selection"):
+        s = results["selection"]
+        out += [f"## Model selection on {s['dataset']}/{s['split']}", "",
+                *(f"- by {c}: **{v['model']}** ({_fmt(v['value'])})" for c, v in s["by"].items()), ""]
+    out += ["## Verdicts against the baseline", "", *headline(results), ""]
+
+    rows = [[_name(n, m), m["k"], m["k_fraction"], b and b["l1"], m["l1"], m["l1_gradcam"], _ci(_cmp(m, base, "l1"))]
+            for n, m in ours.items()]
+    out += ["## Table 2: l1 sparsity of the CAM (lower is sparser)", "",
+            _table(["model", "k", "k/(h*w)", "l1 ↓ baseline (GradCAM)", "l1 ↓ own CAM", "l1 ↓ GradCAM on this model",
+                    "own − baseline [95% CI]"], rows), ""]
+
+    header, rows = ["model", "k", "clean acc"], []
+    for key in attack_keys:
+        header += [f"{label[key]} correct ↑", "Δ vs baseline [95% CI]", f"{label[key]} unchanged (paper)"]
+    for n, m in ([(base, b)] if b else []) + list(ours.items()):
+        row = [_name(n, m), m["k"], m["clean"]["accuracy"]]
+        for key in attack_keys:
+            row += [_rate(m, key, "robust_correct"), _ci(_cmp(m, base, f"{key}_correct")) if m is not b else "",
+                    _rate(m, key, "robust_paper")]
+        rows.append(row)
+    out += ["## Table 3: accuracy under attack", "",
+            "*correct* (headline): the attacked image is still classified correctly. *unchanged* (the paper's "
+            "definition, 4.2): the prediction equals the clean prediction, whether right or wrong.", "",
+            _table(header, rows), ""]
+
+    if results.get("shifts"):
+        header, rows = ["model", "k"], []
+        for s in results["shifts"]:
+            header += [f"{s} acc ↑", "Δ vs baseline [95% CI]", f"{s} IOU"]
+        for n, m in ([(base, b)] if b else []) + list(ours.items()):
+            row = [_name(n, m), m["k"]]
+            for s in results["shifts"]:
+                v = m["shifts"].get(s, {})
+                row += [v.get("accuracy"), _ci(_cmp(m, base, f"{s}_accuracy")) if m is not b else "", v.get("iou")]
+            rows.append(row)
+        out += ["## Table 5: accuracy under distribution shift", "", _table(header, rows), ""]
+
+    if any(m["n_masks"] for m in results["models"].values()):
+        header = ["model", "k", "masks"]
+        for key in ("iou", "mass_in_mask", "pxap", "maxboxacc_v2"):
+            header += [f"{key} ↑", "Δ vs baseline [95% CI]", f"{key} GradCAM on this model"]
+        rows = []
+        for n, m in ([(base, b)] if b else []) + list(ours.items()):
+            row = [_name(n, m), m["k"], m["n_masks"]]
+            for key in ("iou", "mass_in_mask", "pxap", "maxboxacc_v2"):
+                row += [m[key], _ci(_cmp(m, base, key)) if m is not b else "",
+                        m[f"{key}_gradcam"] if m["kind"] == "topgap" else None]
+            rows.append(row)
+        out += ["## Table 7: localisation against the masks", "",
+                "IOU: best threshold per image (the paper's); mass in mask: share of the map's mass on the object; "
+                "PxAP and MaxBoxAccV2 (Choe et al., 2020; boxes tight around each mask's object): one threshold "
+                "for the whole split. The baseline's row is GradCAM.", "", _table(header, rows), ""]
+
+    if any(m["n_road"] for m in results["models"].values()):
+        rows = [[_name(n, m), m["k"], m["n_road"], m["road"], _ci(_cmp(m, base, "road")) if m is not b else "",
+                 m["road_gradcam"] if m["kind"] == "topgap" else None]
+                for n, m in ([(base, b)] if b else []) + list(ours.items())]
+        out += ["## Faithfulness: ROAD (higher is more faithful)", "",
+                _table(["model", "k", "images", "ROAD ↑", "Δ vs baseline [95% CI]", "ROAD GradCAM on this model"],
+                       rows), ""]
+
+    if any(m["eps_curve"] for m in results["models"].values()):
+        eps = results["eps_curve"]
+        rows = [[_name(n, m)] + [c["accuracy"] for c in m["eps_curve"]] + [m["eps_curve_reaches_zero"]]
+                for n, m in results["models"].items()]
+        out += ["## Accuracy against eps (PGD, each image counted broken from the smallest eps that breaks it)", "",
+                _table(["model", *(f"{e * 255:.3g}/255" for e in eps), "reaches 0?"], rows),
+                "", "A curve that does not reach 0 at the largest budget is flagged as gradient masking.", ""]
+
+    header = ["model", "kind", "k", "cam size", "converged", "clean acc", "white-box correct", "black-box correct",
+              "gradient masking?"]
+    rows = [[n, m["kind"], m["k"], "x".join(map(str, m["cam_size"])) if m["cam_size"] else None, m["converged"],
+             m["clean"]["accuracy"], m["white_box_rate"], m["black_box_rate"], m["gradient_masking_suspected"]]
+            for n, m in results["models"].items()]
+    out += ["## All models", "",
+            "White-/black-box: share of the attack images still correct under every white-box (FGSM, PGD, AutoAttack) "
+            "/ every black-box (Square, transfer) attack; gradient masking is suspected when white-box exceeds "
+            "black-box by more than 0.1, or when accuracy does not reach 0 as eps grows.", "", _table(header, rows), ""]
+    return "\n".join(out)
+
+
+def _plot(path: Path, results: dict, series: list[tuple[str, callable]], ylabel: str, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    base, ours = _parts(results)
+    b = results["models"].get(base) if base else None
+    points = sorted((m["k_fraction"], m) for m in ours.values()
+                    if m["k_fraction"] is not None and m.get("converged") is not False)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        for i, (label, get) in enumerate(series):
+            colour = f"C{i}"
+            ax.plot([p for p, _ in points], [_nan(get(m)) for _, m in points], "o-", color=colour, label=label)
+            if b is not None and get(b) is not None:
+                ax.axhline(get(b), color=colour, linestyle="--", label=f"{label} (baseline)")
+        ax.set_xscale("log")
+        ax.set_xlabel("k / (h*w)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def _nan(v):
+    return float("nan") if v is None else v
+
+
+def _plot_eps_curve(path: Path, results: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        for i, (name, m) in enumerate(results["models"].items()):
+            c = m["eps_curve"]
+            ax.plot([p["eps"] * 255 for p in c], [_nan(p["accuracy"]) for p in c], "o-", color=f"C{i}", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("eps (x/255)")
+        ax.set_ylabel("accuracy under PGD ↑")
+        ax.set_title("Accuracy against the attack budget")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", ncol=2)
+        fig.tight_layout()
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evaluation") -> list[Path]:
+    """Write results.json, results.md and plots/{l1,iou,accuracy,robustness[,eps_curve]}.png to `out_dir`, atomically.
+
+    Plots show each metric against k/(h*w) for the converged Top-GAP models, the baseline as a dashed
+    line (like Figure 3); robustness is accuracy under attack (correct).
+    """
+    out = Path(out_dir)
+    paths = [write_json(out / "results.json", results)]
+    text = markdown_report(results, title)
+    paths.append(atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text)))
+    plots = out / "plots"
+    paths.append(_plot(plots / "l1.png", results, [("l1 (own CAM) / GradCAM (baseline)", lambda m: m["l1"])],
+                       "l1 of the CAM ↓", "Sparsity (section 4.1)"))
+    paths.append(_plot(plots / "iou.png", results, [("IOU", lambda m: m["iou"]), ("PxAP", lambda m: m["pxap"])],
+                       "localisation ↑", "Localisation (section 4.4)"))
+    acc = [("clean", lambda m: m["clean"]["accuracy"])]
+    acc += [(s, lambda m, s=s: (m["shifts"].get(s) or {}).get("accuracy")) for s in results.get("shifts") or {}]
+    paths.append(_plot(plots / "accuracy.png", results, acc, "accuracy ↑", "Accuracy (Tables 3, 5)"))
+    keys = list(next(iter(results["models"].values()))["attacks"])
+    if keys:
+        rob = [(k, lambda m, k=k: _rate(m, k, "robust_correct")) for k in keys]
+        paths.append(_plot(plots / "robustness.png", results, rob, "accuracy under attack ↑",
+                           f"Robustness, eps = {results['eps'] * 255:.3g}/255 (section 4.2)"))
+    if any(m["eps_curve"] for m in results["models"].values()):
+        paths.append(_plot_eps_curve(plots / "eps_curve.png", results))
+    return paths
+
+
+def write_cv_report(agg: dict, per_fold: list[dict], out_dir: str | Path, title: str) -> list[Path]:
+    """cv.json (mean ± std over folds of every metric, and each fold's results) and cv.md."""
+    out = Path(out_dir)
+    paths = [write_json(out / "cv.json", {"aggregate": agg, "folds": per_fold})]
+    metrics = list(dict.fromkeys(k for m in agg["models"].values() for k in m))
+    rows = [[n] + [f"{v['mean']:.3f} ± {v['std']:.3f}" if (v := m.get(k)) else "–" for k in metrics]
+            for n, m in agg["models"].items()]
+    text = f"# {title}\n\nMean ± std over {agg['n_folds']} folds, each fold's models on its held-out images.\n\n"
+    text += _table(["model", *metrics], rows) + "\n"
+    paths.append(atomic_write(out / "cv.md", lambda tmp: Path(tmp).write_text(text)))
+    return paths
