@@ -3,8 +3,8 @@
     python app.py   # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
 
 Env: TOPGAP_MODELS (models root, default models/ beside this file), TOPGAP_DEFAULT_FAMILY (default
-"synthetic-shapes" or "synth" when present), TOPGAP_HUB_REPO (+ TOPGAP_HUB_FAMILIES, TOPGAP_HUB_REVISION):
-fetch the named families from a Hub model repo, local folders being the default and the fallback.
+"synthetic-shapes" or "synth" when present), TOPGAP_HUB_FAMILIES ("owner/repo@revision,...": families pushed with
+`topgap push`, listed beside the local ones; a local folder named like the repo is the fallback).
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from PIL import Image, UnidentifiedImageError
 
 from topgap.cam import METHODS
 from topgap.checkpoint import CheckpointError
-from topgap.explorer.explain import ATTACKS, Family, FamilyStore, InputError, Result, attack_view, explain_all
-from topgap.explorer.hub import HubStore
+from topgap.explorer.explain import ATTACKS, Family, InputError, Result, attack_view, explain_all
+from topgap.explorer.hub import card_text, store_from_env
+from topgap.explorer.zerogpu import gpu
 from topgap.data.imageio import drawn_mask
 from topgap.io import atomic_write
 
@@ -37,8 +38,7 @@ log = logging.getLogger("topgap.app")
 HERE = Path(__file__).resolve().parent
 MODELS = Path(os.environ.get("TOPGAP_MODELS", HERE / "models"))
 ASSETS = HERE / "assets"
-STORE = HubStore(MODELS, os.environ.get("TOPGAP_HUB_REPO"), os.environ.get("TOPGAP_HUB_FAMILIES", ""),
-                 os.environ.get("TOPGAP_HUB_REVISION")) if os.environ.get("TOPGAP_HUB_REPO") else FamilyStore(MODELS)
+STORE = store_from_env(MODELS)
 FAMILIES = STORE.names()
 PREFERRED = [os.environ.get("TOPGAP_DEFAULT_FAMILY"), "synthetic-shapes", "synth"]  # the synthetic-benchmark zoo
 DEFAULT = next((f for f in PREFERRED if f in FAMILIES), FAMILIES[0] if FAMILIES else None)
@@ -175,6 +175,7 @@ def bias_view(result: Result | None):
 
 # ---- events that run models ----
 
+@gpu
 def analyse(fam_name, image, mask_upload, drawn, method, index):
     """New image, family or method: run every model once and store the result."""
     if image is None:
@@ -211,6 +212,7 @@ def switch_k(result, index):
     return (_k_slider(result, int(index)), *render(result, index))
 
 
+@gpu
 def robustness(fam_name, result, index, kind, eps255):
     """FGSM / PGD on this image against Top-GAP at the chosen k and the baseline."""
     if result is None:
@@ -256,9 +258,12 @@ def model_card(fam_name):
     """README.md, card.json as a table and plots/*.png of the family, or 'no card yet'."""
     if not fam_name:
         return "No model family found; see the README for training one.", None, None
-    folder = MODELS / fam_name
+    try:
+        folder = STORE.folder(fam_name)  # a Hub family: its downloaded folder, card included
+    except InputError as e:
+        return str(e), None, None
     readme, card, plots = folder / "README.md", folder / "card.json", sorted((folder / "plots").glob("*.png"))
-    text = readme.read_text(errors="replace") if readme.is_file() else f"No card yet for **{fam_name}**."
+    text = card_text(readme) if readme.is_file() else f"No card yet for **{fam_name}**."
     table = None
     if card.is_file():
         try:
@@ -279,6 +284,7 @@ def _card_table(data) -> list[list]:
                      for r in rows]
 
 
+@gpu
 def api_explain(image: str | None, mask: str | None, k: float | None, method: str, fam_name: str):
     """API: overlays (Top-GAP at k, baseline) and the JSON report {family, k, models: {name: {...}}}."""
     if not image:
