@@ -5,28 +5,47 @@ from topgap.eval.card import verdicts, write_card
 from topgap.io import write_json
 
 
-def model_result(kind, k, acc, iou, l1):
-    return {"kind": kind, "backbone": "resnet18", "k": k, "cam_size": [16, 16] if k else None,
-            "k_fraction": k / 256 if k else None, "clean": {"n": 10, "correct": int(acc * 10), "accuracy": acc},
-            "l1": l1, "l1_gradcam": l1, "n_masks": 10, "iou": iou, "iou_gradcam": iou, "mass_in_mask": None,
-            "mass_in_mask_gradcam": None, "attacks": {}, "white_box_rate": None, "black_box_rate": None,
-            "gradient_masking_suspected": None, "shifted": None}
+def ci(diff, low, high, word):
+    return {"diff": diff, "low": low, "high": high, "n": 10, "samples": 100, "level": 0.95, "verdict": word}
 
 
-RESULTS = {"dataset": "fake", "split": "test", "n_images": 10, "eps": 1 / 255, "pgd_steps": [40], "attacks": [],
-           "attack_images": 0, "square_queries": 0, "cam_method": "gradcam", "shifted": None,
-           "models": {"k4": model_result("topgap", 4, 0.7, 0.6, 0.1), "k16": model_result("topgap", 16, 0.8, 0.5, 0.2),
-                      "baseline": model_result("baseline", None, 0.9, 0.4, 0.3)}}
+def model_result(kind, k, acc, iou, l1, converged=True, comparisons=None):
+    m = {"kind": kind, "backbone": "resnet18", "k": k, "cam_size": [16, 16] if k else None,
+         "k_fraction": k / 256 if k else None, "converged": converged,
+         "convergence": None if converged else "final train loss at chance level",
+         "clean": {"n": 10, "correct": int(acc * 10), "accuracy": acc}, "n_masks": 10, "n_road": 0, "attacks": {},
+         "eps_curve": [], "eps_curve_reaches_zero": None, "white_box_rate": None, "black_box_rate": None,
+         "gradient_masking_suspected": None, "shifts": {}}
+    for key, v in (("l1", l1), ("iou", iou), ("mass_in_mask", None), ("pxap", None), ("maxboxacc_v2", None),
+                   ("road", None)):
+        m[key] = m[f"{key}_gradcam"] = v
+    if comparisons is not None:
+        m["comparisons"] = {"baseline": comparisons}
+    return m
 
 
-def test_verdicts_pick_the_best_k_and_say_when_topgap_loses():
-    v = {x["metric"]: x for x in verdicts(RESULTS)}
-    acc = v["clean accuracy"]
-    assert (acc["best_topgap"], acc["topgap"], acc["baseline"], acc["topgap_better"]) == ("k16", 0.8, 0.9, False)
-    iou = v["IOU with the masks (own CAM vs GradCAM on the baseline)"]
-    assert (iou["best_topgap"], iou["topgap_better"]) == ("k4", True)
-    assert v["l1 of the CAM (sparsity)"]["best_topgap"] == "k4"  # lower is better
-    assert "accuracy on the shifted split" not in v  # not measured, not claimed
+RESULTS = {"dataset": "fake", "split": "test", "n_images": 10, "eps": 1 / 255, "pgd_steps": [40], "pgd_rule": "foolbox",
+           "attacks": [], "attack_images": 0, "square_queries": 1000, "eps_curve": [], "cam_method": "gradcam",
+           "postprocessing": "relu-minmax", "l1_resolution": [16, 16], "localisation_resolution": [64, 64],
+           "faithfulness": {"metric": "ROAD", "imputer": "blur", "percentiles": [20, 40], "images": 0},
+           "surrogate": None, "bootstrap": {"samples": 100, "level": 0.95, "seed": 0}, "shifts": {},
+           "selection": {"split": "val", "dataset": "fake", "by": {"accuracy": {"model": "k16", "value": 0.8}}},
+           "models": {
+               "k4": model_result("topgap", 4, 0.7, 0.6, 0.1, comparisons={"iou": ci(0.2, 0.05, 0.3, "better")}),
+               "k16": model_result("topgap", 16, 0.8, 0.5, 0.2, comparisons={
+                   "accuracy": ci(-0.1, -0.3, 0.1, "no clear difference"), "l1": ci(-0.1, -0.2, -0.01, "better")}),
+               "k64": model_result("topgap", 64, 0.3, 0.1, 0.9, converged=False, comparisons={
+                   "accuracy": ci(-0.6, -0.8, -0.4, "not converged: no verdict")}),
+               "baseline": model_result("baseline", None, 0.9, 0.4, 0.3)}}
+
+
+def test_verdicts_list_the_model_chosen_on_validation_with_its_intervals():
+    rows = verdicts(RESULTS)
+    assert {r["model"] for r in rows} == {"k16"}  # the selection, not the best on test
+    acc = next(r for r in rows if r["metric"] == "accuracy")
+    assert (acc["diff"], acc["low"], acc["high"], acc["verdict"]) == (-0.1, -0.3, 0.1, "no clear difference")
+    unselected = {**RESULTS, "selection": None}
+    assert {r["model"] for r in verdicts(unselected)} == {"k4", "k16", "k64"}
 
 
 def test_card_files(tmp_path):
@@ -40,7 +59,9 @@ def test_card_files(tmp_path):
     (report / "plots" / "iou.png").write_bytes(b"\x89PNG fake")
     write_card(fam, report, title="Fake zoo", data_note="Made up.", commands=["topgap train ..."])
     text = (fam / "README.md").read_text()
-    assert "does **not** beat the baseline: 0.800 vs 0.900" in text and "topgap train ..." in text
+    assert "**k16** (chosen on val by accuracy) minus baseline" in text and "topgap train ..." in text
+    assert "accuracy: -0.100 [-0.300, +0.100] no clear difference" in text
+    assert "**k64** did not converge (final train loss at chance level)" in text
     assert "![iou](plots/iou.png)" in text and (fam / "plots" / "iou.png").exists()
     card = json.loads((fam / "card.json").read_text())
     assert card["evaluation"] == RESULTS and set(card["training"]) == {"k4", "k16", "baseline"}

@@ -62,3 +62,48 @@ def test_mass_in_mask():
     assert mass_in_mask(cam, np.array([[1, 0], [0, 1]])) == pytest.approx(0.6)
     assert np.isnan(mass_in_mask(np.zeros((2, 2)), np.ones((2, 2))))
     assert mass_in_mask(cam, np.array([[1, 0], [0, 0]]), ignore=np.array([[0, 1], [0, 0]])) == pytest.approx(0.75)
+
+
+def test_pxap_pools_every_pixel_of_the_split_like_average_precision():
+    from sklearn.metrics import average_precision_score
+
+    from topgap.metrics import PxAP
+
+    rng = np.random.default_rng(0)
+    m, scores, labels = PxAP(), [], []
+    for _ in range(4):
+        mask = np.zeros((12, 12), bool)
+        mask[3:8, 2:9] = True
+        cam = np.clip(mask * 0.4 + rng.random((12, 12)) * 0.6, 0, 0.999)
+        cam = (np.floor(cam * 1000) + 0.5) / 1000  # one value per histogram bin: the binned AP is exact
+        m.update(cam, mask)
+        scores.append(cam.ravel())
+        labels.append(mask.ravel())
+    assert m.summary() == pytest.approx(average_precision_score(np.concatenate(labels), np.concatenate(scores)))
+    perfect = PxAP()
+    perfect.update(np.where(mask, 0.9, 0.1), mask)
+    assert perfect.summary() == pytest.approx(1.0)
+    ignored = PxAP()
+    ignored.update(np.where(mask, 0.9, 0.1), mask, ignore=~mask)  # only object pixels left: precision 1
+    assert ignored.summary() == pytest.approx(1.0)
+    assert PxAP().summary() is None
+
+
+def test_maxboxacc_v2_by_hand():
+    from topgap.metrics import box_hits, maxboxacc_v2, tight_box
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    assert tight_box(mask) == (5, 5, 14, 14) and tight_box(np.zeros((3, 3))) is None
+    exact = np.where(mask, 1.0, 0.0)
+    hits = box_hits(exact, mask)
+    assert hits.shape == (100, 3) and hits[50].all() and not hits[0, 2]  # tau 0 keeps the whole image: IoU 0.25
+    shifted = np.zeros((20, 20))
+    shifted[10:20, 10:20] = 1.0  # overlaps a quarter of the object: IoU 25 / 175 < 0.3
+    assert not box_hits(shifted, mask)[1:].any()
+    assert maxboxacc_v2(np.stack([hits, box_hits(shifted, mask)])) == pytest.approx(0.5)
+    two = exact.copy()
+    two[0:2, 18:20] = 1.0  # a second blob: multi-contour boxes still find the object's box
+    assert box_hits(two, mask)[50].all()
+    with pytest.raises(ValueError, match="no object"):
+        box_hits(exact, np.zeros((20, 20)))

@@ -62,6 +62,7 @@ def headline(results: dict) -> list[str]:
         return ["No baseline in this family: no comparison."]
     chosen = {v["model"]: c for c, v in (results.get("selection") or {}).get("by", {}).items()}
     names = list(chosen) or [n for n, m in ours.items() if m["k"] is not None]
+    names += [n for n, m in ours.items() if m.get("converged") is False]
     labels = {"accuracy": "clean accuracy", "l1": "l1 sparsity (lower is better)", "iou": "IOU",
               "pxap": "PxAP", "maxboxacc_v2": "MaxBoxAccV2", "mass_in_mask": "mass in mask",
               "road": "ROAD faithfulness"}

@@ -17,7 +17,8 @@ BOOTSTRAP_SAMPLES = 2000
 
 
 def _mean(a: np.ndarray) -> float:
-    return float(np.nanmean(a, axis=0)) if len(a) else float("nan")
+    finite = a[np.isfinite(a)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def paired_bootstrap(a, b, statistic: Callable[[np.ndarray], float] = _mean, *, samples: int = BOOTSTRAP_SAMPLES,
