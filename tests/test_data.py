@@ -208,8 +208,8 @@ needs_cifar = pytest.mark.skipif(not CIFAR.exists(), reason="../shared/data/cifa
 
 @needs_pets
 def test_oxford_pet_subset():
-    assert list_splits(PETS) == ["trainval", "test"]
-    tv = open_dataset(PETS, "train", input_size=(64, 64))
+    assert list_splits(PETS) == ["trainval", "test", "train", "val"]
+    tv = open_dataset(PETS, "trainval", input_size=(64, 64))
     test = open_dataset(PETS, "test", input_size=(64, 64))
     assert (len(tv), len(test)) == (300, 298) and tv.split == "trainval"
     assert tv.class_names == test.class_names == ["Abyssinian", "american_bulldog", "Bengal"]
@@ -219,6 +219,10 @@ def test_oxford_pet_subset():
         item = tv[i]
         assert item["image"].shape == (3, 64, 64) and item["has_mask"]
         assert set(item["mask"].unique().tolist()) <= {0, 1, 255} and (item["mask"] == 1).any()
+    train, val = open_dataset(PETS, "train"), open_dataset(PETS, "val")
+    assert (len(train), len(val)) == (240, 60) and [val.labels.count(c) for c in range(3)] == [20, 20, 20]
+    assert not {i.source for i in train.items} & {i.source for i in val.items}
+    assert {i.source for i in train.items} | {i.source for i in val.items} == {i.source for i in tv.items}
     species = open_dataset(PETS, "test", labels="species")
     assert species.class_names == ["cat", "dog"] and sorted(set(species.labels)) == [0, 1]
 

@@ -274,7 +274,8 @@ def list_splits(root, fmt: str = "auto") -> list[str]:
     layout = _detect(root, fmt)
     if layout == "oxford-pet":
         ann = _oxford_root(root) / "annotations"
-        return [s for s in ("trainval", "test") if (ann / f"{s}.txt").is_file()]
+        official = [s for s in ("trainval", "test") if (ann / f"{s}.txt").is_file()]
+        return official + (["train", "val"] if "trainval" in official else [])
     if layout == "cifar10-batches":
         return ["train", "test"]
     if layout == "cifar10-tar":
@@ -340,15 +341,33 @@ def _read_list(path: Path) -> list[tuple[str, int, int]]:
     return rows
 
 
+VAL_EVERY = 5  # Oxford-IIIT Pet has no validation split: every 5th trainval image of each breed is "val"
+
+
+def _oxford_part(rows: list[tuple[str, int, int]], split: str) -> list[tuple[str, int, int]]:
+    """`train` / `val`: a deterministic, stratified 80/20 partition of trainval (by breed, in file-name order)."""
+    seen: dict[str, int] = {}
+    out = []
+    for row in sorted(rows, key=lambda r: (r[0].rsplit("_", 1)[0], r[0])):
+        breed = row[0].rsplit("_", 1)[0]
+        i = seen[breed] = seen.get(breed, -1) + 1
+        if (i % VAL_EVERY == VAL_EVERY - 1) == (split == "val"):
+            out.append(row)
+    return out
+
+
 def _open_oxford(root: Path, split: str, on_error: str, labels: str, **kw) -> ImageDataset:
+    """Official splits trainval and test; train and val partition trainval (see :func:`_oxford_part`)."""
     base = _oxford_root(root)
     ann = base / "annotations"
-    name = "trainval" if split == "train" else split
+    name = "trainval" if split in ("train", "val") else split
     if name not in ("trainval", "test") or not (ann / f"{name}.txt").is_file():
         raise _unknown_split(split, root, list_splits(base))
     if labels not in ("breed", "species"):
         raise ValueError(f"labels must be 'breed' or 'species' (got {labels!r})")
     rows = _read_list(ann / f"{name}.txt")
+    if split in ("train", "val"):
+        rows, name = _oxford_part(rows, split), split
     if labels == "species":
         class_names = ["cat", "dog"]
     else:  # every breed in the list files, in CLASS-ID order (the official label order)
