@@ -48,3 +48,15 @@ def test_module_matches_function_and_reports_k():
     x = torch.randn(2, 3, 4, 4)
     assert_close(TopGAP(3)(x), top_gap(x, 3))
     assert "k=3" in repr(TopGAP(3))
+
+
+def test_module_warns_once_when_k_covers_the_whole_map():
+    pool = TopGAP(16)
+    with pytest.warns(UserWarning, match="k=16 >= 4x4 = 16 pixels"):
+        pool(torch.randn(1, 2, 4, 4))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pool(torch.randn(1, 2, 4, 4))  # once is enough
+        TopGAP(15)(torch.randn(1, 2, 4, 4))  # below H*W: no warning

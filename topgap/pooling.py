@@ -7,6 +7,8 @@ pooling; k >= H*W is global average pooling.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -44,13 +46,22 @@ def top_gap(x: torch.Tensor, k: int | None) -> torch.Tensor:
 
 
 class TopGAP(nn.Module):
-    """Module form of :func:`top_gap`; ``k=None`` is plain GAP."""
+    """Module form of :func:`top_gap`; ``k=None`` is plain GAP.
+
+    Warns once when k >= H*W of the maps it pools: Top-GAP then is plain GAP, most likely not what a
+    model configured with that k was meant to be (lower k, or raise the input size).
+    """
 
     def __init__(self, k: int | None):
         super().__init__()
         self.k = check_k(k)
+        self._warned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.k is not None and not self._warned and x.dim() == 4 and self.k >= x.shape[-2] * x.shape[-1]:
+            self._warned = True
+            warnings.warn(f"Top-GAP k={self.k} >= {x.shape[-2]}x{x.shape[-1]} = {x.shape[-2] * x.shape[-1]} pixels "
+                          "of the class map: this pools like plain GAP; lower k or raise the input size", stacklevel=2)
         return top_gap(x, self.k)
 
     def extra_repr(self) -> str:
