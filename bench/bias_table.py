@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fpn-channels", type=int, default=64)
     g.add_argument("--num-maps", type=int, default=4)
     g.add_argument("--mismatch", type=float, default=8.0, help="mismatched k = this times the matched k")
-    g.add_argument("--epochs", type=int, default=12)
+    g.add_argument("--epochs", type=int, default=8)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--workers", type=int, default=0)
