@@ -3,8 +3,9 @@
     python assets/make_examples.py --data /tmp/zoo/data --family models/synthetic-shapes
 
 Writes assets/images/<stem>.png and assets/masks/<stem>.png (same stem) for: objects on their usual
-background, objects on another background (the shortcut test), the shifted image the baseline gets
-most wrong, and any image some model misclassifies. Only synthetic images, never photos.
+background, objects on another background (the shortcut test), backgrounds without an object (only_bg;
+no mask file, as there is no object), the shifted image the baseline gets most wrong, and any image some
+model misclassifies. Only synthetic images, never photos.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def main() -> None:
     size = next(iter(models.values()))[1].input_size
     rows = list(csv.DictReader((data / "metadata.csv").open()))
     picks: dict[str, str] = {}
-    for split, aligned, stem in (("test", "1", "usual-background"), ("test_shifted", "0", "other-background")):
+    for split, aligned, stem in (("test", "1", "usual-background"), ("test_shifted", "0", "other-background"),
+                                 ("only_bg", "1", "background-only")):
         for r in rows:
             if r["split"] == split and r["aligned"] == aligned and f"{stem}-{r['class']}" not in picks:
                 picks[f"{stem}-{r['class']}"] = r["file"]
@@ -62,9 +64,11 @@ def main() -> None:
     for folder in ("images", "masks"):
         shutil.rmtree(out / folder, ignore_errors=True)
         (out / folder).mkdir(parents=True)
+    no_object = {r["file"] for r in rows if r["object_pixels"] == "0"}
     for stem, rel in sorted(picks.items()):
         shutil.copyfile(data / rel, out / "images" / f"{stem}.png")
-        shutil.copyfile(data / "masks" / rel, out / "masks" / f"{stem}.png")
+        if rel not in no_object:
+            shutil.copyfile(data / "masks" / rel, out / "masks" / f"{stem}.png")
     print("\n".join(f"{stem}: {rel}" for stem, rel in sorted(picks.items())))
 
 

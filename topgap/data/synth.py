@@ -1,13 +1,19 @@
-"""A procedural benchmark with a known object size and a controllable background bias (the Waterbirds idea).
+"""A procedural benchmark with an explicit, controlled shortcut: the background agrees with the class (Waterbirds idea).
 
-``generate(out)`` writes the folder format of :mod:`topgap.data` (splits train, val, test, test_shifted and
-masks/<split>/<class>/<stem>.png as 0/255 PNGs), ``metadata.csv`` (one row per image: split, file, class,
-background, whether the background is the class's own, object pixels) and ``synth.json`` (parameters, class
-names, counts, object size). The class is decided by the object alone; in train/val/test the background
-matches the class with probability `bias`, in test_shifted it is drawn independently of the class.
+``generate(out)`` writes the folder format of :mod:`topgap.data`: splits train, val, test (the background is the
+class's own with probability `bg_agreement` = p, else one of the others, uniformly), test_shifted (background drawn
+independently of the class, agreement ~1/C), only_bg (the background alone, no object, labelled by the class whose
+background it is: accuracy there measures how far the background alone predicts), masks/<split>/<class>/<stem>.png
+as 0/255 PNGs (exact: the object pixels are the mask pixels; only_bg masks are empty), ``metadata.csv`` (one row
+per image: split, file, class, background, whether the background is the class's own, object pixels, object
+colour) and ``synth.json`` (parameters, class names, counts, measured agreement, the objects' mean area in pixels
+and as a fraction of the image). The class is decided by the object alone.
 
-Variants: "shapes" (circle, square, triangle, star of one fixed area on water, grass, sand or sky) and
-"cells" (small vs large nuclei on a violet- or teal-stained fluorescence background).
+Variants: "shapes" (circle, square, triangle, star; each object's area drawn uniformly from `object_area`, a
+range of fractions of the image; colour independent of the class unless object_colour="per-class"; backgrounds
+water, grass, sand, sky: distinct textures) and "cells" (small vs large nuclei, the size is the class, on a
+violet- or teal-stained fluorescence background). To match Top-GAP's k to the objects, multiply the mean area
+fraction by the class-map size h*w (a 96 px input and stride-4 class maps: 0.035 * 24 * 24 ~ k = 20).
 Each image is drawn from ``np.random.default_rng((seed, split, index))``: the same seed gives the same bytes.
 """
 from __future__ import annotations
@@ -26,19 +32,21 @@ import numpy as np
 
 from ..io import write_json
 
-__all__ = ["generate", "render", "register", "run", "VARIANTS", "SPLITS"]
+__all__ = ["generate", "render", "register", "run", "VARIANTS", "SPLITS", "OBJECT_AREA", "max_object_area"]
 
-SPLITS = ("train", "val", "test", "test_shifted")
+SPLITS = ("train", "val", "test", "test_shifted", "only_bg")
+OBJECT_AREA = (0.02, 0.05)  # default range of a shape's area, as a fraction of the image
+MIN_OBJECT_PX = 16  # smallest object, in pixels, that still shows its outline
 VARIANTS = {
-    "shapes": {"classes": ["circle", "square", "triangle", "star"], "backgrounds": ["water", "grass", "sand", "sky"],
-               "area": {"circle": 0.06, "square": 0.06, "triangle": 0.06, "star": 0.06}},
+    "shapes": {"classes": ["circle", "square", "triangle", "star"], "backgrounds": ["water", "grass", "sand", "sky"]},
     "cells": {"classes": ["small", "large"], "backgrounds": ["violet", "teal"],
-              "area": {"small": 0.012, "large": 0.035}},  # per nucleus, as a fraction of the image
+              "area": {"small": 0.012, "large": 0.035}},  # per nucleus, as a fraction of the image: the class
 }
 PALETTE = [(220, 40, 40), (245, 140, 20), (200, 40, 180), (120, 50, 200), (40, 40, 40), (245, 245, 245)]
-CLASS_COLOURS = [0, 1, 2, 4]  # PALETTE entries of the shapes classes with object_colour="class": red, orange, magenta, black
+CLASS_COLOURS = [0, 1, 2, 4]  # PALETTE entries of the shapes classes with object_colour="per-class"
 CELL_PALETTE = [(120, 220, 255), (240, 240, 255), (255, 230, 120), (255, 140, 220)]
-_SS = 4  # supersampling factor for anti-aliased object edges
+_SS = 4  # supersampling factor of the rasteriser (a pixel is object when >= half of it is covered)
+_MARGIN = 2  # pixels kept free between an object and the image border
 
 
 # ---------------------------------------------------------------- backgrounds
@@ -113,7 +121,7 @@ def _stain(rng, s, tint):
         blob = np.zeros((s, s), np.float32)
         cv2.circle(blob, c, int(rng.uniform(0.01, 0.03) * s) + 1, 1.0, -1)
         img += cv2.GaussianBlur(blob, (0, 0), 1.5)[..., None] * np.float32(tint) * 0.6
-    return img + rng.standard_normal((s, s, 3)).astype(np.float32) * 6
+    return img
 
 
 BACKGROUNDS = {"water": _water, "grass": _grass, "sand": _sand, "sky": _sky,
@@ -124,12 +132,12 @@ BACKGROUNDS = {"water": _water, "grass": _grass, "sand": _sand, "sky": _sky,
 # ---------------------------------------------------------------- objects
 
 def _polygon(shape: str) -> np.ndarray:
-    """Unit polygon (N, 2) of a shape, centred on 0."""
+    """Unit polygon (N, 2) of a shape, centred on 0, every vertex within radius 1."""
     if shape in ("circle", "small", "large"):
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         return np.stack([np.cos(t), np.sin(t)], 1)
     if shape == "square":
-        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
+        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float) / math.sqrt(2)
     if shape == "triangle":
         t = np.pi / 2 + np.arange(3) * 2 * np.pi / 3
         return np.stack([np.cos(t), -np.sin(t)], 1)
@@ -145,6 +153,13 @@ def _area(p: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
+def max_object_area(variant: str, size: int) -> float:
+    """Largest area fraction at which every class's shape fits the image at any rotation (circumradius r:
+    2r + 2 * margin <= size, area = unit area * r^2)."""
+    r = (size - 2 * _MARGIN - 1) / 2
+    return min(_area(_polygon(c)) for c in VARIANTS[variant]["classes"]) * r * r / (size * size)
+
+
 def _place(rng, shape: str, area_px: float, s: int, taken: np.ndarray, aspect: float = 1.0) -> np.ndarray | None:
     """A polygon (N, 2) in pixels of the given area, rotated, fully inside the image and off `taken`."""
     p = _polygon(shape) * np.array([aspect, 1.0])
@@ -153,7 +168,7 @@ def _place(rng, shape: str, area_px: float, s: int, taken: np.ndarray, aspect: f
     p = p @ np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
     lo, hi = p.min(0), p.max(0)
     for _ in range(50):
-        c = rng.uniform(-lo + 2, s - hi - 2)
+        c = rng.uniform(-lo + _MARGIN, s - hi - _MARGIN)
         q = p + c
         x0, y0 = np.floor(q.min(0)).astype(int)
         x1, y1 = np.ceil(q.max(0)).astype(int) + 1
@@ -162,47 +177,50 @@ def _place(rng, shape: str, area_px: float, s: int, taken: np.ndarray, aspect: f
     return None
 
 
-def _coverage(polys: list[np.ndarray], s: int) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] of the polygons (drawn at 4x, area-averaged)."""
+def _raster(polys: list[np.ndarray], s: int) -> np.ndarray:
+    """(S, S) bool: pixels at least half covered by the polygons (drawn at 4x, area-averaged)."""
     big = np.zeros((s * _SS, s * _SS), np.uint8)
     pts = [np.round((p * _SS) * 16).astype(np.int32) for p in polys]
     cv2.fillPoly(big, pts, 255, cv2.LINE_8, shift=4)
-    return cv2.resize(big, (s, s), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    return cv2.resize(big, (s, s), interpolation=cv2.INTER_AREA) >= 128
 
 
-def render(variant: str, label: int, background: int, size: int, rng: np.random.Generator,
-           object_colour: str = "class") -> dict:
-    """One scene: {"image": (S, S, 3) uint8 RGB, "mask": (S, S) bool object pixels, "color": RGB of the object}.
+def render(variant: str, label: int, background: int, size: int, rng: np.random.Generator, *,
+           object_colour: str = "random", object_area: tuple[float, float] = OBJECT_AREA,
+           draw_object: bool = True) -> dict:
+    """One scene: {"image": (S, S, 3) uint8 RGB, "mask": (S, S) bool object pixels, "color": RGB or None}.
 
-    object_colour (shapes only): "class" gives each class its own colour, so shape and colour of the
-    object both decide the class (learnable from scratch in minutes on a CPU); "random" draws it from
-    a shared palette, so only the shape decides (a harder benchmark).
+    The background (texture and sensor noise) is drawn first, so a scene with ``draw_object=False`` and the
+    same generator state is the same image without the object; the object replaces exactly the mask pixels.
+    object_colour (shapes): "random" draws it from PALETTE independently of the class (only the shape decides);
+    "per-class" gives each class its own colour (colour alone then gives the label). object_area (shapes):
+    the object's area is uniform in this range of fractions of the image.
     """
     spec = VARIANTS[variant]
     cls = spec["classes"][label]
     img = BACKGROUNDS[spec["backgrounds"][background]](rng, size)
-    area_px = spec["area"][cls] * size * size
-    taken = np.zeros((size, size), bool)
-    polys = []
-    if variant == "shapes":
-        polys.append(_place(rng, cls, area_px, size, taken))
-        color = PALETTE[CLASS_COLOURS[label] if object_colour == "class" else rng.integers(len(PALETTE))]
-    else:
-        color = CELL_PALETTE[rng.integers(len(CELL_PALETTE))]
-        for _ in range(rng.integers(1, 4)):
-            q = _place(rng, cls, area_px, size, taken, aspect=rng.uniform(0.7, 1.0))
-            if q is not None:
-                polys.append(q)
-                taken |= _coverage([q], size) > 0
-    alpha = _coverage(polys, size)
-    shadow = cv2.GaussianBlur(np.roll(alpha, (2, 2), (0, 1)), (0, 0), 1.5) if variant == "shapes" else 0
-    img = img * (1 - 0.35 * shadow)[..., None] if variant == "shapes" else img
-    y, x = _grid(size)
-    shade = 1.08 - 0.16 * (x + y) / 2 if variant == "shapes" else 0.85 + 0.15 * _blur_noise(rng, size, 1.5) * 0.5
-    obj = np.float32(color) * np.asarray(shade, np.float32)[..., None]
-    img = img * (1 - alpha[..., None]) + obj * alpha[..., None]
-    img += rng.standard_normal(img.shape).astype(np.float32) * 2.5
-    return {"image": np.clip(np.rint(img), 0, 255).astype(np.uint8), "mask": alpha >= 0.5, "color": color}
+    img += rng.standard_normal(img.shape).astype(np.float32) * (6 if variant == "cells" else 2.5)
+    mask, color = np.zeros((size, size), bool), None
+    if draw_object:
+        polys = []
+        if variant == "shapes":
+            polys.append(_place(rng, cls, rng.uniform(*object_area) * size * size, size, mask))
+            color = PALETTE[CLASS_COLOURS[label] if object_colour == "per-class" else rng.integers(len(PALETTE))]
+            y, x = _grid(size)
+            shade = 1.08 - 0.16 * (x + y) / 2
+        else:
+            color = CELL_PALETTE[rng.integers(len(CELL_PALETTE))]
+            for _ in range(rng.integers(1, 4)):
+                q = _place(rng, cls, spec["area"][cls] * size * size, size, mask, aspect=rng.uniform(0.7, 1.0))
+                if q is not None:
+                    polys.append(q)
+                    mask |= _raster([q], size)
+            shade = 0.85 + 0.075 * _blur_noise(rng, size, 1.5)
+        mask = _raster(polys, size)
+        obj = np.float32(color) * shade[..., None] + rng.standard_normal(img.shape).astype(np.float32) * 2.5
+        img = np.where(mask[..., None], obj, img)
+    return {"image": np.clip(np.rint(img), 0, 255).astype(np.uint8), "mask": mask,
+            "color": None if color is None else tuple(int(c) for c in color)}
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -214,21 +232,50 @@ def _png(a: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, size: int = 96, seed: int = 0,
-             bias: float = 0.9, variant: str = "shapes", object_colour: str = "class", on_exist: str = "error") -> dict:
-    """Write the benchmark to `out` (atomically) and return its summary (synth.json plus "out" and "seconds")."""
+def _check(variant: str, size: int, bg_agreement: float, object_area, object_colour: str, on_exist: str,
+           counts: dict) -> tuple[float, float]:
+    """Validate the arguments of :func:`generate`; return the object area range (shapes)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
-    if not 0 <= bias <= 1:
-        raise ValueError(f"bias is a probability in [0, 1] (got {bias})")
+    if not 0 <= bg_agreement <= 1:
+        raise ValueError(f"bg_agreement (background-class agreement) is a probability in [0, 1] (got {bg_agreement}); "
+                         "e.g. 0.5, 0.9 or 0.99")
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels (got {size})")
-    if min(n_train, n_val, n_test) < 0:
+    if min(counts.values()) < 0:
         raise ValueError("image counts must not be negative")
-    if object_colour not in ("class", "random"):
-        raise ValueError(f"object_colour must be 'class' or 'random' (got {object_colour!r})")
+    if object_colour not in ("random", "per-class"):
+        raise ValueError(f"object_colour must be 'random' or 'per-class' (got {object_colour!r})")
     if on_exist not in ("error", "overwrite"):
         raise ValueError(f"on_exist must be 'error' or 'overwrite' (got {on_exist!r})")
+    if variant == "cells":
+        if object_area is not None:
+            raise ValueError("cells: the nucleus size is the class, so object_area (--object-area) applies to "
+                             "shapes only; leave it out")
+        return OBJECT_AREA
+    lo, hi = OBJECT_AREA if object_area is None else (float(a) for a in object_area)
+    if not 0 < lo <= hi < 1:
+        raise ValueError(f"object_area is a range MIN MAX of fractions of the image area with 0 < MIN <= MAX < 1 "
+                         f"(got {lo} {hi}); e.g. 0.02 0.05")
+    if lo * size * size < MIN_OBJECT_PX:
+        raise ValueError(f"object_area MIN {lo} is {lo * size * size:.1f} pixels at size {size}; an outline needs "
+                         f"at least {MIN_OBJECT_PX}: raise MIN to {MIN_OBJECT_PX / size ** 2:.4f} or the size")
+    if hi > (top := max_object_area(variant, size)):
+        raise ValueError(f"object_area MAX {hi} does not fit every shape inside a {size} px image at any rotation; "
+                         f"use at most {math.floor(top * 1000) / 1000}")
+    return lo, hi
+
+
+def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, size: int = 96, seed: int = 0,
+             bg_agreement: float = 0.9, object_area: tuple[float, float] | None = None, variant: str = "shapes",
+             object_colour: str = "random", on_exist: str = "error") -> dict:
+    """Write the benchmark to `out` (atomically) and return its summary (synth.json plus "out" and "seconds").
+
+    n_test images each in test, test_shifted and only_bg. object_area: (min, max) fractions of the image
+    (shapes; default OBJECT_AREA); the cells variant has its class sizes.
+    """
+    counts = {"train": n_train, "val": n_val, "test": n_test, "test_shifted": n_test, "only_bg": n_test}
+    area = _check(variant, size, bg_agreement, object_area, object_colour, on_exist, counts)
     out = Path(out)
 
     def check_out():
@@ -243,49 +290,58 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
     spec = VARIANTS[variant]
     classes, backgrounds = spec["classes"], spec["backgrounds"]
     nc, nb = len(classes), len(backgrounds)
-    counts = {"train": n_train, "val": n_val, "test": n_test, "test_shifted": n_test}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{secrets.token_hex(4)}"
-    rows, stats = [], {}
+    rows, stats, object_px = [], {}, []
     try:
         for si, split in enumerate(SPLITS):
             for c in classes:
                 (tmp / split / c).mkdir(parents=True)
                 (tmp / "masks" / split / c).mkdir(parents=True)
-            per_class, aligned = {c: 0 for c in classes}, 0
+            per_class, aligned, pixels = {c: 0 for c in classes}, 0, []
             for i in range(counts[split]):
                 rng = np.random.default_rng((seed, si, i))
                 label = i % nc
                 home = label % nb
                 if split == "test_shifted":
                     bg = int(rng.integers(nb))
-                elif rng.random() < bias or nb == 1:
+                elif split == "only_bg" or nb == 1 or rng.random() < bg_agreement:
                     bg = home
                 else:
                     bg = int((home + 1 + rng.integers(nb - 1)) % nb)
-                scene = render(variant, label, bg, size, rng, object_colour)
+                scene = render(variant, label, bg, size, rng, object_colour=object_colour, object_area=area,
+                               draw_object=split != "only_bg")
                 name = f"{classes[label]}/{i:05d}.png"
                 (tmp / split / name).write_bytes(_png(scene["image"]))
                 (tmp / "masks" / split / name).write_bytes(_png(scene["mask"].astype(np.uint8) * 255))
                 per_class[classes[label]] += 1
                 aligned += bg == home
-                rows.append([split, f"{split}/{name}", classes[label], backgrounds[bg], int(bg == home),
-                             int(scene["mask"].sum())])
+                pixels.append(int(scene["mask"].sum()))
+                colour = "" if scene["color"] is None else "#%02x%02x%02x" % scene["color"]
+                rows.append([split, f"{split}/{name}", classes[label], backgrounds[bg], int(bg == home), pixels[-1],
+                             colour])
+            if split != "only_bg":
+                object_px += pixels
             stats[split] = {"count": counts[split], "per_class": per_class,
-                            "aligned_rate": round(aligned / counts[split], 4) if counts[split] else None}
-        meta = {"variant": variant, "seed": seed, "size": size, "bias": bias,
+                            "aligned_rate": round(aligned / counts[split], 4) if counts[split] else None,
+                            "object_pixels_mean": round(float(np.mean(pixels)), 1) if pixels else None}
+        mean_px = float(np.mean(object_px)) if object_px else None
+        meta = {"variant": variant, "seed": seed, "size": size, "bg_agreement": bg_agreement,
                 "object_colour": object_colour if variant == "shapes" else "random",
                 "class_names": classes, "backgrounds": backgrounds,
                 "home_background": {c: backgrounds[i % nb] for i, c in enumerate(classes)},
-                "object_area_px": {c: round(spec["area"][c] * size * size, 1) for c in classes},
-                "object_area_fraction": spec["area"],
-                "objects_per_image": "1" if variant == "shapes" else "1-3 nuclei, each of object_area_px",
-                "splits": stats, "expected_aligned_rate": {"train": bias, "val": bias, "test": bias,
-                                                           "test_shifted": 1 / nb},
+                "object_area_range": {c: list(area) if variant == "shapes" else [spec["area"][c]] * 2
+                                      for c in classes},
+                "object_area_px_mean": None if mean_px is None else round(mean_px, 1),
+                "object_area_fraction_mean": None if mean_px is None else round(mean_px / size ** 2, 5),
+                "objects_per_image": "1" if variant == "shapes" else "1-3 nuclei",
+                "splits": stats,
+                "expected_aligned_rate": {"train": bg_agreement, "val": bg_agreement, "test": bg_agreement,
+                                          "test_shifted": 1 / nb, "only_bg": 1.0},
                 "metadata": "metadata.csv", "format": "folder"}
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["split", "file", "class", "background", "aligned", "object_pixels"])
+        w.writerow(["split", "file", "class", "background", "aligned", "object_pixels", "object_colour"])
         w.writerows(rows)
         (tmp / "metadata.csv").write_text(buf.getvalue())
         write_json(tmp / "synth.json", meta)
@@ -304,9 +360,10 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Generate a synthetic benchmark with a known object size and a background bias."""
+    """Generate a synthetic benchmark with exact masks and a controlled background shortcut."""
     return generate(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
-                    seed=args.seed, bias=args.bias, variant=args.variant, object_colour=args.object_colour,
+                    seed=args.seed, bg_agreement=args.bg_agreement, object_area=args.object_area,
+                    variant=args.variant, object_colour=args.object_colour,
                     on_exist="overwrite" if args.overwrite else "error")
 
 
@@ -317,14 +374,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("out", help="folder to create (folder format: <split>/<class>/<image> + masks/)")
     p.add_argument("--n-train", type=int, default=1200, help="training images")
     p.add_argument("--n-val", type=int, default=300, help="validation images")
-    p.add_argument("--n-test", type=int, default=300, help="images in test and in test_shifted each")
+    p.add_argument("--n-test", type=int, default=300, help="images in test, test_shifted and only_bg each")
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bias", type=float, default=0.9,
-                   help="probability that the background matches the class (train/val/test)")
+    p.add_argument("--bg-agreement", type=float, default=0.9,
+                   help="p: probability that the background is the class's own (train/val/test)")
+    p.add_argument("--object-area", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help=f"shapes: object area range as fractions of the image (default {OBJECT_AREA[0]} "
+                        f"{OBJECT_AREA[1]})")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="shapes")
-    p.add_argument("--object-colour", choices=["class", "random"], default="class",
-                   help="shapes: each class's own object colour, or a random one (only the shape decides)")
+    p.add_argument("--object-colour", choices=["random", "per-class"], default="random",
+                   help="shapes: random (independent of the class: only the shape decides) or per-class "
+                        "(colour alone gives the label)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark folder")
     p.set_defaults(func=run)
     return p

@@ -1,0 +1,212 @@
+"""The bias table with one command: shifted accuracy against the background-class agreement p (Table 5's idea).
+
+For each p and seed: ``topgap synth`` (seeded, --bg-agreement p); ``topgap train`` of the baseline and Top-GAP at k
+matched to the objects' mean area in class-map pixels and at a mismatched k (factor --mismatch, capped at half
+the map); a second ``topgap train`` of the FPN-only control (FPN head, plain GAP: k = h*w, lam = 0; Table 8's
+"fpn" row); ``topgap evaluate`` of both on test with ``--shift-splits test_shifted,only_bg``. Then
+``summary.json``, ``bias_table.md`` (mean +- std over seeds) and ``shifted_vs_p.png`` in --work.
+
+    python bench/bias_table.py --work runs/bias                        # p = 0.5 0.9 0.99, seeds 0 1 2
+    python bench/bias_table.py --work runs/bias --ps 0.9 --train-extra "--lr 0.02"
+
+Every step is skipped when its output exists (synth.json, a trained model folder, results.json), so a killed run
+continues where it stopped. Settings are the CLI's; choose them on the val split, never on test_shifted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROLES = {"baseline": "baseline", "fpn_only": "FPN only (GAP, lam 0)", "topgap_matched": "Top-GAP, k matched",
+         "topgap_mismatched": "Top-GAP, k mismatched"}
+SPLITS = {"clean": "test", "shifted": "test_shifted", "only_bg": "only_bg"}
+
+
+def class_map_pixels(backbone: str, num_maps: int, fpn_channels: int, size: int) -> int:
+    """h*w of the Top-GAP class map for a size x size input."""
+    import torch
+
+    from topgap import TopGapNet
+
+    net = TopGapNet(backbone, num_classes=2, k=None, num_maps=num_maps, fpn_channels=fpn_channels).eval()
+    with torch.no_grad():
+        h, w = net.class_maps(torch.zeros(1, 3, size, size)).shape[-2:]
+    return h * w
+
+
+def ks_for(meta: dict, hw: int, mismatch: float) -> dict[str, int]:
+    """k per role: matched = objects' mean area fraction * h*w; mismatched = `mismatch` times that, <= h*w / 2."""
+    matched = max(1, round(meta["object_area_fraction_mean"] * hw))
+    return {"topgap_matched": matched, "topgap_mismatched": max(1, min(hw // 2, round(mismatch * matched))),
+            "fpn_only": hw}
+
+
+def commands(args: argparse.Namespace, p: float, seed: int, run: Path, ks: dict[str, int] | None) -> dict[str, list]:
+    """The CLI calls of one (p, seed): synth, then (once k is known) train, train the control, evaluate both."""
+    topgap = [sys.executable, "-m", "topgap"]
+    data = run / "data"
+    out = {"synth": topgap + ["synth", str(data), "--seed", str(seed), "--bg-agreement", str(p), "--size",
+                              str(args.size), "--n-train", str(args.n_train), "--n-val", str(args.n_val),
+                              "--n-test", str(args.n_test), "--object-area", *map(str, args.object_area)]}
+    if ks is None:
+        return out
+    train = topgap + ["train", "--data", str(data), "--backbone", args.backbone, "--fpn-channels",
+                      str(args.fpn_channels), "--num-maps", str(args.num_maps), "--image-size", str(args.size),
+                      "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                      "--seed", str(seed), "--workers", str(args.workers), *shlex.split(args.train_extra)]
+    out["train"] = train + ["--out", str(run / "family"), "--baseline", "--k", str(ks["topgap_matched"]),
+                            str(ks["topgap_mismatched"])]
+    out["train_control"] = train + ["--out", str(run / "control"), "--k", str(ks["fpn_only"]), "--lam", "0"]
+    for fam in ("family", "control"):
+        out[f"evaluate_{fam}"] = topgap + [
+            "evaluate", str(run / fam), "--data", str(data), "--split", "test",
+            "--shift-splits", "test_shifted,only_bg", "--attacks", "fgsm", "--out", str(run / f"report-{fam}"),
+            *shlex.split(args.eval_extra)]
+    return out
+
+
+def split_accuracy(results: dict, model: dict, split: str) -> float:
+    """Accuracy of one model of a results.json on `split`: the test split, an extra split of --shift-splits
+    (``model["shifts"][split]``), or the single --shifted-split of older reports."""
+    if split == results.get("split"):
+        return model["clean"]["accuracy"]
+    if split in (model.get("shifts") or {}):
+        return model["shifts"][split]["accuracy"]
+    if (results.get("shifted") or {}).get("split") == split:
+        return model["shifted"]["accuracy"]
+    raise KeyError(f"no accuracy on {split} in the report; evaluate with --shift-splits test_shifted,only_bg")
+
+
+def measure(run: Path, ks: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Role -> {clean, shifted, only_bg, iou, mass_in_mask} from the two reports of one (p, seed)."""
+    names = {"baseline": ("family", "baseline"), "topgap_matched": ("family", f"k{ks['topgap_matched']}"),
+             "topgap_mismatched": ("family", f"k{ks['topgap_mismatched']}"), "fpn_only": ("control", f"k{ks['fpn_only']}")}
+    out = {}
+    for role, (fam, name) in names.items():
+        results = json.loads((run / f"report-{fam}" / "results.json").read_text())
+        m = results["models"][name]
+        out[role] = {key: split_accuracy(results, m, split) for key, split in SPLITS.items()}
+        out[role] |= {"iou": m["iou"], "mass_in_mask": m["mass_in_mask"], "k": m["k"]}
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    """{p: {role: {metric: [mean, std, n]}}} over seeds (std with ddof 1; 0 for one seed)."""
+    table: dict = {}
+    for r in runs:
+        for role, metrics in r["metrics"].items():
+            for key, value in metrics.items():
+                if key != "k" and value is not None:
+                    table.setdefault(r["p"], {}).setdefault(role, {}).setdefault(key, []).append(value)
+    return {p: {role: {key: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)]
+                       for key, v in metrics.items()} for role, metrics in roles.items()}
+            for p, roles in sorted(table.items())}
+
+
+def markdown(summary: dict) -> str:
+    cols = ["clean", "shifted", "only_bg", "iou", "mass_in_mask"]
+    lines = ["| p | model | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for p, roles in summary.items():
+        for role, label in ROLES.items():
+            m = roles.get(role, {})
+            cells = [f"{m[c][0]:.3f} ± {m[c][1]:.3f}" if c in m else "" for c in cols]
+            lines.append(f"| {p} | {label} | " + " | ".join(cells) + " |")
+    n = max((m["clean"][2] for roles in summary.values() for m in roles.values()), default=0)
+    return "\n".join(lines) + f"\n\nMean ± std over {n} seeds (data and training seeded alike).\n"
+
+
+def plot(summary: dict, path: Path) -> Path:
+    """Shifted accuracy against p, one line per model, mean +- std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from topgap.io import atomic_write
+
+    ps = sorted(summary)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, (role, label) in enumerate(ROLES.items()):
+        pts = [(p, *summary[p][role]["shifted"][:2]) for p in ps if role in summary[p]]
+        if pts:
+            x, mean, std = map(np.array, zip(*pts))
+            ax.errorbar(x + (i - 1.5) * 0.004, mean, yerr=std, marker="o", capsize=3, label=label)
+    ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance (4 classes)")
+    ax.set_xlabel("background-class agreement p in training")
+    ax.set_ylabel("accuracy on test_shifted")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _call(cmd: list[str], done: bool) -> None:
+    print(("# done: " if done else "$ ") + shlex.join(["topgap", *cmd[3:]]), flush=True)
+    if not done:
+        subprocess.run(cmd, check=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="runs/bias", help="folder for data, families, reports and the table")
+    p.add_argument("--ps", type=float, nargs="+", default=[0.5, 0.9, 0.99], help="background-class agreements")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    g = p.add_argument_group("data (topgap synth)")
+    g.add_argument("--size", type=int, default=96)
+    g.add_argument("--n-train", type=int, default=1200)
+    g.add_argument("--n-val", type=int, default=300)
+    g.add_argument("--n-test", type=int, default=300)
+    g.add_argument("--object-area", type=float, nargs=2, default=[0.02, 0.05], metavar=("MIN", "MAX"))
+    g = p.add_argument_group("models (topgap train)")
+    g.add_argument("--backbone", default="regnetx_002")
+    g.add_argument("--fpn-channels", type=int, default=64)
+    g.add_argument("--num-maps", type=int, default=4)
+    g.add_argument("--mismatch", type=float, default=8.0, help="mismatched k = this times the matched k")
+    g.add_argument("--epochs", type=int, default=8)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--workers", type=int, default=0)
+    g.add_argument("--train-extra", default="", help="more topgap train options, one string")
+    g.add_argument("--eval-extra", default="", help="more topgap evaluate options, one string")
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    work, t0 = Path(args.work), time.perf_counter()
+    hw = class_map_pixels(args.backbone, args.num_maps, args.fpn_channels, args.size)
+    runs = []
+    for prob in args.ps:
+        for seed in args.seeds:
+            run = work / f"p{prob}-seed{seed}"
+            _call(commands(args, prob, seed, run, None)["synth"], (run / "data" / "synth.json").is_file())
+            ks = ks_for(json.loads((run / "data" / "synth.json").read_text()), hw, args.mismatch)
+            cmds = commands(args, prob, seed, run, ks)
+            _call(cmds["train"], all((run / "family" / n / "model.safetensors").is_file()
+                                     for n in ("baseline", f"k{ks['topgap_matched']}", f"k{ks['topgap_mismatched']}")))
+            _call(cmds["train_control"], (run / "control" / f"k{hw}" / "model.safetensors").is_file())
+            for fam in ("family", "control"):
+                _call(cmds[f"evaluate_{fam}"], (run / f"report-{fam}" / "results.json").is_file())
+            runs.append({"p": prob, "seed": seed, "ks": ks, "metrics": measure(run, ks)})
+    summary = summarise(runs)
+    from topgap.io import atomic_write, write_json
+
+    write_json(work / "summary.json", {"class_map_pixels": hw, "args": vars(args), "runs": runs,
+                                       "summary": {str(k): v for k, v in summary.items()}})
+    table = markdown(summary)
+    atomic_write(work / "bias_table.md", lambda tmp: Path(tmp).write_text(table))
+    print(table, f"plot: {plot(summary, work / 'shifted_vs_p.png')}",
+          f"{(time.perf_counter() - t0) / 60:.1f} min", sep="\n")
+
+
+if __name__ == "__main__":
+    main()

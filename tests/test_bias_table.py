@@ -1,0 +1,83 @@
+"""bench/bias_table.py: k per role, the CLI calls it makes (checked against topgap's own parser), and the table."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from topgap.cli import build_parser
+
+_spec = importlib.util.spec_from_file_location("bias_table", Path(__file__).parents[1] / "bench" / "bias_table.py")
+bias_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bias_table)
+
+
+def test_k_per_role():
+    assert bias_table.ks_for({"object_area_fraction_mean": 0.035}, 576, 8) == {
+        "topgap_matched": 20, "topgap_mismatched": 160, "fpn_only": 576}  # 0.035 * 576 = 20.2
+    assert bias_table.ks_for({"object_area_fraction_mean": 0.2}, 576, 8)["topgap_mismatched"] == 288  # half the map
+    assert bias_table.ks_for({"object_area_fraction_mean": 0.0001}, 64, 8)["topgap_matched"] == 1
+
+
+def test_class_map_pixels():
+    assert bias_table.class_map_pixels("regnetx_002", 4, 8, 96) == 24 * 24  # stride 4
+
+
+def test_commands_use_the_current_cli(tmp_path):
+    args = bias_table.build_parser().parse_args(["--epochs", "3", "--train-extra", "--augment none"])
+    run = tmp_path / "p0.9-seed1"
+    ks = {"topgap_matched": 20, "topgap_mismatched": 160, "fpn_only": 576}
+    cmds = bias_table.commands(args, 0.9, 1, run, ks)
+    parser = build_parser()
+    synth = parser.parse_args(cmds["synth"][3:])
+    assert (synth.bg_agreement, synth.seed, synth.object_area, synth.size) == (0.9, 1, [0.02, 0.05], 96)
+    train = parser.parse_args(cmds["train"][3:])
+    assert train.k == [20, 160] and train.baseline and train.seed == 1 and train.epochs == 3
+    assert train.augment == "none" and train.out == str(run / "family") and train.lam == 1.0
+    control = parser.parse_args(cmds["train_control"][3:])
+    assert control.k == [576] and control.lam == 0.0 and not control.baseline and control.out == str(run / "control")
+    for fam in ("family", "control"):  # --shift-splits is the flag the extended topgap evaluate takes
+        cmd = cmds[f"evaluate_{fam}"]
+        assert cmd[cmd.index("--shift-splits") + 1] == "test_shifted,only_bg" and str(run / fam) in cmd
+    assert set(bias_table.commands(args, 0.9, 1, run, None)) == {"synth"}
+
+
+def _report(path: Path, models: dict) -> None:
+    path.mkdir(parents=True)
+    path.joinpath("results.json").write_text(json.dumps({"split": "test", "models": models}))
+
+
+def _model(k, clean, shifted, only_bg, iou):
+    return {"k": k, "clean": {"accuracy": clean}, "iou": iou, "mass_in_mask": iou / 2,
+            "shifts": {"test_shifted": {"accuracy": shifted}, "only_bg": {"accuracy": only_bg}}}
+
+
+def test_measure_summarise_and_plot(tmp_path):
+    ks = {"topgap_matched": 20, "topgap_mismatched": 160, "fpn_only": 576}
+    runs = []
+    for seed, shifted in enumerate([0.2, 0.4, 0.6]):
+        run = tmp_path / f"s{seed}"
+        _report(run / "report-family", {"baseline": _model(None, 0.9, shifted, 0.8, 0.3),
+                                        "k20": _model(20, 0.9, shifted + 0.1, 0.5, 0.5),
+                                        "k160": _model(160, 0.9, shifted, 0.7, 0.2)})
+        _report(run / "report-control", {"k576": _model(576, 0.9, shifted, 0.9, 0.1)})
+        runs.append({"p": 0.9, "seed": seed, "ks": ks, "metrics": bias_table.measure(run, ks)})
+    summary = bias_table.summarise(runs)
+    assert summary[0.9]["baseline"]["shifted"] == pytest.approx([0.4, 0.2, 3])  # mean, std (ddof 1), seeds
+    assert summary[0.9]["topgap_matched"]["shifted"] == pytest.approx([0.5, 0.2, 3])
+    assert summary[0.9]["fpn_only"]["only_bg"] == pytest.approx([0.9, 0.0, 3])
+    assert summary[0.9]["topgap_mismatched"]["mass_in_mask"] == pytest.approx([0.1, 0.0, 3])
+    table = bias_table.markdown(summary)
+    assert "| 0.9 | Top-GAP, k matched | 0.900 ± 0.000 | 0.500 ± 0.200 | 0.500 ± 0.000 |" in table
+    assert "over 3 seeds" in table
+    path = bias_table.plot(summary, tmp_path / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_split_accuracy_reads_old_reports_and_says_what_is_missing():
+    results = {"split": "test", "shifted": {"split": "test_shifted"}}
+    model = {"clean": {"accuracy": 0.9}, "shifted": {"accuracy": 0.3}}
+    assert bias_table.split_accuracy(results, model, "test") == 0.9
+    assert bias_table.split_accuracy(results, model, "test_shifted") == 0.3
+    with pytest.raises(KeyError, match="evaluate with --shift-splits test_shifted,only_bg"):
+        bias_table.split_accuracy(results, model, "only_bg")
