@@ -456,7 +456,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="test")
     p.add_argument("--shift-splits", nargs="*", default=[], help="distribution-shifted splits (Table 5), e.g. "
-                                                                 "test_shifted only_bg")
+                                                                 "test_shifted only_bg (or comma-separated)")
     p.add_argument("--select-split", default=None, help="validation split on which k is chosen (never the test split)")
     p.add_argument("--fmt", default="auto", help="dataset format (see topgap.data.open_dataset)")
     p.add_argument("--labels", default="breed", choices=["breed", "species"], help="Oxford-IIIT Pet labels")
@@ -538,7 +538,8 @@ def run(args: argparse.Namespace) -> dict:
     if folds:
         return _run_folds(family, folds, args, common, surrogate, out, title)
     dataset = open_dataset(args.data, args.split, **common)
-    shifts = {s: open_dataset(args.data, s, **common) for s in args.shift_splits}
+    names = [s for text in args.shift_splits for s in text.split(",") if s]
+    shifts = {s: open_dataset(args.data, s, **common) for s in names}
     results = _evaluate_folder(family, dataset, args, surrogate=surrogate, shifts=shifts, split=args.split)
     if args.select_split:
         val_args = argparse.Namespace(**{**vars(args), "attacks": [], "eps_curve": [], "faithfulness_images": 0})
