@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ import torch
 from fakes import SquaresDataset
 
 from topgap import ModelConfig, load_model
-from topgap.train import Recipe, family_configs, train_family, train_model
+from topgap.train import (Recipe, _check_global_batch, _check_launch, _loss, _resume_meta, convergence, family_configs,
+                          train_family, train_model, training_record)
 
 TESTS = Path(__file__).parent
 
@@ -43,8 +45,11 @@ def test_train_writes_a_loadable_model_folder_with_log(tmp_path):
     assert names == ["config.json", "model.safetensors", "train_log.json"]  # resume files removed at the end
     model, cfg = load_model(tmp_path / "k4")
     assert cfg.recipe["epochs"] == 3 and cfg.metrics["val_accuracy"] == metrics["val_accuracy"]
-    log = json.loads((tmp_path / "k4" / "train_log.json").read_text())
-    assert [e["epoch"] for e in log] == [1, 2, 3] and all(e["loss"] > 0 for e in log)
+    record = json.loads((tmp_path / "k4" / "train_log.json").read_text())
+    log = record["epochs"]
+    assert [e["epoch"] for e in log] == [1, 2, 3] and all(e["loss"] > e["ce_loss"] > 0 for e in log)  # + l1 term
+    assert record["num_classes"] == 2 and (record["converged"], record["reason"]) == convergence(record)
+    assert cfg.recipe["lam_warmup_epochs"] == 1.0 and [e["lam"] for e in log] == [0.5, 1.0, 1.0]  # 2 steps/epoch
     # a second identical call skips, a different recipe refuses
     assert train_model(tiny_cfg(), RECIPE, data, tmp_path / "k4") == cfg.metrics
     with pytest.raises(ValueError, match="another config or recipe"):
@@ -82,16 +87,15 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=str(TESTS), out=str(out))], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / "resume.json").exists() and time.time() < deadline and proc.poll() is None:
+    while not (out / "resume.safetensors").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    meta = json.loads((out / "resume.json").read_text())
-    assert meta["epoch"] < RECIPE.epochs - 1 and not (out / "config.json").exists()  # really stopped mid-run
+    assert _resume_meta(out)["epoch"] < RECIPE.epochs - 1 and not (out / "config.json").exists()  # stopped mid-run
     train_model(tiny_cfg(), RECIPE, SquaresDataset(), out)
     a, b = weights(reference), weights(out)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    assert len(json.loads((out / "train_log.json").read_text())) == RECIPE.epochs
+    assert len(training_record(out)["epochs"]) == RECIPE.epochs
 
 
 def test_family_with_baseline_and_cross_validation(tmp_path):
@@ -113,3 +117,61 @@ def test_ablation_family_names():
     assert len(configs) == 9 and "ablation-fpn+l1+topgap" in configs and configs["ablation-plain"].k is None
     with pytest.raises(ValueError, match="nothing to train"):
         family_configs(tiny_cfg(), [])
+
+
+def test_lam_warms_up_linearly_per_step():
+    # 4 epochs of 2 steps; warm-up over 1.5 epochs = 3 steps: lam * step / 3, then lam
+    r = Recipe(epochs=4, lam_warmup_epochs=1.5)
+    assert [r.lam_at(2.0, s, 8) for s in range(5)] == pytest.approx([0.0, 2 / 3, 4 / 3, 2.0, 2.0])
+    assert [Recipe(epochs=4, lam_warmup_epochs=0).lam_at(2.0, s, 8) for s in (0, 7)] == [2.0, 2.0]
+    with pytest.raises(ValueError, match="lam-warmup"):
+        Recipe(lam_warmup_epochs=-1)
+
+
+def test_label_smoothing_is_the_same_for_baseline_and_topgap():
+    # logits (2, 0), label 0, smoothing 0.2 over 2 classes: target (0.9, 0.1), L = ln(1 + e^2);
+    # CE = -(0.9 (2 - L) + 0.1 (-L)) = L - 1.8
+    logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    ce = math.log(1 + math.e ** 2) - 1.8
+    base_loss, base_ce = _loss(logits, None, y, lam=0.0, label_smoothing=0.2)
+    maps = torch.full((1, 2, 3, 3), -0.5)  # mean |X| = 0.5
+    ours_loss, ours_ce = _loss(logits, maps, y, lam=0.4, label_smoothing=0.2)
+    assert float(base_ce) == pytest.approx(ce) and float(ours_ce) == pytest.approx(ce)
+    assert float(base_loss) == pytest.approx(ce) and float(ours_loss) == pytest.approx(ce + 0.4 * 0.5)
+    assert float(_loss(logits, maps, y, lam=0.4, label_smoothing=0.0)[1]) == pytest.approx(ce - 0.2)
+
+
+def record(ce, accuracy, classes=4):
+    return {"num_classes": classes, "epochs": [{"loss": 9.0, "ce_loss": 0.1, "train_accuracy": 1.0},
+                                               {"loss": 9.0, "ce_loss": ce, "train_accuracy": accuracy}]}
+
+
+def test_convergence_flags_chance_level_loss_or_accuracy():
+    # 4 classes: ln 4 = 1.386, 0.9 ln 4 = 1.248; chance 0.25, 1.5x = 0.375; only the last epoch counts
+    assert convergence(record(0.5, 0.8))[0] is True
+    ok, reason = convergence(record(1.30, 0.8))
+    assert not ok and "ln(4) = 1.386" in reason
+    assert convergence(record(2.5, 0.8))[0] is False  # worse than chance
+    ok, reason = convergence(record(0.5, 0.37))
+    assert not ok and "1.5x of chance (1/4 = 0.250)" in reason
+    assert convergence(record(1.24, 0.38))[0] is True
+    # an older train_log.json is a bare list; the class count comes from config.json
+    assert convergence({"num_classes": 2, "epochs": [{"loss": 0.7, "train_accuracy": 0.9}]})[0] is False
+
+
+def test_older_train_log_lists_are_read_as_records(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"class_names": ["a", "b", "c"]}))
+    (tmp_path / "train_log.json").write_text(json.dumps([{"epoch": 1, "loss": 0.2, "train_accuracy": 0.95}]))
+    assert training_record(tmp_path) == {"num_classes": 3, "epochs": [{"epoch": 1, "loss": 0.2, "train_accuracy": 0.95}],
+                                         "converged": True, "reason": convergence(record(0.2, 0.95, 3))[1]}
+
+
+def test_a_launch_too_large_for_the_data_or_not_distributed_is_refused():
+    _check_global_batch(16, 8, 2)
+    _check_global_batch(3, 8, 1)  # one process: a short batch is fine
+    with pytest.raises(ValueError, match="2 processes x --batch-size 8 need at least 16 training images per step, "
+                                         "the training set has 15; lower --batch-size or use fewer processes"):
+        _check_global_batch(15, 8, 2)
+    _check_launch(1, 1)
+    with pytest.raises(ValueError, match="launcher started 2 processes but accelerate sees 1.*ACCELERATE_USE_CPU=1"):
+        _check_launch(2, 1)

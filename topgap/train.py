@@ -6,8 +6,12 @@ writes ``resume.safetensors`` + ``resume.json`` atomically, so a killed run cont
 stopped when the same command is run again. All randomness of an epoch is drawn from
 ``seed + epoch``, so a resumed run ends with the same weights as an uninterrupted one.
 
-Devices: CPU, one GPU, or several GPUs/nodes through accelerate (``accelerate launch -m topgap.cli
-train ...`` or ``torchrun --nproc-per-node 4 -m topgap.cli train ...``): the code is the same.
+Devices: CPU, one GPU, or several processes through a launcher (``accelerate launch -m topgap.cli
+train ...`` or ``torchrun --nproc-per-node 4 -m topgap.cli train ...``), on one node or several. Under a
+launcher every step takes one global batch of ``batch_size x processes`` images, split across the
+processes (disjoint, no padding), DDP averages the gradients, only the main process writes files,
+and the main process decides the epoch to resume from; so N processes train like one process with
+an N-times larger batch (exactly so for models without batch norm).
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import broadcast_object_list
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -31,12 +40,12 @@ from tqdm.auto import tqdm
 from .checkpoint import CONFIG, build_model, save_model
 from .config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, ablation_configs
 from .io import atomic_write, write_json
-from .loss import topgap_loss
 from .model import Normalize, TopGapNet
 
-__all__ = ["Recipe", "train_model", "family_configs", "train_family", "register"]
+__all__ = ["Recipe", "train_model", "family_configs", "train_family", "make_accelerator", "convergence",
+           "training_record", "register"]
 
-RESUME_STATE, RESUME_META, LOG = "resume.safetensors", "resume.json", "train_log.json"
+RESUME, LOG = "resume.safetensors", "train_log.json"
 
 
 @dataclass
@@ -48,11 +57,15 @@ class Recipe:
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # "cosine" (after linear warmup) or "constant"
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
+    lam_warmup_epochs: float = 1.0  # the l1 weight ramps linearly from 0 to cfg.lam over these epochs
+    label_smoothing: float = 0.0  # applied to the cross-entropy of the baseline and Top-GAP alike
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
     workers: int = 2  # DataLoader worker processes
     pretrained: bool = False  # start from timm's pretrained backbone weights (needs the Hub or its cache)
+    bf16: bool = False  # forward and loss under bfloat16 autocast (GPUs with bf16, recent CPUs)
+    channels_last: bool = False  # NHWC memory layout for model and inputs (faster convs on tensor cores)
+    compile: bool = False  # torch.compile the model (first steps slower, later ones faster)
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -61,6 +74,8 @@ class Recipe:
             raise ValueError(f"schedule must be cosine or constant (got {self.schedule!r})")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.warmup_epochs < 0 or self.lam_warmup_epochs < 0:
+            raise ValueError("--warmup-epochs and --lam-warmup must be >= 0")
 
     def lr_at(self, step: int, total: int) -> float:
         """Linear warmup to `lr`, then cosine decay to 0 (or constant)."""
@@ -70,6 +85,83 @@ class Recipe:
         if self.schedule == "constant":
             return self.lr
         return 0.5 * self.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    def lam_at(self, lam: float, step: int, total: int) -> float:
+        """l1 weight at optimisation `step` of `total`: lam * step / W over the first W = lam_warmup_epochs
+        epochs' steps (0 at the first step), then lam."""
+        warm = self.lam_warmup_epochs * total / self.epochs
+        return lam if step >= warm else lam * step / warm
+
+
+def make_accelerator() -> Accelerator:
+    """The process's Accelerator, refusing a launch that would not really be distributed.
+
+    Under a launcher (torchrun, accelerate launch: WORLD_SIZE > 1) on a machine without CUDA, accelerate
+    falls back to one process per launch (each would train everything and write the same files) unless
+    told to use the CPU; there is no other backend there, so it is told (gloo). A launch that still
+    does not give one process per launched worker is refused.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available())
+    _check_launch(world, acc.num_processes)
+    return acc
+
+
+def _check_launch(launched: int, processes: int) -> None:
+    if launched > 1 and processes != launched:
+        raise ValueError(f"the launcher started {launched} processes but accelerate sees {processes}, so each would "
+                         "train everything alone; set ACCELERATE_USE_CPU=1 for CPU training, or launch one process "
+                         "per GPU")
+
+
+def _check_global_batch(n_images: int, batch_size: int, processes: int) -> None:
+    """Every process needs a full share of every step's global batch."""
+    if processes > 1 and n_images < batch_size * processes:
+        raise ValueError(f"{processes} processes x --batch-size {batch_size} need at least {batch_size * processes} "
+                         f"training images per step, the training set has {n_images}; lower --batch-size or use "
+                         "fewer processes")
+
+
+def _loss(logits: torch.Tensor, maps: torch.Tensor | None, y: torch.Tensor, lam: float,
+          label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, CE part): CE with label smoothing, plus lam * mean|X| for Top-GAP models (eq. 3).
+
+    The same smoothed CE for the baseline (`maps` None) and Top-GAP, so the two differ only by the l1 term.
+    """
+    ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    if maps is None or not lam:
+        return ce, ce
+    return ce + lam * maps.float().abs().mean(), ce
+
+
+def convergence(record: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a training record (see :func:`training_record`) shows a model that learned.
+
+    Not converged: the final epoch's train cross-entropy is above 0.9 ln(C) (within 10% of chance
+    level, or worse), or its train accuracy is at most 1.5 / C (within 1.5x of chance).
+    """
+    c, last = record["num_classes"], record["epochs"][-1]
+    ce, accuracy = last.get("ce_loss", last["loss"]), last["train_accuracy"]
+    if c < 2:
+        return True, "one class: nothing to learn"
+    if ce >= 0.9 * math.log(c):
+        return False, f"final train CE {ce:.3f} is within 10% of chance level ln({c}) = {math.log(c):.3f} or above"
+    if accuracy <= 1.5 / c:
+        return False, f"final train accuracy {accuracy:.3f} is within 1.5x of chance (1/{c} = {1 / c:.3f})"
+    return True, f"final train CE {ce:.3f} < 0.9 ln({c}) and train accuracy {accuracy:.3f} > 1.5/{c}"
+
+
+def training_record(folder: str | Path) -> dict[str, Any]:
+    """A model folder's train_log.json as {num_classes, epochs: [...], converged, reason}.
+
+    Older folders hold a bare list of epochs; their class count comes from config.json.
+    """
+    folder = Path(folder)
+    record = json.loads((folder / LOG).read_text())
+    if isinstance(record, list):
+        record = {"num_classes": len(json.loads((folder / CONFIG).read_text())["class_names"]), "epochs": record}
+        record["converged"], record["reason"] = convergence(record)
+    return record
 
 
 class _Trainable(nn.Module):
@@ -96,19 +188,46 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def _save_resume(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
-    """Model and optimizer tensors to safetensors, the rest to JSON; the JSON is written last."""
+    """Model and optimizer tensors and, in the header, the rest as JSON: one file, written atomically."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_state = opt.state_dict()
     for idx, state in opt_state["state"].items():
         for key, value in state.items():
             tensors[f"optim/{idx}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    atomic_write(folder / RESUME_STATE, lambda tmp: save_file(tensors, tmp))
-    write_json(folder / RESUME_META, {**meta, "param_groups": opt_state["param_groups"]})
+    header = json.dumps({**meta, "param_groups": opt_state["param_groups"]})
+    atomic_write(folder / RESUME, lambda tmp: save_file(tensors, tmp, metadata={"meta": header}))
 
 
-def _load_resume(folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
-    meta = json.loads((folder / RESUME_META).read_text())
-    tensors = load_file(folder / RESUME_STATE)
+def _resume_meta(folder: Path) -> dict:
+    with safe_open(folder / RESUME, "pt") as f:
+        return json.loads(f.metadata()["meta"])
+
+
+def _start(out: Path, identity: dict) -> dict[str, Any]:
+    """The main process's decision: {"done": metrics}, {"epoch": last finished epoch or -1} or {"error": ...}."""
+    if (out / CONFIG).is_file():
+        done = json.loads((out / CONFIG).read_text())
+        if done.get("recipe") == identity["recipe"] and done.get("k") == identity["config"]["k"] \
+                and done.get("kind") == identity["config"]["kind"]:
+            return {"done": done.get("metrics", {})}
+        return {"error": f"{out} holds a model trained with another config or recipe; choose another --out"}
+    if (out / RESUME).is_file():
+        meta = _resume_meta(out)
+        if meta["identity"] != identity:
+            return {"error": f"{out} holds an interrupted run of another config or recipe; choose another --out "
+                             f"or delete {out / RESUME} to start over"}
+        return {"epoch": meta["epoch"]}
+    return {"epoch": -1}
+
+
+def _load_resume(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict:
+    if not (folder / RESUME).is_file():
+        raise ValueError(f"the main process resumes from {folder / RESUME}, which this process cannot see; "
+                         "put --out on a filesystem every node shares")
+    meta = _resume_meta(folder)
+    if meta["epoch"] != epoch:
+        raise ValueError(f"{folder / RESUME} changed while the processes started; run the command again")
+    tensors = load_file(folder / RESUME)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
@@ -136,66 +255,82 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
                 dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Train one model into `out` (resuming if a previous run stopped there); return its metrics.
 
-    Loss: :func:`topgap_loss` (CE + cfg.lam * mean|X|, eq. 3) for Top-GAP models, CE for the baseline.
+    Loss: :func:`_loss`, CE (label-smoothed as the recipe says) + lam_t * mean|X| for Top-GAP models
+    (eq. 3, lam_t warming up as :meth:`Recipe.lam_at`), the same CE for the baseline. The final epoch
+    decides :func:`convergence`, written to train_log.json and the metrics.
     """
     out = Path(out)
-    acc = accelerator or Accelerator()
+    acc = accelerator or make_accelerator()
     identity = {"config": cfg.to_dict() | {"metrics": {}}, "recipe": dataclasses.asdict(recipe)}
-    if (out / CONFIG).is_file():
-        done = json.loads((out / CONFIG).read_text())
-        if done.get("recipe") == identity["recipe"] and done.get("k") == cfg.k and done.get("kind") == cfg.kind:
-            acc.print(f"{out}: already trained, skipping (delete the folder to retrain)")
-            return done.get("metrics", {})
-        raise ValueError(f"{out} holds a model trained with another config or recipe; choose another --out")
+    decision = [_start(out, identity) if acc.is_main_process else None]
+    decision = broadcast_object_list(decision)[0]  # every process resumes from the main process's epoch
+    if "error" in decision:
+        raise ValueError(decision["error"])
+    if "done" in decision:
+        acc.print(f"{out}: already trained, skipping (delete the folder to retrain)")
+        return decision["done"]
+    _check_global_batch(len(train_set), recipe.batch_size, acc.num_processes)
     torch.manual_seed(recipe.seed)
     model = build_model(cfg, pretrained=recipe.pretrained)
-    net = _Trainable(model, cfg)
-    opt = _optimizer(net, recipe)
-    start, log = 0, []
-    if (out / RESUME_META).is_file():
-        meta = _load_resume(out, net.model, opt)
-        if meta["identity"] != identity:
-            raise ValueError(f"{out} holds an interrupted run of another config or recipe; choose another --out "
-                             f"or delete {out / RESUME_META} to start over")
-        start, log = meta["epoch"] + 1, meta["log"]
-        acc.print(f"{out}: resuming after epoch {meta['epoch'] + 1}/{recipe.epochs}")
-    net, opt = acc.prepare(net, opt)
-    steps_per_epoch = math.ceil(len(train_set) / (recipe.batch_size * acc.num_processes))
+    raw = _Trainable(model, cfg)
+    opt = _optimizer(raw, recipe)
+    start, log = decision["epoch"] + 1, []
+    if start:
+        log = _load_resume(out, raw.model, opt, decision["epoch"])["log"]
+        acc.print(f"{out}: resuming after epoch {start}/{recipe.epochs}")
+    memory = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    raw.to(memory_format=memory)
+    net, opt = acc.prepare(raw, opt)
+    if recipe.compile:
+        net = torch.compile(net)
+    global_batch = recipe.batch_size * acc.num_processes
+
+    def loader(epoch: int) -> DataLoader:
+        """Global batches of the epoch's permutation, each split across the processes (disjoint)."""
+        return prepare_data_loader(DataLoader(
+            train_set, batch_size=global_batch, shuffle=True, drop_last=len(train_set) > global_batch,
+            num_workers=recipe.workers, generator=torch.Generator().manual_seed(recipe.seed + epoch)),
+            acc.device, acc.num_processes, acc.process_index, split_batches=True, put_on_device=True)
+
+    steps_per_epoch = len(loader(0))
     total = steps_per_epoch * recipe.epochs
     label = cfg.kind if cfg.kind == "baseline" else f"k={cfg.k}"
     for epoch in range(start, recipe.epochs):
         torch.manual_seed(recipe.seed + epoch)  # dropout and augmentation of this epoch, identical after a resume
-        loader = acc.prepare_data_loader(DataLoader(
-            train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=len(train_set) > recipe.batch_size,
-            num_workers=recipe.workers, generator=torch.Generator().manual_seed(recipe.seed + epoch)))
         net.train()
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(loader, desc=f"{out.name} {label} epoch {epoch + 1}/{recipe.epochs}", leave=False,
+        t0, sums = time.perf_counter(), torch.zeros(4, dtype=torch.float64, device=acc.device)
+        bar = tqdm(loader(epoch), desc=f"{out.name} {label} epoch {epoch + 1}/{recipe.epochs}", leave=False,
                    disable=not acc.is_local_main_process)
         for i, batch in enumerate(bar):
+            step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
-                group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, total)
-            x, y = batch["image"], batch["label"]
-            logits, maps = net(x)
-            if maps is None:
-                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            else:
-                loss = topgap_loss(logits, maps, y, lam=cfg.lam)
-            if not torch.isfinite(loss):
-                raise ValueError(f"training diverged: the loss is {float(loss)} at epoch {epoch + 1}, step {i + 1}; "
-                                 f"lower --lr (now {recipe.lr}) or --grad-clip, and delete {out / RESUME_META} "
-                                 "to start over")
+                group["lr"] = recipe.lr_at(step, total)
+            lam = recipe.lam_at(cfg.lam, step, total)
+            x, y = batch["image"].contiguous(memory_format=memory), batch["label"]
+            with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                logits, maps = net(x)
+                loss, ce = _loss(logits, maps, y, lam, recipe.label_smoothing)
+            # sums over all processes of (loss, CE, correct, images): one all-reduce, the same on every process
+            n = loss.new_tensor(len(y), dtype=torch.float64)
+            step_sums = acc.reduce(torch.stack([loss.detach().double() * n, ce.detach().double() * n,
+                                                (logits.argmax(1) == y).sum().double(), n]), "sum")
+            if not torch.isfinite(step_sums[0]):
+                raise ValueError(f"training diverged: the loss is {float(step_sums[0])} at epoch {epoch + 1}, "
+                                 f"step {i + 1}; lower --lr (now {recipe.lr}) or --grad-clip, and delete "
+                                 f"{out / RESUME} to start over")
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             if recipe.grad_clip:
                 acc.clip_grad_norm_(net.parameters(), recipe.grad_clip)
             opt.step()
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-                 "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+            sums += step_sums
+            seen = max(1.0, float(sums[3]))
+            bar.set_postfix(loss=f"{float(sums[0]) / seen:.3f}", acc=f"{float(sums[2]) / seen:.3f}")
+        seen = max(1.0, float(sums[3]))
+        entry = {"epoch": epoch + 1, "loss": float(sums[0]) / seen, "ce_loss": float(sums[1]) / seen,
+                 "train_accuracy": float(sums[2]) / seen,
+                 "lam": recipe.lam_at(cfg.lam, (epoch + 1) * steps_per_epoch - 1, total), "lr": opt.param_groups[0]["lr"],
+                 "seconds": round(time.perf_counter() - t0, 2)}
         if val_set is not None and len(val_set):
             entry["val_accuracy"] = _evaluate(acc, net, acc.prepare_data_loader(
                 DataLoader(val_set, batch_size=recipe.batch_size, num_workers=recipe.workers)))
@@ -203,18 +338,21 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
         acc.print(f"{out.name} {label} epoch {epoch + 1}: " + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k != "epoch"))
         if acc.is_main_process:
-            _save_resume(out, acc.unwrap_model(net).model, opt,
-                         {"identity": identity, "epoch": epoch, "log": log})
+            _save_resume(out, raw.model, opt, {"identity": identity, "epoch": epoch, "log": log})
         acc.wait_for_everyone()
-    metrics = {"train_seconds": round(sum(e["seconds"] for e in log), 1), "epochs": recipe.epochs}
+    record = {"num_classes": cfg.num_classes, "epochs": log}
+    converged, reason = convergence(record)
+    metrics = {"train_seconds": round(sum(e["seconds"] for e in log), 1), "epochs": recipe.epochs,
+               "converged": converged}
     if log and "val_accuracy" in log[-1]:
         metrics["val_accuracy"] = log[-1]["val_accuracy"]
     if acc.is_main_process:
+        if not converged:
+            print(f"warning: {out} did not converge: {reason}", file=sys.stderr)
         final = dataclasses.replace(cfg, recipe=identity["recipe"], metrics=metrics)
-        write_json(out / LOG, log)
-        save_model(acc.unwrap_model(net).model, final, out, dtype=dtype)
-        for name in (RESUME_META, RESUME_STATE):  # meta first: a state file alone is never read
-            (out / name).unlink(missing_ok=True)
+        write_json(out / LOG, record | {"converged": converged, "reason": reason})
+        save_model(raw.model, final, out, dtype=dtype)
+        (out / RESUME).unlink(missing_ok=True)
     acc.wait_for_everyone()
     return metrics
 
@@ -235,14 +373,14 @@ def family_configs(base: ModelConfig, ks: list[int], *, baseline: bool = False,
 
 def train_family(configs: dict[str, ModelConfig], recipe: Recipe, train_set: Dataset, out: str | Path, *,
                  val_set: Dataset | None = None, folds: int = 0, fold_eval_set: Dataset | None = None,
-                 dtype: torch.dtype | None = None) -> dict[str, Any]:
+                 dtype: torch.dtype | None = None, accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Train every config into ``out/<name>``; with `folds` > 1, stratified cross-validation on `train_set`.
 
     Cross-validation trains each config on every fold's training part into ``out/fold<i>/<name>``,
     validates on the held-out part (items of `fold_eval_set`: the same split without augmentation),
     and writes ``out/cv.json`` and ``out/cv.md`` with mean and std (Table 3's +-).
     """
-    out, acc = Path(out), Accelerator()
+    out, acc = Path(out), accelerator or make_accelerator()
     if folds <= 1:
         return {name: train_model(c, recipe, train_set, out / name, val_set=val_set, accelerator=acc, dtype=dtype)
                 for name, c in configs.items()}
@@ -293,13 +431,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configs = family_configs(base, args.k, baseline=args.baseline, ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                    label_smoothing=args.label_smoothing, grad_clip=args.grad_clip, seed=args.seed, workers=args.workers,
-                    pretrained=args.pretrained)
-    out = Path(args.out)
-    write_json(out / "train_args.json", {k: v for k, v in vars(args).items() if k != "func" and k[0] != "_"})
+                    lam_warmup_epochs=args.lam_warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
+                    seed=args.seed, workers=args.workers, pretrained=args.pretrained, bf16=args.bf16,
+                    channels_last=args.channels_last, compile=args.compile)
+    out, acc = Path(args.out), make_accelerator()
+    if acc.is_main_process:
+        write_json(out / "train_args.json", {k: v for k, v in vars(args).items() if k != "func" and k[0] != "_"})
     fold_eval_set = open_dataset(args.data, args.train_split, **common) if args.folds > 1 else None
     results = train_family(configs, recipe, train_set, out, val_set=val_set, folds=args.folds,
-                           fold_eval_set=fold_eval_set, dtype=torch.float16 if args.half else None)
+                           fold_eval_set=fold_eval_set, dtype=torch.float16 if args.half else None, accelerator=acc)
     return {"out": str(out), "models": results, "skipped_files": len(getattr(train_set, "skipped", []))}
 
 
@@ -341,5 +481,10 @@ def register(subparsers) -> None:
         r.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     r.add_argument("--optimizer", default=defaults.optimizer, choices=["sgd", "adamw"])
     r.add_argument("--schedule", default=defaults.schedule, choices=["cosine", "constant"])
+    r.add_argument("--lam-warmup", type=float, default=defaults.lam_warmup_epochs,
+                   help="epochs over which the l1 weight ramps linearly from 0 to --lam, per step")
+    r.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and loss")
+    r.add_argument("--channels-last", action="store_true", help="NHWC memory layout (tensor-core GPUs)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--folds", type=int, default=0, help="stratified cross-validation folds (0 = none)")
     p.set_defaults(func=run, _parser=p)
