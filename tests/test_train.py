@@ -105,6 +105,7 @@ def test_family_with_baseline_and_cross_validation(tmp_path):
     summary = train_family(configs, recipe, SquaresDataset(12), tmp_path, folds=3)
     cv = json.loads((tmp_path / "cv.json").read_text())
     assert cv["folds"] == 3 and set(cv["models"]) == {"k2", "k4", "baseline"}
+    assert sorted(i for fold in cv["held_out"] for i in fold) == list(range(12))  # a partition, for evaluate
     assert len(summary["k2"]["folds"]) == 3
     assert (tmp_path / "fold2" / "baseline" / "model.safetensors").exists()
     assert "±" in (tmp_path / "cv.md").read_text()

@@ -378,7 +378,8 @@ def train_family(configs: dict[str, ModelConfig], recipe: Recipe, train_set: Dat
 
     Cross-validation trains each config on every fold's training part into ``out/fold<i>/<name>``,
     validates on the held-out part (items of `fold_eval_set`: the same split without augmentation),
-    and writes ``out/cv.json`` and ``out/cv.md`` with mean and std (Table 3's +-).
+    and writes ``out/cv.json`` (with each fold's held-out indices, which ``topgap evaluate`` reads to
+    evaluate every metric per fold) and ``out/cv.md`` with mean and std (Table 3's +-).
     """
     out, acc = Path(out), accelerator or make_accelerator()
     if folds <= 1:
@@ -391,7 +392,9 @@ def train_family(configs: dict[str, ModelConfig], recipe: Recipe, train_set: Dat
         raise ValueError(f"--folds {folds} needs at least {folds} images per class; use fewer folds")
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=recipe.seed)
     per_fold: dict[str, list[float]] = {name: [] for name in configs}
+    held_out = []
     for i, (tr, va) in enumerate(splitter.split(labels, labels)):
+        held_out.append(va.tolist())
         for name, c in configs.items():
             m = train_model(c, recipe, Subset(train_set, tr.tolist()), out / f"fold{i}" / name,
                             val_set=Subset(fold_eval_set or train_set, va.tolist()), accelerator=acc, dtype=dtype)
@@ -400,7 +403,8 @@ def train_family(configs: dict[str, ModelConfig], recipe: Recipe, train_set: Dat
                       "val_accuracy_std": float(torch.tensor(v).std(unbiased=False)), "folds": v}
                for name, v in per_fold.items()}
     if acc.is_main_process:
-        write_json(out / "cv.json", {"folds": folds, "seed": recipe.seed, "models": summary})
+        write_json(out / "cv.json", {"folds": folds, "seed": recipe.seed, "train_split": getattr(train_set, "split", None),
+                                     "held_out": held_out, "models": summary})
         rows = [f"| {n} | {s['val_accuracy_mean']:.3f} ± {s['val_accuracy_std']:.3f} |" for n, s in summary.items()]
         atomic_write(out / "cv.md", lambda tmp: Path(tmp).write_text(
             f"| model | val accuracy ({folds}-fold) |\n|---|---|\n" + "\n".join(rows) + "\n"))

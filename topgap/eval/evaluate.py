@@ -481,22 +481,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def convergence(log: list[dict], num_classes: int) -> tuple[bool, str]:
-    """(converged, reason) from a training log: not converged when the last epoch's loss is within 10% of ln C
-    (chance-level cross-entropy) or its train accuracy is below 1.5 / C."""
-    if not log:
-        return False, "no epoch logged"
-    last, chance = log[-1], math.log(num_classes)
-    if num_classes > 1 and abs(last["loss"] - chance) <= 0.1 * chance:
-        return False, f"final train loss {last['loss']:.3f} is at chance level (ln {num_classes} = {chance:.3f})"
-    if last["train_accuracy"] < 1.5 / num_classes:
-        return False, f"final train accuracy {last['train_accuracy']:.3f} is near chance (1/{num_classes})"
-    return True, f"final train loss {last['loss']:.3f}, train accuracy {last['train_accuracy']:.3f}"
+def _convergence(folder: Path) -> tuple[bool, str] | None:
+    """(converged, reason) from the model folder's training record (:func:`topgap.train.convergence`)."""
+    from ..train import LOG, training_record
 
-
-def _convergence(folder: Path, cfg: ModelConfig) -> tuple[bool, str] | None:
-    log = folder / "train_log.json"
-    return convergence(json.loads(log.read_text()), cfg.num_classes) if log.is_file() else None
+    if not (folder / LOG).is_file():
+        return None
+    record = training_record(folder)
+    return bool(record["converged"]), record["reason"]
 
 
 def _evaluate_folder(family: Path, dataset, args, *, surrogate, shifts, split: str) -> dict:
@@ -507,7 +499,7 @@ def _evaluate_folder(family: Path, dataset, args, *, surrogate, shifts, split: s
         if list(c.class_names) != list(dataset.class_names):
             raise ValueError(f"model {n} was trained on classes {c.class_names} but {args.data} ({split}) has "
                              f"{dataset.class_names}; labels would not line up")
-    conv = {n: v for n in models if (v := _convergence(family / n, models[n][1])) is not None}
+    conv = {n: v for n in models if (v := _convergence(family / n)) is not None}
     attacks = tuple(args.attacks) + (("transfer",) if surrogate else ())
     return evaluate_family(models, dataset, shifts=shifts, surrogate=surrogate, attacks=attacks, eps=args.eps,
                            pgd_steps=tuple(args.pgd_steps), pgd_rule=args.pgd_rule, square_queries=args.square_queries,
@@ -564,8 +556,11 @@ def _run_folds(family: Path, folds: list[Path], args, common, surrogate, out: Pa
         raise ValueError(f"{family}/cv.json does not list the held-out images of its {len(folds)} folds; "
                          "retrain with this version of topgap train --folds")
     data = open_dataset(args.data, cv.get("train_split", "train"), **common)
-    per_fold = [_evaluate_folder(f, Subset(data, idx), args, surrogate=surrogate, shifts={}, split=f"{f.name} held out")
-                for f, idx in zip(folds, held_out)]
+    per_fold = []
+    for f, idx in zip(folds, held_out):
+        part = Subset(data, idx)
+        part.class_names = data.class_names
+        per_fold.append(_evaluate_folder(f, part, args, surrogate=surrogate, shifts={}, split=f"{f.name} held out"))
     agg = aggregate_folds(per_fold)
     paths = write_cv_report(agg, per_fold, out, title=title + f" ({len(folds)}-fold cross-validation)")
     return {"out": str(out), "files": [str(p) for p in paths], "folds": len(folds),
