@@ -1,11 +1,12 @@
 """Training-step cost of Top-GAP against the unmodified baseline and against PGD-10 adversarial training.
 
 Goals (issue: training and evaluation): Top-GAP / baseline <= 1.3x; PGD-10 AT / Top-GAP >= 6x.
-Medians over repeated steps in one run, same backbone, resolution and batch; training images/s and
-the FLOPs of one step (3 x the forward's, counted by torch's FlopCounterMode), and on a GPU whose peak is in
-PEAK_TFLOPS the share of that peak (bf16 tensor-core peak with --bf16, TF32 otherwise):
+Medians over repeated steps in one run (baseline and Top-GAP steps interleaved), same backbone, resolution
+and batch; training images/s and the FLOPs of one step (3 x the forward's, counted by torch's FlopCounterMode),
+and on a GPU whose peak is in PEAK_TFLOPS the share of that peak (bf16 tensor-core peak with --bf16, TF32 otherwise):
 
     python bench/train_step.py --backbone resnet18 --size 128 --batch 16 --repeats 10 [--fpn-channels 128]
+    python bench/train_step.py --backbone tf_efficientnet_lite0 --size 224 --batch 16 --fpn-channels 64 --no-at
     python bench/train_step.py --backbone resnet18 --size 224 --batch 128 --bf16 --channels-last [--compile]
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from topgap import ModelConfig, build_model, topgap_loss
 from topgap.model import Normalize
-from timing import median_time
+from timing import median_time, median_times
 
 # dense peak TFLOP/s (bf16 tensor cores, TF32 tensor cores) from the vendors' data sheets, by device name
 PEAK_TFLOPS = {"H100 SXM": (989.4, 494.7), "H100 80GB HBM3": (989.4, 494.7), "H100 PCIe": (756.0, 378.0),
@@ -55,6 +56,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--num-maps", type=int, default=4, help="feature maps fed to the FPN head (3: class maps at stride 8)")
+    p.add_argument("--no-at", action="store_true", help="skip the PGD-10 adversarial-training step")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and loss (Recipe.bf16)")
@@ -65,7 +68,8 @@ def main() -> None:
     torch.manual_seed(0)
     dev = torch.device(args.device)
     classes = [str(i) for i in range(10)]
-    cfg = ModelConfig(args.backbone, classes, k=args.k, fpn_channels=args.fpn_channels, input_size=(args.size, args.size))
+    cfg = ModelConfig(args.backbone, classes, k=args.k, fpn_channels=args.fpn_channels, num_maps=args.num_maps,
+                      input_size=(args.size, args.size))
     norm = Normalize(cfg.mean, cfg.std).to(dev)
     ours = build_model(cfg).to(dev).train()
     base = build_model(ModelConfig(args.backbone, classes, kind="baseline", k=None)).to(dev).train()
@@ -106,14 +110,14 @@ def main() -> None:
         base01.train()  # torchattacks switches to eval for the attack
         step_base(adv)
 
-    t_base = median_time(step_base, args.repeats)
-    t_ours = median_time(step_ours, args.repeats)
+    t_base, t_ours = median_times([step_base, step_ours], args.repeats)  # interleaved
     times = {"baseline": t_base, "topgap": t_ours}
     flops = {"baseline": step_flops(lambda: base01(x)), "topgap": step_flops(lambda: ours.forward_with_maps(norm(x)))}
     peak = peak_tflops(dev, args.bf16)
     result = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "backbone": args.backbone, "size": args.size, "batch": args.batch, "k": args.k, "fpn_channels": args.fpn_channels,
+        "num_maps": args.num_maps, "cam_size": list(ours.class_maps(x[:1]).shape[-2:]),
         "bf16": args.bf16, "channels_last": args.channels_last, "compile": args.compile,
         "median_step_s": {n: round(t, 4) for n, t in times.items()},
         "train_images_per_s": {n: round(args.batch / t, 1) for n, t in times.items()},

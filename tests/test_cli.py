@@ -15,8 +15,9 @@ def flow(tmp_path_factory):
     assert main(["train", "--config", str(root / "recipe.json"), "--data", str(data), "--out", str(fam),
                  "--backbone", "regnetx_002", "--image-size", "32", "--k", "2", "8", "--baseline",
                  "--augment", "none", "--half"]) == 0
-    assert main(["evaluate", str(fam), "--data", str(data), "--split", "test", "--shifted-split", "test_shifted",
-                 "--attacks", "fgsm", "pgd", "--pgd-steps", "1", "2", "--eps", "8/255", "--out", str(report)]) == 0
+    assert main(["evaluate", str(fam), "--data", str(data), "--split", "test", "--shift-splits", "test_shifted",
+                 "--attacks", "fgsm", "pgd", "--pgd-steps", "1", "2", "--eps", "8/255", "--eps-curve",
+                 "--faithfulness-images", "4", "--bootstrap", "50", "--out", str(report)]) == 0
     return root, data, fam, report
 
 
@@ -33,7 +34,7 @@ def test_train_writes_the_family_with_resolved_options(flow):
 def test_evaluate_and_card(flow, capsys):
     root, _, fam, report = flow
     results = json.loads((report / "results.json").read_text())
-    assert set(results["models"]) == {"k2", "k8", "baseline"} and results["shifted"]["split"] == "test_shifted"
+    assert set(results["models"]) == {"k2", "k8", "baseline"} and results["models"]["k8"]["shifts"]["test_shifted"]["n"] == 8
     assert {"pgd1", "pgd2"} <= set(results["models"]["k8"]["attacks"]) and (report / "plots" / "iou.png").exists()
     assert (report / "plots" / "pgd_steps.png").exists()  # robust accuracy against steps (Figure A2)
     assert main(["card", str(fam), "--report", str(report), "--title", "Tiny", "--data-note", "synthetic",

@@ -87,6 +87,18 @@ def test_class_indices_consistent_across_splits(tmp_path):
         open_dataset(root, "val")
 
 
+def test_classes_txt_sets_the_label_order(tmp_path):
+    root = _folder(tmp_path / "d", {"test": {"cat": 1, "dog": 2, "eel": 1}})
+    (root / "classes.txt").write_text("eel\ncat\ndog\n")
+    test = open_dataset(root, "test", input_size=(32, 32))
+    assert test.class_names == ["eel", "cat", "dog"]
+    assert [(it.source.parent.name, it.label) for it in test.items] == [("eel", 0), ("cat", 1), ("dog", 2), ("dog", 2)]
+    (root / "classes.txt").write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match=r"classes.txt lists \['cat', 'dog'\] but the class folders are "
+                                         r"\['cat', 'dog', 'eel'\]; make it list each class folder once"):
+        open_dataset(root, "test")
+
+
 def _save(path: Path, im: Image.Image, **kw) -> Path:
     im.save(path, **kw)
     return path

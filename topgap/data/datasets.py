@@ -27,7 +27,7 @@ from .imageio import open_image, to_rgb
 from .masks import binary_mask
 
 __all__ = ["open_dataset", "list_splits", "ImageDataset", "read_image", "download_oxford_pet", "download_cifar10",
-           "IMAGE_EXTENSIONS", "FORMATS"]
+           "IMAGE_EXTENSIONS", "FORMATS", "CLASSES_FILE"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 FORMATS = ("auto", "folder", "oxford-pet", "cifar10")
@@ -35,6 +35,7 @@ IGNORE = 255
 _SMALL = 64  # inputs up to this side get the CIFAR augmentation (pad 4, random crop, flip)
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
+CLASSES_FILE = "classes.txt"  # optional in the folder format: one class name per line, in label order
 
 
 # ---------------------------------------------------------------- decoding
@@ -293,6 +294,12 @@ def _open_folder(root: Path, split: str, on_error: str, **kw) -> ImageDataset:
         raise _unknown_split(split, root, splits)
     class_names = sorted({c.name for s in splits for c in (root / s).iterdir()
                           if c.is_dir() and not c.name.startswith(".")})
+    if (root / CLASSES_FILE).is_file():  # an explicit class order, e.g. the label order of the source dataset
+        listed = [line.strip() for line in (root / CLASSES_FILE).read_text().splitlines() if line.strip()]
+        if sorted(listed) != class_names:
+            raise ValueError(f"{root / CLASSES_FILE} lists {listed} but the class folders are {class_names}; "
+                             "make it list each class folder once, or delete it to sort them by name")
+        class_names = listed
     mask_root = root / "masks" / split
     with_masks = mask_root.is_dir()
     problems, warn, items = [], [], []
@@ -460,7 +467,8 @@ def open_dataset(root, split: str, *, input_size=(224, 224), train: bool = False
 
     Args:
         root: dataset folder. Layouts: "folder" (ROOT/<split>/<class>/<image>, masks at
-            ROOT/masks/<split>/<class>/<stem>.png), "oxford-pet" (the official Oxford-IIIT Pet layout, or
+            ROOT/masks/<split>/<class>/<stem>.png; label order from ROOT/classes.txt if present, else sorted
+            names), "oxford-pet" (the official Oxford-IIIT Pet layout, or
             torchvision's ROOT/oxford-iiit-pet/), "cifar10" (<split>.tar.gz of <split>/<class>/<image>,
             torchvision's cifar-10-batches-py/, or class folders); "auto" detects.
         split: e.g. "train", "test"; Oxford-IIIT Pet has "trainval" (alias "train") and "test".

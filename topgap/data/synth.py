@@ -22,15 +22,13 @@ import argparse
 import csv
 import io
 import math
-import secrets
-import shutil
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..io import write_json
+from ..io import atomic_folder, write_json
 
 __all__ = ["generate", "render", "register", "run", "VARIANTS", "SPLITS", "OBJECT_AREA", "max_object_area"]
 
@@ -290,10 +288,8 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
     spec = VARIANTS[variant]
     classes, backgrounds = spec["classes"], spec["backgrounds"]
     nc, nb = len(classes), len(backgrounds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{out.name}.tmp-{secrets.token_hex(4)}"
     rows, stats, object_px = [], {}, []
-    try:
+    with atomic_folder(out, check_out) as tmp:
         for si, split in enumerate(SPLITS):
             for c in classes:
                 (tmp / split / c).mkdir(parents=True)
@@ -345,17 +341,6 @@ def generate(out, *, n_train: int = 1200, n_val: int = 300, n_test: int = 300, s
         w.writerows(rows)
         (tmp / "metadata.csv").write_text(buf.getvalue())
         write_json(tmp / "synth.json", meta)
-        check_out()
-        old = None
-        if out.exists():
-            old = out.parent / f"{out.name}.old-{secrets.token_hex(4)}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**meta, "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}
 
 

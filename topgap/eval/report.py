@@ -206,7 +206,8 @@ def _plot(path: Path, results: dict, series: list[tuple[str, callable]], ylabel:
             ax.plot([p for p, _ in points], [_nan(get(m)) for _, m in points], "o-", color=colour, label=label)
             if b is not None and get(b) is not None:
                 ax.axhline(get(b), color=colour, linestyle="--", label=f"{label} (baseline)")
-        ax.set_xscale("log")
+        if points:
+            ax.set_xscale("log")
         ax.set_xlabel("k / (h*w)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -245,8 +246,33 @@ def _plot_eps_curve(path: Path, results: dict) -> Path:
         plt.close(fig)
 
 
+def _plot_pgd_steps(path: Path, results: dict) -> Path:
+    """Accuracy of every model against the number of PGD steps, correct and unchanged (like Figure A2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    steps = sorted(results["pgd_steps"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        for i, (name, m) in enumerate(results["models"].items()):
+            for definition, style in (("robust_correct", "o-"), ("robust_paper", "s--")):
+                ax.plot(steps, [_nan(_rate(m, f"pgd{s}", definition)) for s in steps], style, color=f"C{i}",
+                        label=f"{name} ({'correct' if definition == 'robust_correct' else 'unchanged'})")
+        ax.set_xlabel("PGD steps")
+        ax.set_ylabel("accuracy under attack ↑")
+        ax.set_title(f"PGD steps, eps = {results['eps'] * 255:.3g}/255 (Figure A2)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", ncol=2)
+        fig.tight_layout()
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
 def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evaluation") -> list[Path]:
-    """Write results.json, results.md and plots/{l1,iou,accuracy,robustness[,eps_curve]}.png to `out_dir`, atomically.
+    """Write results.json, results.md and plots/{l1,iou,accuracy,robustness[,eps_curve,pgd_steps]}.png, atomically.
 
     Plots show each metric against k/(h*w) for the converged Top-GAP models, the baseline as a dashed
     line (like Figure 3); robustness is accuracy under attack (correct).
@@ -270,6 +296,8 @@ def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evalu
                            f"Robustness, eps = {results['eps'] * 255:.3g}/255 (section 4.2)"))
     if any(m["eps_curve"] for m in results["models"].values()):
         paths.append(_plot_eps_curve(plots / "eps_curve.png", results))
+    if "pgd" in results["attacks"] and len(results["pgd_steps"]) > 1:
+        paths.append(_plot_pgd_steps(plots / "pgd_steps.png", results))
     return paths
 
 
