@@ -93,9 +93,8 @@ def test_structure_and_values(results):
         for key in ("iou", "iou_gradcam", "l1", "l1_gradcam", "pxap", "maxboxacc_v2"):
             assert 0 <= m[key] <= 1
         assert set(m["attacks"]) == {"fgsm", "pgd2", "square", "transfer"}
-        assert m["attacks"]["fgsm"]["n"] == 12 and m["attacks"]["square"]["n"] == 5
-        assert m["attacks"]["transfer"]["n"] == 5
-        assert m["attacks"]["fgsm"]["clean_correct"] == m["clean"]["correct"]
+        assert m["attacks"]["fgsm"]["n"] == m["attacks"]["square"]["n"] == m["attacks"]["transfer"]["n"] == 5
+        assert m["attacks"]["pgd2"]["clean_correct"] <= m["clean"]["correct"]
         assert m["shifts"]["shifted"]["n"] == 6
         assert isinstance(m["gradient_masking_suspected"], bool)
         curve = [c["accuracy"] for c in m["eps_curve"]]

@@ -113,10 +113,15 @@ def test_family_with_baseline_and_cross_validation(tmp_path):
         train_family(configs, recipe, SquaresDataset(4), tmp_path / "x", folds=3)
 
 
+def test_control_is_the_same_head_with_gap_and_no_l1():
+    c = family_configs(tiny_cfg(), [4], control=True)["fpn-gap"]
+    assert (c.kind, c.k, c.lam, c.fpn, c.fpn_channels) == ("topgap", None, 0.0, True, tiny_cfg().fpn_channels)
+
+
 def test_ablation_family_names():
     configs = family_configs(tiny_cfg(), [16], ablation=True)
     assert len(configs) == 9 and "ablation-fpn+l1+topgap" in configs and configs["ablation-plain"].k is None
-    with pytest.raises(ValueError, match="nothing to train"):
+    with pytest.raises(ValueError, match="nothing to train: give --k values, --baseline, --control"):
         family_configs(tiny_cfg(), [])
 
 

@@ -357,17 +357,23 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
     return metrics
 
 
-def family_configs(base: ModelConfig, ks: list[int], *, baseline: bool = False,
+def family_configs(base: ModelConfig, ks: list[int], *, baseline: bool = False, control: bool = False,
                    ablation: bool = False) -> dict[str, ModelConfig]:
-    """Folder name -> config: ``k{k}`` for each k, ``baseline``, and ``ablation-<name>`` for Table 8."""
+    """Folder name -> config: ``k{k}`` for each k, ``baseline``, ``fpn-gap`` and ``ablation-<name>`` for Table 8.
+
+    ``fpn-gap`` is the FPN-only control: the same head and class maps, pooled by plain GAP, no l1 term, so
+    that "higher-resolution maps" is separated from "Top-GAP" (Table 8's "fpn" row).
+    """
     configs = {f"k{k}": dataclasses.replace(base, kind="topgap", k=k) for k in ks}
+    if control:
+        configs["fpn-gap"] = dataclasses.replace(base, kind="topgap", k=None, lam=0.0)
     if baseline:
         configs["baseline"] = dataclasses.replace(base, kind="baseline", k=None, lam=0.0, num_maps=0, fpn=False)
     if ablation:
         for name, c in ablation_configs(dataclasses.replace(base, k=ks[-1] if ks else base.k)).items():
             configs[f"ablation-{name}"] = c
     if not configs:
-        raise ValueError("nothing to train: give --k values, --baseline or --ablation")
+        raise ValueError("nothing to train: give --k values, --baseline, --control or --ablation")
     return configs
 
 
@@ -432,7 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = ModelConfig(backbone=args.backbone, class_names=train_set.class_names, k=None, num_maps=args.num_maps,
                        fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, input_size=size,
                        mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
-    configs = family_configs(base, args.k, baseline=args.baseline, ablation=args.ablation)
+    configs = family_configs(base, args.k, baseline=args.baseline, control=args.control, ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                     lam_warmup_epochs=args.lam_warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
@@ -471,6 +477,8 @@ def register(subparsers) -> None:
     m.add_argument("--backbone", default="resnet18", help="any timm CNN with features_only, or preact_resnet18")
     m.add_argument("--k", type=int, nargs="*", default=[64], help="Top-GAP k values, one model each")
     m.add_argument("--baseline", action="store_true", help="also train the unmodified timm model")
+    m.add_argument("--control", action="store_true", help="also train fpn-gap: the same FPN head with plain GAP, "
+                                                           "no l1 (separates high-resolution maps from Top-GAP)")
     m.add_argument("--ablation", action="store_true", help="also train the 8 configurations of Table 8 (largest k)")
     m.add_argument("--lam", type=float, default=1.0, help="weight of the l1 term")
     m.add_argument("--num-maps", type=int, default=4)

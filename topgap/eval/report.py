@@ -99,9 +99,9 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
            f"{'x'.join(map(str, results['l1_resolution']))}, localisation at "
            f"{'x'.join(map(str, results['localisation_resolution']))}. "
            f"Attacks at eps = {results['eps']:.5g} ({results['eps'] * 255:.3g}/255); PGD step rule "
-           f"**{results['pgd_rule']}**; AutoAttack, Square ({results['square_queries']} queries), transfer "
-           f"(surrogate: {results['surrogate'] or 'none'}) and the eps curve on the first {results['attack_images']} "
-           f"images. ROAD ({f['imputer']} imputation, percentiles {f['percentiles']}) on the first {f['images']}. "
+           f"**{results['pgd_rule']}**; Square with {results['square_queries']} queries; transfer surrogate: "
+           f"{results['surrogate'] or 'none'}; every attack ({', '.join(results['attacks']) or 'none'}) and the eps "
+           f"curve on the first {results['attack_images']} images. ROAD ({f['imputer']} imputation, percentiles {f['percentiles']}) on the first {f['images']}. "
            f"Intervals: paired bootstrap, {results['bootstrap']['samples']} resamples, 95%; a verdict says better or "
            "worse only when the interval excludes 0.", ""]
     flagged = [f"- {n}: {m['convergence']}" for n, m in results["models"].items() if m.get("converged") is False]
