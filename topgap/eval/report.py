@@ -6,6 +6,7 @@ dict of :func:`topgap.eval.evaluate.evaluate_family`.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..io import atomic_write, write_json
@@ -189,18 +190,34 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
     return "\n".join(out)
 
 
-def _plot(path: Path, results: dict, series: list[tuple[str, callable]], ylabel: str, title: str) -> Path:
+@contextmanager
+def _figure(path: Path, title: str, xlabel: str, ylabel: str, legend: str = "small", ncol: int = 1):
+    """A matplotlib axis to draw on; labelled, saved atomically to `path` as PNG and closed afterwards."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend, ncol=ncol)
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def _plot(path: Path, results: dict, series: list[tuple[str, callable]], ylabel: str, title: str) -> Path:
     base, ours = _parts(results)
     b = results["models"].get(base) if base else None
     points = sorted((m["k_fraction"], m) for m in ours.values()
                     if m["k_fraction"] is not None and m.get("converged") is not False)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
+    with _figure(path, title, "k / (h*w)", ylabel) as ax:
         for i, (label, get) in enumerate(series):
             colour = f"C{i}"
             ax.plot([p for p, _ in points], [_nan(get(m)) for _, m in points], "o-", color=colour, label=label)
@@ -208,15 +225,7 @@ def _plot(path: Path, results: dict, series: list[tuple[str, callable]], ylabel:
                 ax.axhline(get(b), color=colour, linestyle="--", label=f"{label} (baseline)")
         if points:
             ax.set_xscale("log")
-        ax.set_xlabel("k / (h*w)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return path
 
 
 def _nan(v):
@@ -224,51 +233,24 @@ def _nan(v):
 
 
 def _plot_eps_curve(path: Path, results: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
+    with _figure(path, "Accuracy against the attack budget", "eps (x/255)", "accuracy under PGD ↑", "x-small", 2) as ax:
         for i, (name, m) in enumerate(results["models"].items()):
             c = m["eps_curve"]
             ax.plot([p["eps"] * 255 for p in c], [_nan(p["accuracy"]) for p in c], "o-", color=f"C{i}", label=name)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("eps (x/255)")
-        ax.set_ylabel("accuracy under PGD ↑")
-        ax.set_title("Accuracy against the attack budget")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", ncol=2)
-        fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return path
 
 
 def _plot_pgd_steps(path: Path, results: dict) -> Path:
     """Accuracy of every model against the number of PGD steps, correct and unchanged (like Figure A2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     steps = sorted(results["pgd_steps"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
+    title = f"PGD steps, eps = {results['eps'] * 255:.3g}/255 (Figure A2)"
+    with _figure(path, title, "PGD steps", "accuracy under attack ↑", "x-small", 2) as ax:
         for i, (name, m) in enumerate(results["models"].items()):
             for definition, style in (("robust_correct", "o-"), ("robust_paper", "s--")):
                 ax.plot(steps, [_nan(_rate(m, f"pgd{s}", definition)) for s in steps], style, color=f"C{i}",
                         label=f"{name} ({'correct' if definition == 'robust_correct' else 'unchanged'})")
-        ax.set_xlabel("PGD steps")
-        ax.set_ylabel("accuracy under attack ↑")
-        ax.set_title(f"PGD steps, eps = {results['eps'] * 255:.3g}/255 (Figure A2)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", ncol=2)
-        fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return path
 
 
 def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evaluation") -> list[Path]:
