@@ -308,8 +308,8 @@ def family_hint(result: Result, index: int, class_names: list[str], about: str |
         reasons.append(f"the family's models disagree ({', '.join(sorted(labels))})")
     if not reasons:
         return knows
-    return (f"⚠️ This image may be unlike what **{result.family}** was trained on: {' and '.join(reasons)}. " + knows
-            + " Pick the family that matches the image.")
+    return (f"⚠️ Check this answer: {' and '.join(reasons)}; the image may be unlike what **{result.family}** was "
+            "trained on. " + knows + " Pick the family that matches the image.")
 
 
 def _top(probs: torch.Tensor, names: list[str]) -> dict[str, float]:
