@@ -8,11 +8,16 @@ Env: TOPGAP_MODELS (models root, default models/ beside this file), TOPGAP_DEFAU
 """
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +26,14 @@ import cv2
 import gradio as gr
 import matplotlib
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from topgap.cam import METHODS
 from topgap.checkpoint import CheckpointError
-from topgap.explorer.explain import ATTACKS, Family, InputError, Result, attack_view, explain_all
-from topgap.explorer.hub import card_text, store_from_env
+from topgap.explorer.card_view import CardError, render_card
+from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
+                                     k_info, mask_overlay, nearest_k)
+from topgap.explorer.hub import store_from_env
 from topgap.explorer.zerogpu import gpu
 from topgap.data.imageio import drawn_mask
 from topgap.io import atomic_write
@@ -42,42 +49,46 @@ STORE = store_from_env(MODELS)
 FAMILIES = STORE.names()
 PREFERRED = [os.environ.get("TOPGAP_DEFAULT_FAMILY"), "synthetic-shapes", "synth"]  # the synthetic-benchmark zoo
 DEFAULT = next((f for f in PREFERRED if f in FAMILIES), FAMILIES[0] if FAMILIES else None)
-WORK = Path(tempfile.mkdtemp(prefix="topgap-app-"))  # everything the app writes; never a user-supplied path
-DOWNLOADS, IMAGES = WORK / "downloads", WORK / "images"
-DOWNLOADS.mkdir()
-IMAGES.mkdir()
+WORK = Path(tempfile.mkdtemp(prefix="topgap-app-"))  # everything the app and gradio write; removed at exit
+DOWNLOADS, IMAGES, UPLOADS = WORK / "downloads", WORK / "images", WORK / "gradio"
+for _d in (DOWNLOADS, IMAGES, UPLOADS):
+    _d.mkdir()
+os.environ["GRADIO_TEMP_DIR"] = str(UPLOADS)  # gradio's uploads and output cache, inside WORK (read at Blocks init)
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
+MAX_STORAGE = int(float(os.environ.get("TOPGAP_MAX_STORAGE_MB", "200")) * 2**20)  # WORK beyond this: oldest go
 GROUP = "models"  # one concurrency_id for every event that runs a model (CAM hooks, shared weights)
 USER_ERRORS = (InputError, CheckpointError)
 
 
-def checked(image: gr.Image) -> gr.Image:
-    """Make decoding failures of `image` (not an image, bombs, truncation) a gr.Error saying what to do.
+def user_error(message: str) -> gr.Error:
+    """A gr.Error for an expected failure: shown to the user, logged on one line without a traceback."""
+    log.info("user error: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def lenient(component: gr.Image) -> gr.Image:
+    """Let a file Gradio cannot open through as its path, so the handler reports it next to its input (once,
+    in words) instead of failing the whole event (every output an "Error" badge, one toast per event).
 
     Wraps the instance's preprocess (a gr.Image subclass would make gradio write an app.pyi stub).
     """
-    preprocess = image.preprocess
+    preprocess = component.preprocess
 
     def safe(payload):
         try:
             return preprocess(payload)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise gr.Error("This image has too many pixels (a decompression bomb?). Downscale it below 40 MP "
-                           "and upload it again.") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise gr.Error("This file is not a readable image. Upload a PNG, JPEG, WEBP, TIFF or BMP file.") from None
+        except Exception:  # noqa: BLE001  (any decoding failure; the handler decodes the file again and says why)
+            return getattr(payload, "path", None)
 
-    image.preprocess = safe
-    return image
+    component.preprocess = safe
+    return component
 
 
 def family(name: str | None) -> Family:
     if not name:
-        raise gr.Error(f"No model family found under {MODELS}. Train one (topgap train --out {MODELS}/<family>) "
-                       "or set TOPGAP_MODELS to a folder of families.")
-    try:
-        return STORE.get(name)
-    except USER_ERRORS as e:
-        raise gr.Error(f"Model family {name!r} could not be loaded: {e}") from None
+        raise InputError(f"no model family found under {MODELS}; train one (topgap train --out {MODELS}/<family>) "
+                         "or set TOPGAP_MODELS to a folder of families")
+    return STORE.get(name)
 
 
 def png(array: np.ndarray | None) -> str | None:
@@ -95,18 +106,58 @@ def png(array: np.ndarray | None) -> str | None:
     return str(path)
 
 
-def _prune(folder: Path, max_age_s: float = 3600) -> None:
-    """Delete what the app wrote to `folder` longer than max_age_s ago (gradio has copied it by then)."""
-    cutoff = time.time() - max_age_s
-    for p in folder.iterdir():
-        if p.stat().st_mtime < cutoff:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+_last_bound = [0.0]
 
 
-def _mask_source(mask_upload, drawn):
-    """The drawn mask when something was drawn, else the uploaded one (or None)."""
-    stroke = drawn_mask(drawn)
-    return stroke if stroke is not None else mask_upload
+def bound_storage(root: Path = WORK, max_bytes: int | None = None, min_age_s: float = 60, every_s: float = 10) -> int:
+    """Keep the files under `root` (uploads, gradio's output cache, the app's images) below max_bytes by deleting
+    the oldest ones older than min_age_s (clients have fetched them by then); empty files go too. At most every
+    every_s seconds. Returns the bytes left."""
+    max_bytes = MAX_STORAGE if max_bytes is None else max_bytes
+    now = time.time()
+    if now - _last_bound[0] < every_s:
+        return -1
+    _last_bound[0] = now
+    files = []
+    for p in root.rglob("*"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if p.is_file():
+            files.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in files)
+    for mtime, size, p in sorted(files):
+        if now - mtime < min_age_s:
+            break
+        if size and total <= max_bytes:
+            continue
+        p.unlink(missing_ok=True)
+        total -= size
+    return total
+
+
+# ---- one session's image, mask and result ----
+
+@dataclasses.dataclass
+class Session:
+    """What the page shows: the image (by content), the mask tied to it and where it came from, the result."""
+    image_key: str | None = None
+    upload_key: str | None = None  # the mask upload last seen (None: none, or it was cleared)
+    drawn_key: str | None = None
+    mask: np.ndarray | None = None  # the mask in use: an upload (path) or a drawn bool array
+    mask_source: str | None = None  # "uploaded mask" | "drawn mask"
+    family: str | None = None
+    method: str | None = None
+    result: Result | None = None
+
+
+def _key(value) -> str | None:
+    """Content fingerprint of a file path or array (None for None)."""
+    if value is None:
+        return None
+    data = value.tobytes() if isinstance(value, np.ndarray) else Path(value).read_bytes()
+    return hashlib.sha1(data).hexdigest()
 
 
 # ---- rendering precomputed results (no model runs) ----
@@ -115,13 +166,15 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
-def _metrics_md(result: Result, index: int) -> str:
+def _metrics_md(result: Result, index: int, source: str | None) -> str:
     chosen, base = result.view(index)
     rows = [("Top-GAP " + chosen.name, chosen)] + ([(f"baseline ({result.method})", base)] if base else [])
     lines = ["| map | prediction | l1 | IOU | threshold | mass on object |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {m.label} ({m.probability:.1%}) | {m.l1:.3f} | {_fmt(m.iou)} | {_fmt(m.threshold)} | "
               f"{_fmt(m.mass)} |" for n, m in rows]
-    if not result.has_mask:
+    if result.has_mask:
+        lines.append(f"\nIOU and mass on the object use the **{source}** of this image (shown under *Mask in use*).")
+    else:
         lines.append("\nUpload or draw a mask to get IOU and mass on the object.")
     notes = result.notes + result.mask_notes
     if notes:
@@ -129,24 +182,41 @@ def _metrics_md(result: Result, index: int) -> str:
     return "\n".join(lines)
 
 
-def _k_slider(result: Result | None, index: int) -> dict:
-    if result is None:
-        return gr.update()
-    return gr.update(maximum=max(len(result.ks) - 1, 1), label=result.k_label(min(index, len(result.ks) - 1)))
+def _k_radio(fam_or_result, k: int) -> dict:
+    """The k control for a family: its trained k as choices, k selected, what k means as info."""
+    return gr.update(choices=list(fam_or_result.ks), value=k, info=k_info(k, fam_or_result.cam_size))
 
 
-def render(result: Result | None, index: int):
-    """Overlays, top-3 labels, metrics for the index-th k: reads the stored result only."""
+def _index(result: Result, k) -> int:
+    """Index of k in the result's family; a k from another family maps to the nearest trained one."""
+    return result.ks.index(nearest_k(result.ks, k))
+
+
+@functools.lru_cache(maxsize=32)
+def _about(fam_name: str) -> str | None:
+    """The family's data in a few words (its card's title), for the out-of-distribution hint."""
+    try:
+        return json.loads((MODELS / fam_name / "card.json").read_text()).get("title")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def render(sess: Session | None, k):
+    """Overlays, top-3 labels, metrics and hint for k: reads the stored result only."""
+    result = sess.result if sess else None
     if result is None:
-        return None, None, None, None, "Upload an image (or pick an example) to see the CAMs."
-    index = min(int(index), len(result.ks) - 1)
+        return None, None, None, None, "Upload an image (or pick an example) to see the CAMs.", ""
+    index = _index(result, k)
     chosen, base = result.view(index)
+    fam = STORE.get(result.family)
+    about = _about(result.family)
     return (png(chosen.overlay), chosen.top, png(base.overlay) if base else None, base.top if base else None,
-            _metrics_md(result, index))
+            _metrics_md(result, index, sess.mask_source), family_hint(result, index, fam.class_names, about))
 
 
-def bias_view(result: Result | None):
-    """Table and plot across all k and the baseline."""
+def bias_view(sess: Session | None, k=None):
+    """Table and plot across all k and the baseline, the selected k marked."""
+    result = sess.result if sess else None
     if result is None:
         return None, None
     h, w = result.cam_size
@@ -156,7 +226,7 @@ def bias_view(result: Result | None):
         b = result.baseline
         rows.append([f"{b.name} ({result.method})", None, None, b.label, round(b.probability, 3), b.iou, b.l1, b.mass])
     table = [[round(v, 3) if isinstance(v, float) else v for v in row] for row in rows]
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
     frac = [m.k / (h * w) for m in result.topgap]
     for key, colour in (("l1", "tab:blue"), ("iou", "tab:green"), ("mass", "tab:red")):
         ys = [getattr(m, key) for m in result.topgap]
@@ -164,81 +234,174 @@ def bias_view(result: Result | None):
             ax.plot(frac, ys, "o-", color=colour, label=f"Top-GAP {key}")
             if result.baseline and getattr(result.baseline, key) is not None:
                 ax.axhline(getattr(result.baseline, key), color=colour, ls="--", lw=1, label=f"baseline {key}")
+    if k is not None:
+        chosen = result.topgap[_index(result, k)]
+        ax.axvline(chosen.k / (h * w), color="black", lw=1.5, alpha=0.6, label=f"selected k = {chosen.k}")
     ax.set_xscale("log")
-    ax.set_xlabel("k / (h*w)")
+    ax.set_xticks(frac, [f"{m.k}\n{f:.1%}" for m, f in zip(result.topgap, frac)], fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("k  (k/(h*w))", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     plt.close(fig)
     return table, fig
 
 
-# ---- events that run models ----
+# ---- the one event for image, mask, family and method ----
 
-@gpu
-def analyse(fam_name, image, mask_upload, drawn, method, index):
-    """New image, family or method: run every model once and store the result."""
-    if image is None:
-        return (None, gr.update(), *render(None, 0), *bias_view(None), gr.update())
-    fam = family(fam_name)
-    try:
-        result = explain_all(fam, image, method=method)
-        background = result.image
-        mask = _mask_source(mask_upload, drawn)
-        if mask is not None:
-            result = result.with_mask(mask, notes=["using the drawn mask"] if drawn_mask(drawn) is not None else [])
-    except USER_ERRORS as e:
-        raise gr.Error(str(e)) from None
-    index = min(int(index), len(fam.ks) - 1)
-    _prune(IMAGES)
-    editor = {"background": background, "layers": [], "composite": background}
-    return (result, _k_slider(result, index), *render(result, index), *bias_view(result), editor)
+SKIP = object()
 
 
-def remask(result, mask_upload, drawn, index):
-    """New mask: recompute the metrics of the stored CAMs (no model runs)."""
-    if result is None:
-        return (None, *render(None, 0), *bias_view(None))
-    mask = _mask_source(mask_upload, drawn)
-    try:
-        result = result.with_mask(mask, notes=["using the drawn mask"] if drawn_mask(drawn) is not None else [])
-    except USER_ERRORS as e:
-        raise gr.Error(str(e)) from None
-    return (result, *render(result, index), *bias_view(result))
-
-
-def switch_k(result, index):
-    """Slider moved: pick the stored result for that k."""
-    return (_k_slider(result, int(index)), *render(result, index))
+def _apply_mask(result: Result, sess: Session) -> Result:
+    notes = [f"using the {sess.mask_source}"] if sess.mask is not None else []
+    return result.with_mask(sess.mask, notes=notes)
 
 
 @gpu
-def robustness(fam_name, result, index, kind, eps255):
+def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None):
+    """New image, mask, drawing, family or method. A mask belongs to the image it was given with: a new image
+    clears it (unless it arrives together with the image, as an example's does); a family or method change
+    keeps it. Expected failures are shown next to their input, once; the other outputs keep what they showed."""
+    old = sess or Session()
+    sess = dataclasses.replace(old)
+    skip = gr.skip()
+    out = dict(family_msg=skip, image_msg=skip, mask_msg=skip)  # a message stays until its input is used again
+    if image is None:  # cleared, or a file the page could not show: keep what is shown unless the family changed
+        if fam_name == sess.family:
+            return _outputs(sess, out, k, None, keep=True)
+        fam = _try_family(fam_name, out)
+        return _outputs(Session(family=fam_name, method=method), out, k, fam, new_image=True) if fam else \
+            _outputs(sess, out, k, None, keep=True)
+    image_key, upload_key = _key(image), _key(mask_upload)
+    drawn_arr = drawn_mask(drawn)
+    drawn_key = _key(drawn_arr)
+    new_image = image_key != sess.image_key
+    rerun = new_image or fam_name != sess.family or method != sess.method
+    mask_changed = False
+    if new_image:
+        if upload_key is not None and upload_key == sess.upload_key:
+            upload_key = None  # left over from the previous image (the page clears the box itself)
+        if sess.mask is not None:
+            out["mask_msg"] = "The previous image's mask was cleared; upload or draw one for this image."
+        sess.mask = sess.mask_source = None
+        sess.drawn_key = drawn_key = None  # the editor gets the new image as background and no strokes
+        mask_changed = True
+    if upload_key != sess.upload_key:
+        sess.upload_key, mask_changed = upload_key, True
+        if upload_key is not None:
+            sess.mask, sess.mask_source = mask_upload, "uploaded mask"
+            out["mask_msg"] = ""
+        elif sess.mask_source == "uploaded mask":
+            sess.mask = sess.mask_source = None
+    if drawn_key != sess.drawn_key:
+        sess.drawn_key, mask_changed = drawn_key, True
+        if drawn_key is not None:
+            sess.mask, sess.mask_source = drawn_arr, "drawn mask"
+            out["mask_msg"] = ""
+        elif sess.mask_source == "drawn mask":  # the drawing was cleared: fall back to the upload, if any
+            sess.mask, sess.mask_source = (mask_upload, "uploaded mask") if upload_key else (None, None)
+    fam = None
+    if rerun:
+        fam = _try_family(fam_name, out)
+        if fam is None:
+            return _outputs(sess, out, k, None, keep=True)
+        try:
+            result = explain_all(fam, image, method=method)
+        except USER_ERRORS as e:
+            log.info("user error (image): %s", e)
+            out["image_msg"] = f"⚠️ {str(e)[:1].upper()}{str(e)[1:]}." + (
+                " Still showing the previous image's results." if sess.result is not None else "")
+            # the shown image, mask and results stay; reported once (a second trigger of it finds nothing new)
+            return _outputs(dataclasses.replace(old, image_key=image_key), {**out, "mask_msg": skip}, k, None,
+                            keep=True)
+        sess.image_key, sess.family, sess.method, sess.result = image_key, fam_name, method, result
+        out["image_msg"] = out["family_msg"] = ""
+    elif not mask_changed or sess.result is None:
+        return _outputs(sess, out, k, None, keep=True)
+    try:
+        sess.result = _apply_mask(sess.result, sess)
+    except USER_ERRORS as e:
+        log.info("user error (mask): %s", e)
+        out["mask_msg"] = f"⚠️ The mask could not be used: {e}. IOU and mass are cleared until a valid mask is given."
+        sess.mask = sess.mask_source = None
+        sess.result = sess.result.with_mask(None)
+    return _outputs(sess, out, k, fam, new_image=new_image)
+
+
+def _try_family(name: str | None, out: dict) -> Family | None:
+    try:
+        return family(name)
+    except USER_ERRORS as e:
+        log.info("user error (family): %s", e)
+        out["family_msg"] = f"⚠️ Model family {name!r} could not be loaded: {e}."
+        return None
+
+
+def _outputs(sess: Session, out: dict, k, fam: Family | None, keep: bool = False, new_image: bool = False):
+    """The update's outputs in UPDATE_OUTPUTS order; keep=True leaves the shown results as they are."""
+    skip = gr.skip()
+    result = sess.result
+    if fam is not None:
+        k = fam.nearest_k(k)
+    views = (skip,) * 6 if keep else render(sess, k)
+    bias = (skip, skip) if keep else bias_view(sess, k)
+    if result is not None and new_image and not keep:
+        editor = {"background": result.image, "layers": [], "composite": result.image}
+    elif new_image and result is None:
+        editor = None
+    else:
+        editor = skip
+    mask_view = skip if keep else (mask_overlay(result.image, *result.mask) if result is not None and result.mask
+                                   else None)
+    return (sess, _k_radio(fam, k) if fam is not None else skip, out["family_msg"], out["image_msg"],
+            out["mask_msg"], mask_view, *views, *bias, editor)
+
+
+def switch_k(sess: Session | None, k):
+    """k changed: pick the stored result for that k (no model runs)."""
+    if sess is None or sess.result is None:
+        return (gr.skip(),) * 7
+    k = sess.result.ks[_index(sess.result, k)]
+    return (gr.update(info=k_info(k, sess.result.cam_size)), *render(sess, k))
+
+
+def bias_for_k(sess: Session | None, k):
+    """The bias plot with the selected k marked."""
+    return bias_view(sess, k)[1] if sess and sess.result else gr.skip()
+
+
+@gpu
+def robustness(fam_name, sess, k, kind, eps255):
     """FGSM / PGD on this image against Top-GAP at the chosen k and the baseline."""
-    if result is None:
-        raise gr.Error("Upload an image first, then run the attack.")
-    fam = family(fam_name)
+    if sess is None or sess.result is None:
+        return gr.skip(), "⚠️ Upload an image (or pick an example) on the Explain tab first, then run the attack."
+    result = sess.result
+    index = _index(result, k)
     try:
-        adv = attack_view(fam, result, int(index), kind, float(eps255) / 255)
+        adv = attack_view(family(result.family), result, index, kind, float(eps255) / 255)
     except USER_ERRORS as e:
-        raise gr.Error(str(e)) from None
-    chosen, base = result.view(int(index))
+        log.info("user error (attack): %s", e)
+        return gr.skip(), f"⚠️ {e}."
+    chosen, base = result.view(index)
     gallery, lines = [], ["| model | clean | attacked | changed |", "|---|---|---|---|"]
     for m in [chosen] + ([base] if base else []):
         a = adv[m.name]
-        gallery += [(png(m.overlay), f"{m.name}: clean, {m.label}"),
-                    (png(a.overlay), f"{m.name}: {kind} eps={eps255:g}/255, {a.label}")]
+        gallery += [(png(m.overlay), f"{m.name} clean: {m.label}"), (png(a.overlay), f"{m.name} attacked: {a.label}")]
         lines.append(f"| {m.name} | {m.label} ({m.probability:.1%}) | {a.label} ({a.probability:.1%}) | "
                      f"{'yes' if a.label != m.label else 'no'} |")
     steps = " (PGD: 10 steps, random start)" if kind == "pgd" else ""
-    return gallery, "\n".join(lines) + f"\n\nWhite-box {kind.upper()}{steps} on each model's own prediction."
+    bound_storage()
+    return gallery, "\n".join(lines) + (f"\n\nWhite-box {kind.upper()}{steps} at eps = {eps255:g}/255 on each "
+                                        "model's own prediction.")
 
 
-def downloads(result, index):
+def downloads(sess, k):
     """CAM PNGs, raw .npy and the JSON report of the chosen k, in a fresh folder of the app's own temp dir."""
-    if result is None:
-        raise gr.Error("Upload an image first; the downloads hold its CAMs.")
-    index = int(index)
+    if sess is None or sess.result is None:
+        return gr.skip(), "⚠️ Upload an image first; the downloads hold its CAMs."
+    result = sess.result
+    index = _index(result, k)
     chosen, base = result.view(index)
     folder = Path(tempfile.mkdtemp(dir=DOWNLOADS))
     files = []
@@ -250,63 +413,49 @@ def downloads(result, index):
         np.save(files[-1], m.cam)
     files.append(folder / "report.json")
     files[-1].write_text(json.dumps(result.report(index), indent=2))
-    _prune(DOWNLOADS)
-    return [str(f) for f in files]
+    bound_storage()
+    return [str(f) for f in files], ""
 
 
 def model_card(fam_name):
-    """README.md, card.json as a table and plots/*.png of the family, or 'no card yet'."""
+    """The family's card rendered from card.json, and its plots (whole, not cropped)."""
     if not fam_name:
-        return "No model family found; see the README for training one.", None, None
+        return "No model family found; see the README for training one.", None
     try:
-        folder = STORE.folder(fam_name)  # a Hub family: its downloaded folder, card included
-    except InputError as e:
-        return str(e), None, None
-    readme, card, plots = folder / "README.md", folder / "card.json", sorted((folder / "plots").glob("*.png"))
-    text = card_text(readme) if readme.is_file() else f"No card yet for **{fam_name}**."
-    table = None
-    if card.is_file():
-        try:
-            data = json.loads(card.read_text())
-            table = _card_table(data)
-        except (json.JSONDecodeError, TypeError, AttributeError) as e:
-            text += f"\n\n(card.json could not be read: {e})"
-    return text, table, [(str(p), p.stem) for p in plots] or None
-
-
-def _card_table(data) -> list[list]:
-    """Rows of card.json: a list of dicts or {model: {metric: value}} (nested dicts are flattened)."""
-    rows = data if isinstance(data, list) else data.get("models", data)
-    if isinstance(rows, dict):
-        rows = [{"model": name, **(v if isinstance(v, dict) else {"value": v})} for name, v in rows.items()]
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    return [keys] + [[json.dumps(r.get(k)) if isinstance(r.get(k), (dict, list)) else r.get(k) for k in keys]
-                     for r in rows]
+        text, plots = render_card(STORE.folder(fam_name))  # a Hub family: its downloaded folder, card included
+    except (CardError, InputError) as e:
+        return f"⚠️ {e}", None
+    return text, [(np.asarray(Image.open(p).convert("RGB")), caption) for p, caption in plots] or None
 
 
 @gpu
 def api_explain(image: str | None, mask: str | None, k: float | None, method: str, fam_name: str):
     """API: overlays (Top-GAP at k, baseline) and the JSON report {family, k, models: {name: {...}}}."""
     if not image:
-        raise gr.Error("Send an image file.")
-    fam = family(fam_name or DEFAULT)
+        raise user_error("Send an image file as the first value (image).")
     try:
-        k = fam.ks[len(fam.ks) // 2] if k is None else int(k)
+        fam = family(fam_name or DEFAULT)
+        k = fam.nearest_k(None) if k is None else int(k)
         if k not in fam.ks:
             raise InputError(f"k = {k} was not trained in family {fam.name!r}; choose one of {fam.ks}")
-        result = explain_all(fam, image, mask=mask or None, method=method or "gradcam")
-        index = result.index_of(k)
+        result = explain_all(fam, image, method=method or "gradcam")
     except USER_ERRORS as e:
-        raise gr.Error(str(e)) from None
+        raise user_error(f"image: {e}") from None
+    if mask:
+        try:
+            result = result.with_mask(mask)
+        except USER_ERRORS as e:
+            raise user_error(f"mask (the second value): {e}") from None
+    index = result.index_of(k)
     chosen, base = result.view(index)
-    _prune(IMAGES)
+    bound_storage()
     return png(chosen.overlay), png(base.overlay) if base else None, result.report(index)
 
 
 # ---- layout ----
 
 def _first_family() -> Family | None:
-    """The default family when it is local (loaded now, so the slider starts with its k); Hub families load later."""
+    """The default family when it is local (loaded now, so the k control starts with its k); Hub families later."""
     if not DEFAULT or DEFAULT in STORE.remote:
         return None
     try:
@@ -316,59 +465,112 @@ def _first_family() -> Family | None:
         return None
 
 
-def _examples() -> list[list[str | None]]:
+def caption(name: str) -> str:
+    """An example's caption from its file name: 'usual-background-circle' -> 'circle, usual background'."""
+    words = name.split("-")
+    if len(words) == 3 and words[1] == "background":
+        return f"{words[2]}, {words[0]} background"
+    return {"misclassified-by-baseline": "misclassified by the baseline",
+            "baseline-least-sure": "the baseline's least sure image"}.get(name, name.replace("-", " "))
+
+
+def _examples() -> tuple[list[list[str | None]], list[str]]:
     images = sorted((ASSETS / "images").glob("*.png")) if (ASSETS / "images").is_dir() else []
-    return [[str(p), str(ASSETS / "masks" / p.name) if (ASSETS / "masks" / p.name).is_file() else None]
+    rows = [[str(p), str(ASSETS / "masks" / p.name) if (ASSETS / "masks" / p.name).is_file() else None]
             for p in images]
+    return rows, [caption(p.stem) for p in images]
 
 
-with gr.Blocks(title="Top-GAP explorer", delete_cache=(3600, 3600)) as demo:
+class ExplorerBlocks(gr.Blocks):
+    """gr.Blocks whose API calls with too few values get a message naming the missing ones (gradio raises a
+    plain ValueError there, which reaches REST clients as {"error": null})."""
+
+    def validate_inputs(self, block_fn, inputs):
+        if len(inputs) < len(block_fn.inputs):
+            names = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs]
+            raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(names)} values ({', '.join(names)}); "
+                             f"got {len(inputs)}. Send all of them, null for the optional ones.")
+        super().validate_inputs(block_fn, inputs)
+
+
+CSS = """
+#metrics table, .card table {display: block; overflow-x: auto; max-width: 100%}
+#metrics td, #metrics th, .card td, .card th {white-space: nowrap}
+.msg p {color: #b45309; margin: 0}
+@media (max-width: 640px) {
+  .gradio-container {padding: 4px !important}
+  #metrics table, .card table {font-size: 12px}
+}
+"""
+
+EXAMPLES, CAPTIONS = _examples()
+
+with ExplorerBlocks(title="Top-GAP explorer", delete_cache=(600, 3600)) as demo:
     gr.Markdown("# Top-GAP explorer\nThe model's own CAM (Top-GAP, min-max scaled) at each trained **k** against a "
                 "post-hoc CAM of the unmodified model. Same scaling and colour map for both.")
-    result_state = gr.State(None)
-    with gr.Row():
-        fam_dd = gr.Dropdown(FAMILIES, value=DEFAULT, label="Model family", elem_id="family")
-        method_dd = gr.Dropdown(list(METHODS), value="gradcam", label="Baseline CAM method", elem_id="method")
+    sess_state = gr.State(None)
     first = _first_family()
-    k_slider = gr.Slider(0, max(len(first.ks) - 1, 1) if first else 1, value=0, step=1,
-                         label=first.k_label(0) if first else "k", elem_id="k")
+    with gr.Row():
+        fam_dd = gr.Dropdown(FAMILIES, value=DEFAULT, label="Model family", elem_id="family", min_width=300)
+        method_dd = gr.Dropdown(list(METHODS), value="gradcam", label="Baseline CAM method", elem_id="method",
+                                min_width=300)
+    family_msg = gr.Markdown(elem_id="family_msg", elem_classes="msg")
+    k0 = first.nearest_k(None) if first else None
+    mask_in = lenient(gr.Image(type="filepath", image_mode=None, elem_id="mask_upload", format="png", render=False,
+                               label="Upload a mask (0/255, 0/1, palette, trimap)", height=260))
+    k_radio = gr.Radio(list(first.ks) if first else [], value=k0, label="k (trained values of this family)",
+                       info=k_info(k0, first.cam_size) if first else None, elem_id="k")
     with gr.Tab("Explain"):
         with gr.Row():
-            image_in = checked(gr.Image(type="pil", image_mode=None, label="Image", elem_id="image", format="png"))
-            mask_in = checked(gr.Image(type="pil", image_mode=None, label="Mask (upload: 0/255, 0/1, palette, trimap)",
-                                       elem_id="mask_upload", format="png"))
-            draw_in = gr.ImageMask(label="…or draw the object", type="numpy", sources=(), transforms=(),
-                                   layers=False, elem_id="mask", format="png",
-                                   brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
-        if _examples():
-            gr.Examples(_examples(), inputs=[image_in, mask_in], cache_examples=False, label="Examples",
-                        examples_per_page=5)
-        with gr.Row():
-            with gr.Column():
-                topgap_img = gr.Image(label="Top-GAP CAM (own)", format="png", interactive=False, elem_id="topgap_cam")
-                topgap_lbl = gr.Label(num_top_classes=3, label="Top-GAP prediction")
-            with gr.Column():
-                base_img = gr.Image(label="Baseline CAM", format="png", interactive=False, elem_id="baseline_cam")
-                base_lbl = gr.Label(num_top_classes=3, label="Baseline prediction")
-        metrics_md = gr.Markdown("Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
+            with gr.Column(min_width=300):
+                image_in = lenient(gr.Image(type="filepath", image_mode=None, label="Image", elem_id="image",
+                                            format="png", height=320))
+                image_msg = gr.Markdown(elem_id="image_msg", elem_classes="msg")
+                if EXAMPLES:
+                    gr.Examples(EXAMPLES, [image_in, mask_in], example_labels=CAPTIONS, cache_examples=False,
+                                label="Examples from the synthetic-shapes data (each with its mask)",
+                                examples_per_page=10)
+            with gr.Column(min_width=300, scale=2):
+                hint_md = gr.Markdown(elem_id="hint")
+                with gr.Row():
+                    with gr.Column(min_width=180):
+                        topgap_img = gr.Image(label="Top-GAP CAM (own)", format="png", interactive=False,
+                                              elem_id="topgap_cam", height=300)
+                        topgap_lbl = gr.Label(num_top_classes=3, label="Top-GAP prediction")
+                    with gr.Column(min_width=180):
+                        base_img = gr.Image(label="Baseline CAM", format="png", interactive=False,
+                                            elem_id="baseline_cam", height=300)
+                        base_lbl = gr.Label(num_top_classes=3, label="Baseline prediction")
+                metrics_md = gr.Markdown("Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
+        with gr.Accordion("Mask: IOU and mass on the object (optional; belongs to the image above)", open=True):
+            with gr.Row():
+                mask_in.render()
+                draw_in = gr.ImageMask(label="…or draw the object on the image", type="numpy", sources=(),
+                                       transforms=(), layers=False, elem_id="mask", format="png", height=260,
+                                       brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
+                mask_view = gr.Image(label="Mask in use (green: object, yellow: left out)", format="png",
+                                     interactive=False, elem_id="mask_view", height=260)
+            mask_msg = gr.Markdown(elem_id="mask_msg", elem_classes="msg")
         with gr.Row():
             dl_btn = gr.Button("Prepare downloads (CAM PNG, .npy, JSON)")
-            dl_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-    with gr.Tab("Bias inspection"):
+            dl_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+        dl_msg = gr.Markdown(elem_classes="msg")
+    with gr.Tab("Bias"):
         bias_table = gr.Dataframe(headers=["model", "k", "k/(h*w)", "prediction", "prob", "IOU", "l1", "mass"],
                                   interactive=False, label="All k and the baseline on this image")
-        bias_plot = gr.Plot(label="Figures against k/(h*w)")
-    with gr.Tab("Robustness"):
+        bias_plot = gr.Plot(label="Figures against k (k/(h*w)); the selected k is the grey line", elem_id="bias_plot")
+    with gr.Tab("Attack"):
         with gr.Row():
             attack_kind = gr.Radio(list(ATTACKS), value="fgsm", label="Attack")
             eps = gr.Slider(1, 16, value=1, step=1, label="eps (x/255)")
             attack_btn = gr.Button("Attack this image", variant="primary")
-        attack_gallery = gr.Gallery(label="Before / after", columns=4, format="png")
-        attack_md = gr.Markdown()
-    with gr.Tab("Model card"):
-        card_md = gr.Markdown()
-        card_table = gr.Dataframe(label="card.json", interactive=False)
-        card_plots = gr.Gallery(label="Plots", columns=3)
+        attack_gallery = gr.Gallery(label="Before / after", columns=2, format="png", object_fit="contain",
+                                    height="auto", elem_id="attack_gallery")
+        attack_md = gr.Markdown(elem_id="attack_md")
+    with gr.Tab("Card"):
+        card_md = gr.Markdown(elem_id="card", elem_classes="card")
+        card_plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, object_fit="contain", height="auto",
+                                format="png", elem_id="card_plots")
     with gr.Row(visible=False):  # the documented /explain API endpoint
         api_image = gr.File(label="image", type="filepath", file_types=["image"])
         api_mask = gr.File(label="mask (optional)", type="filepath", file_types=["image"])
@@ -380,27 +582,35 @@ with gr.Blocks(title="Top-GAP explorer", delete_cache=(3600, 3600)) as demo:
         api_report = gr.JSON(label="report")
         api_btn = gr.Button("explain")
 
-    views = [topgap_img, topgap_lbl, base_img, base_lbl, metrics_md]
+    views = [topgap_img, topgap_lbl, base_img, base_lbl, metrics_md, hint_md]
     bias = [bias_table, bias_plot]
     private = dict(api_visibility="undocumented")
-    model_event = dict(concurrency_id=GROUP, concurrency_limit=1, **private)
-    analyse_io = dict(fn=analyse, inputs=[fam_dd, image_in, mask_in, draw_in, method_dd, k_slider],
-                      outputs=[result_state, k_slider, *views, *bias, draw_in], **model_event)
-    gr.on([image_in.change, fam_dd.change, method_dd.change], **analyse_io)
-    gr.on([mask_in.change, draw_in.change], remask, [result_state, mask_in, draw_in, k_slider],
-          [result_state, *views, *bias], trigger_mode="always_last", **private)
-    k_slider.change(switch_k, [result_state, k_slider], [k_slider, *views], **private)
-    dl_btn.click(downloads, [result_state, k_slider], dl_files, **private)
-    attack_btn.click(robustness, [fam_dd, result_state, k_slider, attack_kind, eps], [attack_gallery, attack_md],
-                     **model_event)
-    gr.on([demo.load, fam_dd.change], model_card, fam_dd, [card_md, card_table, card_plots], **private)
+    update_inputs = [fam_dd, image_in, mask_in, draw_in, method_dd, k_radio, sess_state]
+    update_outputs = [sess_state, k_radio, family_msg, image_msg, mask_msg, mask_view, *views, *bias, draw_in]
+    gr.on([image_in.change, mask_in.change, draw_in.change, fam_dd.change, method_dd.change], update, update_inputs,
+          update_outputs, trigger_mode="always_last", concurrency_id=GROUP, concurrency_limit=1, **private)
+    # a new upload makes the mask box empty in the page itself: an output to mask_in would make gradio rebuild
+    # the component per session without lenient()'s preprocess
+    image_in.upload(None, None, mask_in, js="() => null", queue=False, **private)
+    k_radio.change(switch_k, [sess_state, k_radio], [k_radio, *views], **private).then(
+        bias_for_k, [sess_state, k_radio], bias_plot, **private)
+    dl_btn.click(downloads, [sess_state, k_radio], [dl_files, dl_msg], **private)
+    attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps], [attack_gallery, attack_md],
+                     concurrency_id=GROUP, concurrency_limit=1, **private)
+    gr.on([demo.load, fam_dd.change], model_card, fam_dd, [card_md, card_plots], **private)
     api_btn.click(api_explain, [api_image, api_mask, api_k, api_method, api_family], [api_topgap, api_base, api_report],
                   api_name="explain", api_visibility="public", concurrency_id=GROUP, concurrency_limit=1)
 
 demo.queue(max_size=64, default_concurrency_limit=1)
 
+
+def _stop(*_):
+    sys.exit(0)  # runs atexit: WORK (uploads, cache, images, downloads) is removed
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    signal.signal(signal.SIGTERM, _stop)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                max_file_size="10mb", allowed_paths=[], share=False)
+                max_file_size="10mb", allowed_paths=[], share=False, css=CSS)

@@ -1,7 +1,8 @@
-"""App performance: cold start, upload to all-k results, slider change, Top-GAP CAM vs GradCAM, peak memory.
+"""App performance: cold start, upload to all-k results, k change, Top-GAP CAM vs GradCAM, memory.
 
-Goals (issue 5): cold start <= 15 s; upload to all k <= 1.0 s (default zoo, 2 cores); slider <= 100 ms;
-Top-GAP CAM / GradCAM on the baseline <= 0.5; peak RSS <= 2 GB. Medians in one run, printed as JSON:
+Goals (issues 5 and 12): cold start <= 10 s; upload to all k <= 1.0 s (default zoo, 2 cores); k change <= 50 ms
+server time; Top-GAP CAM / GradCAM on the baseline <= 0.5; RSS <= 1.5 GB after visiting every family (every view:
+explain with a mask, bias plot, attack, downloads, card). Medians in one run, printed as JSON:
 
     python bench/app.py [--family models/synth] [--repeats 7]
 
@@ -22,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -71,20 +73,35 @@ def main() -> None:
 
     out = {"family": str(args.family), "threads": torch.get_num_threads(),
            "cold_start_s": round(cold_start(args.family.parent, args.family.name), 3)}
+    import psutil
+
     import app  # noqa: E402  (after TOPGAP_MODELS is set)
 
     fam = app.STORE.get(args.family.name)
     image = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
     out["upload_to_all_k_s"] = round(median_time(lambda: explain_all(fam, image), args.repeats), 4)
-    result = app.analyse(fam.name, image, None, None, "gradcam", 0)[0]
-    indices = iter(range(10 ** 6))
-    out["slider_change_s"] = round(median_time(lambda: app.switch_k(result, next(indices) % len(fam.ks)),
-                                               args.repeats * 3), 4)
+    folder = Path(tempfile.mkdtemp())
+    Image.fromarray(image).save(folder / "image.png")
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[100:300, 200:400] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    sess = app.update(fam.name, str(folder / "image.png"), None, None, "gradcam", fam.ks[0], None)[0]
+    ks = iter(fam.ks * 10 ** 5)
+    out["k_change_s"] = round(median_time(lambda: app.switch_k(sess, next(ks)), args.repeats * 3), 4)
+    out["bias_plot_after_k_change_s"] = round(median_time(lambda: app.bias_for_k(sess, next(ks)), args.repeats), 4)
+    for name in app.FAMILIES:  # every family, every view
+        s = app.update(name, str(folder / "image.png"), str(folder / "mask.png"), None, "gradcam", 16, None)[0]
+        app.switch_k(s, s.result.ks[-1])
+        app.bias_for_k(s, s.result.ks[-1])
+        app.robustness(name, s, s.result.ks[0], "pgd", 2)
+        app.downloads(s, s.result.ks[0])
+        app.model_card(name)
+    out["rss_after_every_family_and_view_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
     name, model, cfg = fam.topgap[-1]
-    x = fam.norms[name](result.x01)
+    x = fam.norms[name](sess.result.x01)
     ours = median_time(lambda: topgap_cam(model, x, size=fam.input_size), args.repeats)
     bname, bmodel, _ = fam.baseline
-    xb = fam.norms[bname](result.x01)
+    xb = fam.norms[bname](sess.result.x01)
     theirs = median_time(lambda: baseline_cam(bmodel, xb, method="gradcam", size=fam.input_size), args.repeats)
     out.update(topgap_cam_s=round(ours, 4), gradcam_baseline_s=round(theirs, 4), cam_ratio=round(ours / theirs, 3))
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,6 +1,8 @@
-"""A tiny random-weight model family (Top-GAP k=4, 16, 64 and a baseline) for the app's tests."""
+"""Tiny random-weight model families (Top-GAP k=4, 16, 64 and a baseline by default) and a served app for the
+app's tests."""
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,11 +19,16 @@ CLASSES = ["circle", "square", "triangle", "star"]
 KS = (4, 16, 64)
 
 
-def make_family(root: Path, name: str = "fam") -> Path:
-    """Write the family to root/name and return that folder."""
+def make_family(root: Path, name: str = "fam", ks: tuple[int, ...] = KS, card: bool = False) -> Path:
+    """Write the family to root/name and return that folder; card=True copies the bundled synthetic-shapes card
+    (card.json as `topgap card` writes it, and its plots)."""
     torch.manual_seed(0)
     folder = Path(root) / name
-    for k in KS:
+    if card:
+        src = ROOT / "models" / "synthetic-shapes"
+        shutil.copytree(src / "plots", folder / "plots")
+        shutil.copyfile(src / "card.json", folder / "card.json")
+    for k in ks:
         cfg = ModelConfig("resnet18", CLASSES, k=k, fpn_channels=16, input_size=(64, 64))
         save_model(build_model(cfg), cfg, folder / f"k{k}")
     cfg = ModelConfig("resnet18", CLASSES, kind="baseline", k=None, input_size=(64, 64))
@@ -30,16 +37,23 @@ def make_family(root: Path, name: str = "fam") -> Path:
 
 
 @contextlib.contextmanager
-def served_app(models: Path, timeout: float = 120):
-    """`python app.py` in a subprocess on a free port, serving `models`; yields (process, url), stops it after."""
+def served_app(models: Path, timeout: float = 120, workdir: Path | None = None):
+    """`python app.py` in a subprocess on a free port, serving `models`; yields (process, url), stops it after.
+
+    With `workdir`, the app's temp folders go under workdir/tmp and its log (stdout and stderr) to workdir/app.log.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "TOPGAP_MODELS": str(models), "GRADIO_SERVER_PORT": str(port),
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False",
            "MALLOC_ARENA_MAX": "2"}  # as in the Dockerfile: glibc would add an arena per worker thread
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = subprocess.DEVNULL
+    if workdir is not None:
+        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(workdir / "tmp")
+        log = open(workdir / "app.log", "wb")  # noqa: SIM115  (closed below)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout
@@ -57,3 +71,5 @@ def served_app(models: Path, timeout: float = 120):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if workdir is not None:
+            log.close()

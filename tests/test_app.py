@@ -1,9 +1,13 @@
-"""The launched app through gradio_client (/explain, errors, load), plus the Space front matter and the Dockerfile."""
+"""The launched app through gradio_client and REST (/explain, errors, load, temp storage, logs), its handlers
+called directly, plus the Space front matter and the Dockerfile."""
 import importlib
+import json
 import os
 import re
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +43,19 @@ def app_module(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python app.py` in a subprocess (its own memory to measure) on a free port; yields (process, url)."""
-    models = tmp_path_factory.mktemp("served_models")
-    make_family(models, "fam")
-    with served_app(models) as (proc, url):
-        yield psutil.Process(proc.pid), url
+def served(tmp_path_factory):
+    """`python app.py` in a subprocess (its own memory to measure, its temp dir and log under `work`) on a free
+    port; yields (process, url, work). Checks after stopping it that its temp folders are gone."""
+    work = tmp_path_factory.mktemp("served")
+    make_family(work / "models", "fam")
+    with served_app(work / "models", workdir=work) as (proc, url):
+        yield psutil.Process(proc.pid), url, work
+    assert not list((work / "tmp").glob("topgap-app-*")), "the app's work folder outlived the process"
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[:2]
 
 
 @pytest.fixture(scope="module")
@@ -94,27 +105,108 @@ def test_broken_file_errors_and_app_keeps_serving(client, files):
     assert report["k"] == KS[0]
 
 
-def test_checked_image_turns_decode_failures_into_gr_error(app_module, files):
-    from gradio.data_classes import FileData
+def test_api_mask_errors_name_the_mask(client, files):
+    with pytest.raises(AppError, match=r"^mask \(the second value\): .*not an image"):
+        client.predict(handle_file(files / "image.png"), handle_file(files / "broken.png"), KS[0], "gradcam", "fam",
+                       api_name="/explain")
 
-    with pytest.raises(gr.Error, match="not a readable image"):
-        app_module.checked(gr.Image(type="pil", image_mode=None)).preprocess(FileData(path=str(files / "broken.png")))
+
+def _rest(url: str, data: list) -> str:
+    """POST /gradio_api/call/explain, then read the event stream; returns its text."""
+    req = urllib.request.Request(url + "gradio_api/call/explain", json.dumps({"data": data}).encode(),
+                                 {"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
+    return urllib.request.urlopen(f"{url}gradio_api/call/explain/{event}", timeout=60).read().decode()
 
 
-def test_slider_handler_reads_state_only(app_module, files, monkeypatch):
+def test_rest_with_missing_values_says_which(server, files):
+    text = _rest(server[1], [])
+    assert "event: error" in text and "takes 5 values" in text and "got 0" in text, text
+    assert "mask (optional)" in text
+
+
+def test_user_errors_logged_without_traceback(served, client, files):
+    with pytest.raises(AppError):
+        client.predict(handle_file(files / "broken.png"), None, KS[0], "gradcam", "fam", api_name="/explain")
+    _rest(served[1], [None])
+    time.sleep(1)
+    log = (served[2] / "app.log").read_text()
+    assert "user error: image:" in log and "user error: /explain takes 5 values" in log
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_uploads_and_outputs_inside_the_work_folder(served, client, files):
+    client.predict(handle_file(files / "image.png"), None, KS[0], "gradcam", "fam", api_name="/explain")
+    work = next((served[2] / "tmp").glob("topgap-app-*"))
+    assert list((work / "gradio").rglob("image.png")), "gradio's uploads are not in the app's work folder"
+
+
+def test_bound_storage_deletes_oldest_beyond_the_limit(app_module, tmp_path):
+    now = time.time()
+    for i, size in enumerate([100, 100, 100, 0]):  # oldest first; the empty file goes too
+        f = tmp_path / f"f{i}"
+        f.write_bytes(b"x" * size)
+        os.utime(f, (now - 1000 + i, now - 1000 + i))
+    (tmp_path / "new").write_bytes(b"x" * 100)  # younger than min_age_s: kept even over the limit
+    left = app_module.bound_storage(tmp_path, max_bytes=250, min_age_s=60, every_s=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f2", "new"] and left == 200
+
+
+def _image_session(app_module, files, k=KS[1], mask=None):
+    out = app_module.update("fam", str(files / "image.png"), mask, None, "gradcam", k, None)
+    return out
+
+
+def test_k_control_lists_trained_k_and_switches_without_models(app_module, files, monkeypatch):
     import topgap.explorer.explain as ex
 
-    result = app_module.analyse("fam", Image.open(files / "image.png"), None, None, "gradcam", 0)[0]
-    monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the slider must not run a model"))
-    monkeypatch.setattr(ex, "baseline_cam", lambda *a, **k: pytest.fail("the slider must not run a model"))
-    for i in range(len(KS)):
-        slider, top, labels, *_ = app_module.switch_k(result, i)
-        assert str(KS[i]) in slider["label"] and (np.asarray(Image.open(top)) == result.topgap[i].overlay).all()
-    remasked = app_module.remask(result, Image.open(files / "mask.png"), None, 1)[0]
-    assert remasked.has_mask
-    paths = app_module.downloads(remasked, 1)
-    assert {Path(p).suffix for p in paths} == {".png", ".npy", ".json"}
+    out = _image_session(app_module, files, k=999)  # any k: the nearest trained one is used
+    sess, radio = out[0], out[1]
+    assert radio["choices"] == list(KS) and radio["value"] == KS[-1] and f"k = {KS[-1]}:" in radio["info"]
+    monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the k control must not run a model"))
+    monkeypatch.setattr(ex, "baseline_cam", lambda *a, **k: pytest.fail("the k control must not run a model"))
+    for i, k in enumerate(KS):
+        info, top, labels, *_ = app_module.switch_k(sess, k)
+        assert f"k = {k}:" in info["info"] and (np.asarray(Image.open(top)) == sess.result.topgap[i].overlay).all()
+    paths, msg = app_module.downloads(sess, KS[1])
+    assert {Path(p).suffix for p in paths} == {".png", ".npy", ".json"} and msg == ""
     assert all(Path(p).is_relative_to(app_module.DOWNLOADS) for p in paths)
+    assert json.loads(Path(paths[-1]).read_text())["k"] == KS[1]
+
+
+def test_mask_kept_for_its_image_cleared_for_a_new_one(app_module, files, tmp_path):
+    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+    assert sess.result.has_mask and sess.mask_source == "uploaded mask"
+    out = app_module.update("fam", str(files / "image.png"), str(files / "mask.png"), None, "gradcam++", KS[1], sess)
+    assert out[0].result.has_mask and out[0].result.method == "gradcam++"  # method change keeps the mask
+    other = tmp_path / "other.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(other)
+    out = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
+    assert not out[0].result.has_mask and "previous image's mask was cleared" in out[4]
+    assert "Upload or draw a mask" in out[10]
+
+
+def test_bad_image_keeps_the_results_and_says_so(app_module, files):
+    sess = _image_session(app_module, files)[0]
+    out = app_module.update("fam", str(files / "broken.png"), None, None, "gradcam", KS[1], sess)
+    assert "Still showing the previous image's results" in out[3]
+    assert out[0].result is sess.result and out[6] == gr.skip()  # the shown CAM is not replaced
+
+
+def test_bias_plot_marks_k_and_labels_do_not_overlap(app_module, files):
+    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+    _, fig = app_module.bias_view(sess, KS[1])
+    ax = fig.axes[0]
+    assert any(line.get_label() == f"selected k = {KS[1]}" for line in ax.get_lines())
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text()]
+    assert len(boxes) == len(KS)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), "x labels overlap"
+
+
+def test_model_card_rendered_from_card_json(app_module):
+    text, plots = app_module.model_card("fam")
+    assert "No model card yet for **fam**" in text and plots is None
 
 
 def test_eight_clients_memory_flat(server, files):

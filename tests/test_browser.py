@@ -1,6 +1,8 @@
-"""End to end in Debian's Chromium (Playwright): upload, overlays, k slider, mask upload + IOU, drawing, error toast.
+"""End to end in Debian's Chromium (Playwright), as a new user meets the app (issue 12): the k control across
+families, a mask tied to its image, errors next to their input, the model card, a phone layout.
 
 Needs `pip install playwright` and `apt-get install -y chromium` (never `playwright install`); skips otherwise.
+One served app and one browser for the module.
 """
 from pathlib import Path
 
@@ -13,74 +15,176 @@ from appfamily import KS, make_family, served_app
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"
+KS2 = (8, 32)  # a second family with fewer k: an index-based control would go out of range
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the PyPI package)")
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium", allow_module_level=True)
+expect = sync_api.expect
+LONG = 60_000
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
-    make_family(models, "fam")
+    make_family(models, "fam", card=True)
+    make_family(models, "fam2", ks=KS2)
     with served_app(models) as (_, address):
         yield address
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, url, request):
+    phone = "phone" in request.node.name
+    pg = browser.new_page(viewport={"width": 390, "height": 844} if phone else {"width": 1440, "height": 900},
+                          is_mobile=phone, has_touch=phone)
+    pg.goto(url)
+    expect(pg.locator("#k")).to_contain_text(str(KS[1]), timeout=LONG)
+    yield pg
+    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    pg.close()
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("files")
     rng = np.random.default_rng(0)
-    Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8)).save(d / "image.png")
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8)).save(d / f"{name}.png")
     mask = np.zeros((96, 96), np.uint8)
     mask[20:70, 30:80] = 255
     Image.fromarray(mask).save(d / "mask.png")
+    trimap = np.full((96, 96), 2, np.uint8)  # Oxford trimap: 1 object, 2 background, 3 boundary
+    trimap[30:60, 30:60], trimap[28:30, 28:62] = 1, 3
+    Image.fromarray(trimap).save(d / "trimap.png")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n definitely not a png")
     return d
 
 
-def test_browser_flow(url, files):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        try:
-            page.goto(url)
-            expect = sync_api.expect
-            page.locator("#image input[type=file]").set_input_files(str(files / "image.png"))
-            expect(page.locator("#topgap_cam img")).to_be_visible(timeout=60_000)
-            expect(page.locator("#baseline_cam img")).to_be_visible(timeout=60_000)
-            expect(page.locator("#metrics")).to_contain_text("Upload or draw a mask", timeout=30_000)
+def upload(page, elem: str, path: Path):
+    page.locator(f"#{elem} input[type=file]").set_input_files(str(path))
 
-            before = page.locator("#topgap_cam img").get_attribute("src")
-            slider = page.locator("#k input[type=range]")
-            slider.fill(str(len(KS) - 1))
-            expect(page.locator("#metrics")).to_contain_text(f"k{KS[-1]}", timeout=30_000)
-            expect(page.locator("#k")).to_contain_text(f"k = {KS[-1]}")
-            assert page.locator("#topgap_cam img").get_attribute("src") != before
 
-            page.locator("#mask_upload input[type=file]").set_input_files(str(files / "mask.png"))
-            expect(page.locator("#metrics")).not_to_contain_text("Upload or draw a mask", timeout=30_000)
-            iou = page.locator("#metrics table tbody tr").first.locator("td").nth(3).inner_text()
-            assert 0 < float(iou) <= 1
+def pick_family(page, name: str):
+    page.locator("#family input").click()
+    page.get_by_role("option", name=name, exact=True).click()
 
-            canvas = page.locator("#mask canvas").first
-            expect(canvas).to_be_visible(timeout=30_000)
-            page.wait_for_timeout(1500)  # the background image is drawn into the editor
-            box = canvas.bounding_box()
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(cx - 40, cy - 40)
-            page.mouse.down()
-            for dx in range(-40, 41, 10):
-                page.mouse.move(cx + dx, cy + dx / 2, steps=3)
-            page.mouse.up()
-            expect(page.locator("#metrics")).to_contain_text("using the drawn mask", timeout=30_000)
 
-            page.locator("#image button[aria-label='Clear']").first.click() if page.locator(
-                "#image button[aria-label='Clear']").count() else None
-            page.locator("#image input[type=file]").set_input_files(str(files / "broken.png"))
-            expect(page.get_by_text("not a readable image").first).to_be_visible(timeout=30_000)
-        finally:
-            page.screenshot(path=str(ARTIFACTS / "browser_flow.png"), full_page=True)
-            browser.close()
+def no_error_badges(page):
+    page.wait_for_timeout(500)
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    assert page.get_by_text("Error", exact=True).count() == 0
+
+
+def test_k_control_speaks_k_across_families(page, files):
+    upload(page, "image", files / "a.png")
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS[1]}", timeout=LONG)
+    page.locator("#k").get_by_text(str(KS[-1]), exact=True).click()  # the largest k of fam (index 2)
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS[-1]}", timeout=LONG)
+    expect(page.locator("#k")).to_contain_text(f"k = {KS[-1]}:")
+    pick_family(page, "fam2")  # has only 2 k: the nearest trained k (32 for 64) is selected
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS2[-1]}", timeout=LONG)
+    assert page.locator("#k input[type=radio]").count() == len(KS2)
+    expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS2[-1]))
+    upload(page, "image", files / "b.png")  # every later action still works
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS2[-1]}", timeout=LONG)
+    page.get_by_role("button", name="Prepare downloads").click()
+    expect(page.locator("#downloads")).to_contain_text("report", timeout=LONG)
+    no_error_badges(page)
+
+
+def test_mask_belongs_to_its_image(page, files):
+    upload(page, "image", files / "a.png")
+    expect(page.locator("#metrics")).to_contain_text("Upload or draw a mask", timeout=LONG)
+    upload(page, "mask_upload", files / "mask.png")
+    expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
+    expect(page.locator("#mask_view img")).to_be_visible()
+    page.locator("#method input").click()
+    page.get_by_role("option", name="gradcam++", exact=True).click()  # kept across a method change
+    expect(page.locator("#metrics")).to_contain_text("baseline (gradcam++)", timeout=LONG)
+    expect(page.locator("#metrics")).to_contain_text("uploaded mask")
+    pick_family(page, "fam2")  # and across a family change (k 16 -> 8, the nearer trained k, smaller on ties)
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS2[0]}", timeout=LONG)
+    expect(page.locator("#metrics")).to_contain_text("uploaded mask")
+    upload(page, "image", files / "b.png")  # a new image: the old mask is not reused, and the user is told
+    expect(page.locator("#mask_msg")).to_contain_text("previous image's mask was cleared", timeout=LONG)
+    expect(page.locator("#metrics")).to_contain_text("Upload or draw a mask", timeout=LONG)
+    expect(page.locator("#mask_upload img")).to_have_count(0)
+    expect(page.locator("#mask_view img")).to_have_count(0)
+
+
+def test_errors_next_to_their_input_once_and_outputs_kept(page, files):
+    upload(page, "image", files / "a.png")
+    expect(page.locator("#topgap_cam img")).to_be_visible(timeout=LONG)
+    upload(page, "mask_upload", files / "mask.png")
+    expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
+    upload(page, "mask_upload", files / "broken.png")  # a bad mask: said by the mask, the old IOU goes
+    expect(page.locator("#mask_msg")).to_contain_text("mask could not be used", timeout=LONG)
+    expect(page.locator("#metrics")).to_contain_text("Upload or draw a mask")
+    upload(page, "image", files / "broken.png")  # a bad image: said once by the image, the CAMs stay
+    expect(page.locator("#image_msg")).to_contain_text("upload it again", timeout=LONG)
+    page.wait_for_timeout(1500)
+    assert page.get_by_text("Still showing the previous image").count() == 1  # once, not a toast per event
+    expect(page.locator("#topgap_cam img")).to_be_visible()
+    no_error_badges(page)
+
+
+def test_trimap_shown_visibly(page, files):
+    upload(page, "image", files / "a.png")
+    expect(page.locator("#topgap_cam img")).to_be_visible(timeout=LONG)
+    upload(page, "mask_upload", files / "trimap.png")
+    expect(page.locator("#metrics")).to_contain_text("trimap", timeout=LONG)
+    view = page.locator("#mask_view img")
+    expect(view).to_be_visible()
+    page.wait_for_function("document.querySelector('#mask_view img').naturalWidth > 0")
+    green = page.evaluate("""() => { const img = document.querySelector('#mask_view img');
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const p = g.getImageData(Math.round(c.width * 45 / 96), Math.round(c.height * 45 / 96), 1, 1).data;
+        return [p[0], p[1], p[2]]; }""")
+    assert green[1] > 110 and green[1] > green[0] + 30, green  # the object (value 1) is a visible green
+
+
+def test_model_card_from_schema_with_plots(page):
+    page.get_by_role("tab", name="Card").click()
+    card = page.locator("#card")
+    expect(card).to_contain_text("Synthetic shapes zoo", timeout=LONG)
+    expect(card.locator("table").first.locator("th").first).to_have_text("model")
+    assert "white-box" in card.locator("table").first.inner_text()
+    imgs = page.locator("#card_plots img")
+    expect(imgs.first).to_be_visible(timeout=LONG)
+    assert imgs.count() == 4
+    for i in range(4):
+        imgs.nth(i).scroll_into_view_if_needed()
+        page.wait_for_function(f"document.querySelectorAll('#card_plots img')[{i}].naturalWidth > 0")
+    fits = imgs.evaluate_all("els => els.map(e => getComputedStyle(e).objectFit)")
+    assert set(fits) == {"contain"}, fits
+    row = card.locator("table").first.locator("tbody tr").first  # one line per row, not wrapped letter by letter
+    assert row.bounding_box()["height"] < 60
+
+
+def test_phone_layout(page, files):
+    for tab in ("Explain", "Bias", "Attack", "Card"):
+        expect(page.get_by_role("tab", name=tab)).to_be_visible()
+    expect(page.get_by_text("circle, usual background")).to_be_visible()  # example captions
+    page.get_by_text("misclassified by the baseline").click()
+    expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"page scrolls sideways: {width} px"
+    ys = [page.locator(f"#{e}").bounding_box()["y"] for e in ("image", "topgap_cam", "baseline_cam", "metrics")]
+    assert ys == sorted(ys), ys  # image, maps and metrics in reading order
+    dd = page.locator("#family").bounding_box()
+    assert dd["width"] >= 300
+    cells = page.locator("#metrics td")
+    heights = {round(c.bounding_box()["height"]) for c in cells.all()}
+    assert max(heights) < 40, heights  # digits not wrapped

@@ -1,6 +1,8 @@
 """Decoding of unusual uploads, masks, and the compute-once / switch-only logic of topgap.explorer.explain."""
+import dataclasses
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +195,87 @@ def test_attack_view_fgsm_and_pgd(fam):
             assert m.overlay.shape == result.image.shape and m.label in fam.class_names
     with pytest.raises(InputError, match="eps"):
         attack_view(fam, result, 0, "fgsm", 0.0)
+
+
+# ---- what the explorer tells a user (issue 12) ----
+
+def test_animated_gif_says_first_frame_is_used(fam, tmp_path):
+    frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    result = explain_all(fam, str(tmp_path / "a.gif"))
+    assert any("3 frames: only the first frame" in n for n in result.notes)
+    assert result.image[0, 0].tolist() == [255, 0, 0]
+    assert not any("frames" in n for n in explain_all(fam, frames[0]).notes)
+
+
+def test_nearest_k_on_a_log_scale():
+    from topgap.explorer.explain import nearest_k
+
+    assert nearest_k([16, 64, 128, 256, 512], 4) == 16 and nearest_k([4, 8, 16], 64) == 16
+    assert nearest_k([8, 32], 16) == 8  # a tie (16/8 = 32/16) goes to the smaller k
+    assert nearest_k([4, 16, 64], None) == 16 and nearest_k([4, 16, 64], "64") == 64
+
+
+def test_trimap_drawn_visibly():
+    from topgap.explorer.explain import mask_overlay
+
+    image = np.full((4, 4, 3), 10, np.uint8)  # a dark photo: trimap values 1-3 would be invisible as grey
+    obj, ign = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    obj[0, 0], ign[1, 1] = True, True
+    out = mask_overlay(image, obj, ign)
+    assert out[0, 0].tolist() == [4, 114, 4]  # 0.45 * 10 + 0.55 * (0, 200, 0), truncated
+    assert out[1, 1].tolist() == [144, 125, 4] and out[3, 3].tolist() == [3, 3, 3]
+
+
+def test_family_hint_says_what_the_family_knows(fam):
+    from topgap.explorer.explain import LOW_PROBABILITY, family_hint
+
+    result = explain_all(fam, np.zeros((64, 64, 3), np.uint8))
+    text = family_hint(result, 0, fam.class_names, "shapes")
+    assert f"knows only 4 classes ({', '.join(fam.class_names)}), from shapes" in text
+    sure = dataclasses.replace(result, topgap=[dataclasses.replace(m, probability=0.99, label="star")
+                                               for m in result.topgap],
+                               baseline=dataclasses.replace(result.baseline, label="star"))
+    assert not family_hint(sure, 0, fam.class_names).startswith("⚠️")
+    unsure = dataclasses.replace(sure, topgap=[dataclasses.replace(m, probability=LOW_PROBABILITY - 0.01)
+                                               for m in sure.topgap])
+    assert "top probability is only 59%" in family_hint(unsure, 0, fam.class_names)
+    split = dataclasses.replace(sure, baseline=dataclasses.replace(sure.baseline, label="circle"))
+    assert "disagree (circle, star)" in family_hint(split, 0, fam.class_names)
+
+
+def test_card_rendered_from_its_schema(tmp_path):
+    """A card as topgap card writes it (tests/test_card.py builds one the same way) renders verdicts and tables."""
+    import json
+
+    from topgap.explorer.card_view import CardError, render_card
+
+    fam = tmp_path / "fam"
+    (fam / "plots").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(fam / "plots" / "iou.png")
+    model = {"kind": "topgap", "k": 4, "converged": True, "clean": {"accuracy": 0.9}, "iou": 0.472, "pxap": 0.61,
+             "mass_in_mask": 0.5, "l1": 0.1, "road": 0.02, "white_box_rate": None, "black_box_rate": None,
+             "shifts": {"test_shifted": {"accuracy": 0.8}}}
+    card = {"title": "Tiny zoo", "data": "Made up.", "commands": ["topgap train ..."], "hardware": "cpu",
+            "training": {"k4": {"kind": "topgap", "k": 4, "backbone": "regnetx_002", "input_size": [96, 96],
+                                "epochs": 10, "val_accuracy": 1.0, "train_seconds": 206.0}},
+            "verdicts": [{"model": "k4", "reference": "baseline", "metric": "iou", "diff": 0.2, "low": 0.1,
+                          "high": 0.3, "verdict": "better"}],
+            "evaluation": {"dataset": "d", "split": "test", "n_images": 10, "eps": 1 / 255, "postprocessing":
+                           "relu-minmax", "shifts": {"test_shifted": {}},
+                           "selection": {"split": "val", "by": {"iou": {"model": "k4", "value": 0.5}}},
+                           "models": {"k4": model, "k8": {**model, "k": 8, "converged": False}}},
+            "plots": ["plots/iou.png", "plots/missing.png", "../outside.png"]}
+    (fam / "card.json").write_text(json.dumps(card))
+    text, plots = render_card(fam)
+    assert text.startswith("## Tiny zoo") and "maps post-processed relu-minmax" in text
+    assert "| model | k | accuracy | test_shifted acc. | IOU | PxAP |" in text
+    assert "| k4 | 4 | 0.900 | 0.800 | 0.472 | 0.610 |" in text and "| k8 ⚠ not converged | 8 |" in text
+    assert "| k4 | topgap | 4 | regnetx_002 | 96x96 | 10 | 1.000 | 206 |" in text  # training.k4
+    assert "k chosen on the validation split: k4 by iou." in text
+    assert "- k4 − baseline, iou: +0.200 [+0.100, +0.300] → **better**" in text
+    assert [c for _, c in plots] == ["iou"] and all(p.is_file() for p, _ in plots)  # missing and outside: left out
+    (fam / "card.json").write_text("[1, 2]")
+    with pytest.raises(CardError, match="holds a list, not a card"):
+        render_card(fam)
+    assert render_card(tmp_path / "none")[0].startswith("No model card yet for **none**")

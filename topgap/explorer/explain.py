@@ -15,6 +15,7 @@ over it, then drawn with the same JET colour map and opacity.
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..cam import METHODS, baseline_cam, topgap_cam
@@ -32,7 +34,8 @@ from ..metrics import best_iou, l1_sparsity, mass_in_mask
 from ..model import Normalize
 
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
-           "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label"]
+           "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label", "k_info",
+           "mask_overlay", "family_hint", "LOW_PROBABILITY", "nearest_k"]
 
 DISPLAY_MAX = 512
 DISPLAY_MIN = 384  # smaller pictures are enlarged (nearest neighbour) for display; the model input is unchanged
@@ -45,6 +48,20 @@ def k_label(k: int, cam_size: tuple[int, int]) -> str:
     """Slider label: k and the share k/(h*w) of the class map it pools."""
     h, w = cam_size
     return f"k = {k}  (k/(h*w) = {k}/{h * w} = {k / (h * w):.2%} of the {h}x{w} class map)"
+
+
+def k_info(k: int, cam_size: tuple[int, int]) -> str:
+    """What k means for this family: the share of the class map that Top-GAP pools (paper, section 3)."""
+    h, w = cam_size
+    return f"k = {k}: the top {k} of the {h}x{w} = {h * w} cells of each class map are pooled ({k / (h * w):.2%})"
+
+
+def nearest_k(ks: list[int], k: int | float | str | None) -> int:
+    """The trained k closest to `k` on a log scale, the smaller on ties (the middle one for None): a family
+    switch keeps k's size instead of an index that may not exist there."""
+    if k is None or k == "":
+        return ks[len(ks) // 2]
+    return min(ks, key=lambda t: (abs(np.log(t) - np.log(max(float(k), 1e-9))), t))
 
 
 class Family:
@@ -70,6 +87,9 @@ class Family:
 
     def k_label(self, i: int) -> str:
         return k_label(self.ks[i], self.cam_size)
+
+    def nearest_k(self, k: int | float | None) -> int:
+        return nearest_k(self.ks, k)
 
     def warm_up(self, rounds: int = 3) -> None:
         """Run every model (and GradCAM on the baseline) a few times: CPU kernels are slow on their first calls,
@@ -102,6 +122,9 @@ def _display_size(h: int, w: int, input_size: tuple[int, int]) -> tuple[int, int
 def prepare(image, family: Family) -> Prepared:
     """Decode an upload and make the model input (see the module docstring for the geometry)."""
     rgb, notes = decode_image(image)
+    frames = _frames(image)
+    if frames > 1:
+        notes.append(f"animated image with {frames} frames: only the first frame is explained")
     h0, w0 = rgb.shape[:2]
     dh, dw = _display_size(h0, w0, family.input_size)
     if (dh, dw) != (h0, w0):
@@ -127,6 +150,19 @@ def prepare(image, family: Family) -> Prepared:
     small = cv2.resize(canvas, (iw, ih), interpolation=cv2.INTER_AREA if canvas.shape[0] >= ih else cv2.INTER_LINEAR)
     x01 = torch.from_numpy(small).permute(2, 0, 1)[None].float().div(255)
     return Prepared(rgb, x01, box, notes)
+
+
+def _frames(image) -> int:
+    """Number of frames of a path, bytes or PIL upload (1 for arrays and unreadable files)."""
+    if isinstance(image, Image.Image):
+        return getattr(image, "n_frames", 1)
+    if isinstance(image, (str, Path, bytes)):
+        try:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+                return getattr(img, "n_frames", 1)
+        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return 1
+    return 1
 
 
 def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
@@ -184,6 +220,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     mask_notes: list[str] = field(default_factory=list)
     has_mask: bool = False
+    mask: tuple[np.ndarray, np.ndarray] | None = None  # (object, ignore) at the shown size, when one was given
 
     def view(self, index: int) -> tuple[MapResult, MapResult | None]:
         """(Top-GAP result at the index-th k, baseline result): no computation."""
@@ -206,7 +243,8 @@ class Result:
         """
         maps = [dataclasses.replace(m, iou=None, threshold=None, mass=None) for m in self.topgap]
         base = dataclasses.replace(self.baseline, iou=None, threshold=None, mass=None) if self.baseline else None
-        out = dataclasses.replace(self, topgap=maps, baseline=base, mask_notes=list(notes or []), has_mask=False)
+        out = dataclasses.replace(self, topgap=maps, baseline=base, mask_notes=list(notes or []), has_mask=False,
+                                  mask=None)
         if mask is None:
             return out
         if isinstance(mask, np.ndarray) and mask.dtype == bool:
@@ -215,6 +253,7 @@ class Result:
             obj, ign, more = decode_mask(mask)
         obj, ign, fit_notes = fit_mask(obj, ign, self.image.shape[:2])
         out.mask_notes += more + fit_notes
+        out.mask = obj, ign
         valid = ~ign
         if not (obj & valid).any():
             out.mask_notes.append("the mask marks no object pixel, so IOU and mass are undefined; nonzero (or drawn) "
@@ -241,6 +280,36 @@ class Result:
                 "k_fraction": None if index is None else round(self.ks[index] / (h * w), 6),
                 "cam_size": [h, w], "method": self.method, "models": models,
                 "notes": self.notes + self.mask_notes}
+
+
+def mask_overlay(image: np.ndarray, obj: np.ndarray, ignore: np.ndarray) -> np.ndarray:
+    """The mask as a person can check it: object tinted green, left-out pixels (trimap boundary) yellow, the
+    background darkened; (H, W, 3) uint8 at the image's size."""
+    out = (image.astype(np.float32) * 0.35).astype(np.uint8)
+    for where, colour in ((obj & ~ignore, (0, 200, 0)), (ignore, (255, 220, 0))):
+        out[where] = (0.45 * image[where] + 0.55 * np.array(colour)).astype(np.uint8)
+    return out
+
+
+LOW_PROBABILITY = 0.6  # below this top probability the prediction is flagged as unsure
+
+
+def family_hint(result: Result, index: int, class_names: list[str], about: str | None = None) -> str:
+    """What the family knows, and a warning when its answer on this image looks unreliable: a top probability
+    under LOW_PROBABILITY or models of the family (every k and the baseline) disagreeing on the label."""
+    chosen, _ = result.view(index)
+    labels = {m.label for m in result.topgap + ([result.baseline] if result.baseline else [])}
+    knows = (f"**{result.family}** knows only {len(class_names)} classes ({', '.join(class_names)})"
+             + (f", from {about}" if about else "") + "; every image gets one of them.")
+    reasons = []
+    if chosen.probability < LOW_PROBABILITY:
+        reasons.append(f"the top probability is only {chosen.probability:.0%}")
+    if len(labels) > 1:
+        reasons.append(f"the family's models disagree ({', '.join(sorted(labels))})")
+    if not reasons:
+        return knows
+    return (f"⚠️ Check this answer: {' and '.join(reasons)}; the image may be unlike what **{result.family}** was "
+            "trained on. " + knows + " Pick the family that matches the image.")
 
 
 def _top(probs: torch.Tensor, names: list[str]) -> dict[str, float]:

@@ -1,0 +1,95 @@
+"""A family's model card for people, rendered from the card.json that ``topgap card`` writes (topgap.eval.card).
+
+Schema: {title, data, commands, hardware, training: {model: {kind, k, backbone, input_size, epochs,
+val_accuracy, train_seconds, recipe}}, verdicts: [{model, reference, metric, diff, low, high, verdict}],
+evaluation: {dataset, split, n_images, eps, postprocessing, attacks, selection, models: {model: {converged,
+clean: {accuracy}, shifts: {split: {accuracy}}, iou, pxap, mass_in_mask, l1, road, white_box_rate,
+black_box_rate}}}, plots: ["plots/x.png"]}.
+Missing keys show as "–"; the plots are returned as files of the family folder that exist.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["render_card", "CardError"]
+
+
+class CardError(ValueError):
+    """card.json exists but cannot be read as a card."""
+
+
+def _num(v, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def _get(d: dict | None, *path):
+    for key in path:
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _verdict(v: dict) -> str:
+    interval = (f"{v['diff']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
+                if all(isinstance(v.get(k), (int, float)) for k in ("diff", "low", "high")) else "–")
+    return (f"- {v.get('model', '?')} − {v.get('reference', 'baseline')}, {str(v.get('metric', '?')).replace('_', ' ')}: "
+            f"{interval} → **{v.get('verdict', '?')}**")
+
+
+def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
+    """(Markdown, [(plot file, caption)]) of the family in `folder`; README.md without images when there is no
+    card.json, and a 'no card yet' line when there is neither.
+
+    Raises:
+        CardError: card.json is not valid JSON or not an object.
+    """
+    folder = Path(folder)
+    card_file = folder / "card.json"
+    if not card_file.is_file():
+        return f"No model card yet for **{folder.name}**: run `topgap evaluate` then `topgap card` on it.", []
+    try:
+        card = json.loads(card_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CardError(f"{card_file} is not valid JSON ({e}); rewrite it with topgap card") from None
+    if not isinstance(card, dict):
+        raise CardError(f"{card_file} holds a {type(card).__name__}, not a card; rewrite it with topgap card")
+    ev = card.get("evaluation") or {}
+    parts = [f"## {card.get('title') or folder.name}", "", str(card.get("data") or "")]
+    if card.get("verdicts"):
+        chosen = (ev.get("selection") or {}).get("by") or {}
+        picked = ", ".join(f"{v.get('model')} by {c}" for c, v in chosen.items())
+        parts += ["", "### Top-GAP against the baseline (95% intervals; better/worse only when 0 is outside)", "",
+                  *([f"k chosen on the validation split: {picked}.", ""] if picked else []),
+                  *map(_verdict, card["verdicts"])]
+    models = ev.get("models") or {}
+    if models:
+        eps = ev.get("eps")
+        shifts = list(ev.get("shifts") or {})
+        parts += ["", f"### Evaluation on {ev.get('dataset', '?')} / {ev.get('split', '?')} "
+                      f"({ev.get('n_images', '?')} images" + (f", eps = {eps * 255:.0f}/255" if eps else "") +
+                      f", maps post-processed {ev.get('postprocessing', '?')})", "",
+                  _table(["model", "k", "accuracy", *(f"{s} acc." for s in shifts), "IOU", "PxAP", "mass on object",
+                          "l1", "ROAD", "white-box", "black-box"],
+                         [[n + ("" if m.get("converged") is not False else " ⚠ not converged"),
+                           str(m.get("k") if m.get("k") is not None else "–"), _num(_get(m, "clean", "accuracy")),
+                           *(_num(_get(m, "shifts", s, "accuracy")) for s in shifts), _num(m.get("iou")),
+                           _num(m.get("pxap")), _num(m.get("mass_in_mask")), _num(m.get("l1")), _num(m.get("road")),
+                           _num(m.get("white_box_rate")), _num(m.get("black_box_rate"))] for n, m in models.items()])]
+    training = card.get("training") or {}
+    if training:
+        parts += ["", "### Training", "", f"Hardware: {card.get('hardware') or '–'}.", "",
+                  _table(["model", "kind", "k", "backbone", "input", "epochs", "val acc.", "train s"],
+                         [[n, str(t.get("kind", "–")), str(t.get("k") if t.get("k") is not None else "–"),
+                           str(t.get("backbone", "–")), "x".join(map(str, t.get("input_size") or [])) or "–",
+                           str(t.get("epochs", "–")), _num(t.get("val_accuracy")), _num(t.get("train_seconds"), 0)]
+                          for n, t in training.items()])]
+    if card.get("commands"):
+        parts += ["", "### Reproduce", "", "```", *map(str, card["commands"]), "```"]
+    plots = [(folder / p, Path(p).stem.replace("_", " ")) for p in card.get("plots") or []
+             if isinstance(p, str) and (folder / p).resolve().is_relative_to(folder.resolve()) and (folder / p).is_file()]
+    return "\n".join(parts), plots
