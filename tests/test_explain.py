@@ -279,3 +279,35 @@ def test_card_rendered_from_its_schema(tmp_path):
     with pytest.raises(CardError, match="holds a list, not a card"):
         render_card(fam)
     assert render_card(tmp_path / "none")[0].startswith("No model card yet for **none**")
+
+
+def test_app_and_evaluate_give_the_same_l1_and_iou(fam):
+    """One image at the family's input size with its mask: the app's numbers are `topgap evaluate`'s."""
+    import torch
+
+    from topgap.eval.evaluate import evaluate_family
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((64, 64, 3)) * 120).astype(np.uint8)
+    img[20:44, 16:40] = 230
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 16:40] = 255
+    result = explain_all(fam, png(Image.fromarray(img)), mask=png(Image.fromarray(mask)))
+
+    class One(torch.utils.data.Dataset):
+        class_names = fam.class_names
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": torch.from_numpy(img).permute(2, 0, 1).float() / 255, "label": 0,
+                    "mask": torch.from_numpy((mask > 0).astype(np.uint8)), "has_mask": True}
+
+    models = {n: (m, c) for n, m, c in fam.topgap + [fam.baseline]}
+    ev = evaluate_family(models, One(), attacks=(), eps_curve=(), faithfulness_images=0, progress=False,
+                         bootstrap_samples=10)
+    for m in result.topgap + [result.baseline]:
+        assert m.l1 == pytest.approx(ev["models"][m.name]["l1"], abs=1e-6), m.name
+        assert m.iou == pytest.approx(ev["models"][m.name]["iou"], abs=1e-6), m.name
+        assert m.mass == pytest.approx(ev["models"][m.name]["mass_in_mask"], abs=1e-6), m.name

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..cam import METHODS, baseline_cam, topgap_cam
+from ..cam import METHODS, baseline_cam, cam_size, postprocess, topgap_cam
 from ..checkpoint import CheckpointError, load_family
 from ..config import ModelConfig
 from ..data.imageio import InputError, decode_image, decode_mask, fit_mask
@@ -82,7 +82,7 @@ class Family:
                                       "a family shares one dataset and input size")
         self.class_names, self.input_size = first.class_names, first.input_size
         self.ks = [c.k for _, _, c in self.topgap]
-        self.cam_size = tuple(s // self.topgap[0][1].reduction for s in self.input_size)
+        self.cam_size = cam_size(self.topgap[0][1], self.input_size)
         self.norms = {n: Normalize(c.mean, c.std) for n, _, c in self.topgap + base}
 
     def k_label(self, i: int) -> str:
@@ -172,12 +172,19 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return cv2.addWeighted(image, 1 - ALPHA, heat, ALPHA, 0)
 
 
-def _to_image(cam: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
-    y0, y1, x0, x1 = box
-    c = cam[y0:y1, x0:x1].float().cpu().numpy()
-    c = cv2.resize(c, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+def _minmax(c: np.ndarray) -> np.ndarray:
     lo, hi = float(c.min()), float(c.max())
     return ((c - lo) / (hi - lo) if hi > lo else np.zeros_like(c)).astype(np.float32)
+
+
+def _crop(cam: torch.Tensor, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The map over the picture only (letterbox bars cut off), at the model's input resolution."""
+    y0, y1, x0, x1 = box
+    return _minmax(cam[y0:y1, x0:x1].float().cpu().numpy())
+
+
+def _to_image(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return _minmax(cv2.resize(crop, (size[1], size[0]), interpolation=cv2.INTER_LINEAR))
 
 
 @dataclass
@@ -189,9 +196,11 @@ class MapResult:
     top: dict[str, float]  # the TOP most probable labels
     label: str
     probability: float
-    cam: np.ndarray
+    cam: np.ndarray  # at the shown size
     overlay: np.ndarray
     l1: float
+    cam_input: np.ndarray | None = None  # at the model's input resolution: IOU and mass are measured here, as in
+    # `topgap evaluate` (the mask is resized to it, nearest neighbour)
     iou: float | None = None
     threshold: float | None = None
     mass: float | None = None
@@ -264,8 +273,12 @@ class Result:
                                   "supply a mask with some background")
             return out
         for m in maps + ([base] if base else []):
-            m.iou, m.threshold = best_iou(m.cam, obj, ign)
-            m.mass = mass_in_mask(m.cam, obj, ign)
+            cam = m.cam if m.cam_input is None else m.cam_input
+            o, i, _ = fit_mask(obj, ign, cam.shape)
+            if not (o & ~i).any():  # an object too small to survive the input resolution: measure where it is
+                cam, o, i = m.cam, obj, ign
+            m.iou, m.threshold = best_iou(cam, o, i)
+            m.mass = mass_in_mask(cam, o, i)
         out.has_mask = True
         return out
 
@@ -317,12 +330,15 @@ def _top(probs: torch.Tensor, names: list[str]) -> dict[str, float]:
     return {names[j]: float(v) for v, j in zip(p.tolist(), i.tolist())}
 
 
-def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, cam: torch.Tensor, prep: Prepared,
-                names: list[str]) -> MapResult:
-    c = _to_image(cam, prep.box, prep.image.shape[:2])
+def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, raw: torch.Tensor, prep: Prepared,
+                names: list[str], family: Family) -> MapResult:
+    """Post-process the raw map as `topgap evaluate` does: l1 at the class-map resolution, the shown map (and IOU)
+    at the input size, then cropped to the image."""
+    crop = _crop(postprocess(raw, family.input_size)[0], prep.box)
+    c = _to_image(crop, prep.image.shape[:2])
     label = int(probs.argmax())
     return MapResult(name, cfg.kind, cfg.k, _top(probs, names), names[label], float(probs[label]), c,
-                     overlay(prep.image, c), l1_sparsity(c))
+                     overlay(prep.image, c), l1_sparsity(postprocess(raw, family.cam_size)[0]), crop)
 
 
 def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Result:
@@ -336,17 +352,16 @@ def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Re
     if method not in METHODS:
         raise InputError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     prep = prepare(image, family)
-    size = family.input_size
     maps = []
     for name, model, cfg in family.topgap:
-        cam, _, logits = topgap_cam(model, family.norms[name](prep.x01), size=size, with_logits=True)
-        maps.append(_map_result(name, cfg, logits[0].softmax(0), cam[0], prep, family.class_names))
+        raw, _, logits = topgap_cam(model, family.norms[name](prep.x01), postprocessing=None, with_logits=True)
+        maps.append(_map_result(name, cfg, logits[0].softmax(0), raw, prep, family.class_names, family))
     base = None
     if family.baseline:
         name, model, cfg = family.baseline
         x = family.norms[name](prep.x01)
-        cam, _, logits = baseline_cam(model, x, method=method, size=size, with_logits=True)
-        base = _map_result(name, cfg, logits[0].softmax(0), cam[0], prep, family.class_names)
+        raw, _, logits = baseline_cam(model, x, method=method, postprocessing=None, with_logits=True)
+        base = _map_result(name, cfg, logits[0].softmax(0), raw, prep, family.class_names, family)
     notes = list(prep.notes) + ([] if base else ["this family has no baseline model"])
     result = Result(family.name, method, prep.image, maps, base, family.ks, family.cam_size, prep.x01, prep.box, notes)
     return result.with_mask(mask) if mask is not None else result
@@ -399,7 +414,6 @@ def attack_view(family: Family, result: Result, index: int, kind: str, eps: floa
         raise InputError(f"eps must be in (0, 0.25] (got {eps}); 1/255 to 16/255 are usual")
     chosen, base = result.view(index)
     prep = Prepared(result.image, result.x01, result.box, [])
-    size = family.input_size
     out = {}
     for m in [chosen] + ([base] if base else []):
         model01 = family.model01(m.name)
@@ -407,13 +421,11 @@ def attack_view(family: Family, result: Result, index: int, kind: str, eps: floa
         adv = run_attack(model01, result.x01, y, kind, eps, steps=PGD_STEPS if kind == "pgd" else None)
         cfg, x = _member(family, m.name), model01[0](adv)
         if m.kind == "topgap":
-            cams, _, logits = topgap_cam(model01[1], x, size=size, with_logits=True)
-            probs, cam = logits[0].softmax(0), cams[0]
+            raw, _, logits = topgap_cam(model01[1], x, postprocessing=None, with_logits=True)
         else:
-            cams, _, logits = baseline_cam(model01[1], x, method=result.method, size=size, with_logits=True)
-            probs, cam = logits[0].softmax(0), cams[0]
+            raw, _, logits = baseline_cam(model01[1], x, method=result.method, postprocessing=None, with_logits=True)
         adv_prep = dataclasses.replace(prep, image=_adv_image(adv, result))
-        out[m.name] = _map_result(m.name, cfg, probs, cam, adv_prep, family.class_names)
+        out[m.name] = _map_result(m.name, cfg, logits[0].softmax(0), raw, adv_prep, family.class_names, family)
     return out
 
 
