@@ -273,3 +273,15 @@ def test_cross_validation_is_evaluated_fold_by_fold_and_aggregated(tmp_path):
     (fam / "cv.json").write_text(json.dumps({"folds": 2}))
     with pytest.raises(ValueError, match="held-out"):
         args.func(args)
+
+
+def test_bg_gap_is_mixed_same_minus_mixed_rand_with_an_interval(tmp_path):
+    models = family()
+    r = evaluate_family(models, FakeSet(6), shifts={"mixed_same": FakeSet(6, seed=1), "mixed_rand": FakeSet(6, seed=2)},
+                        attacks=(), **{**FAST, "faithfulness_images": 0, "eps_curve": ()})
+    for m in r["models"].values():
+        assert m["bg_gap"] == pytest.approx(m["shifts"]["mixed_same"]["accuracy"] - m["shifts"]["mixed_rand"]["accuracy"])
+    gap = r["models"]["k4"]["comparisons"]["baseline"]["bg_gap"]
+    assert gap["diff"] == pytest.approx(r["models"]["k4"]["bg_gap"] - r["models"]["baseline"]["bg_gap"])
+    write_report(r, tmp_path)
+    assert "## Backgrounds: BG-Gap" in (tmp_path / "results.md").read_text()

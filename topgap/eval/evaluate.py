@@ -40,6 +40,7 @@ Results (JSON-serialisable, NaN-free)::
         "eps_curve": [{"eps", "n", "robust_correct", "accuracy"}], "eps_curve_reaches_zero": bool | None,
         "white_box_rate", "black_box_rate", "gradient_masking_suspected",
         "shifts": {name: {"n", "correct", "accuracy", "iou", "mass_in_mask"}},
+        "bg_gap": float | None,   # accuracy on shift "mixed_same" minus "mixed_rand" (topgap backgrounds), Xiao et al.
         "comparisons": {reference: {metric: {"diff", "low", "high", "n", "verdict"}}}}}}
 """
 from __future__ import annotations
@@ -346,6 +347,7 @@ def _summarise(t: _Tally, cfg: ModelConfig, size: tuple[int, int], attacks, conv
                gradient_masking_suspected=None if wb is None or bb is None else
                gradient_masking_flag(wb, bb) or out["eps_curve_reaches_zero"] is False)
     out["shifts"] = {s: v["summary"] for s, v in t.shifts.items()}
+    out["bg_gap"] = float(_bg_gap(t).mean()) if _has_bg_gap(t) and t.shifts["mixed_same"]["correct_list"] else None
     return out
 
 
@@ -375,7 +377,20 @@ def _paired(t: _Tally, r: _Tally) -> dict[str, tuple]:
     for s, v in t.shifts.items():
         if s in r.shifts:
             out[f"{s}_accuracy"] = (f(v["correct_list"]), f(r.shifts[s]["correct_list"]), None, True)
+    if _has_bg_gap(t) and _has_bg_gap(r):
+        out["bg_gap"] = (_bg_gap(t), _bg_gap(r), None, False)
     return out
+
+
+def _has_bg_gap(t: _Tally) -> bool:
+    return {"mixed_same", "mixed_rand"} <= set(t.shifts) and \
+        len(t.shifts["mixed_same"]["correct_list"]) == len(t.shifts["mixed_rand"]["correct_list"])
+
+
+def _bg_gap(t: _Tally) -> np.ndarray:
+    """Per image: correct on Mixed-Same minus correct on Mixed-Rand (the same object, Xiao et al.'s BG-Gap)."""
+    return (np.asarray(t.shifts["mixed_same"]["correct_list"], dtype=np.float64)
+            - np.asarray(t.shifts["mixed_rand"]["correct_list"], dtype=np.float64))
 
 
 def compare(models: dict, tallies: dict[str, _Tally], convergence: dict, samples: int, seed: int) -> dict:

@@ -145,6 +145,13 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
                 row += [v.get("accuracy"), _ci(_cmp(m, base, f"{s}_accuracy")) if m is not b else "", v.get("iou")]
             rows.append(row)
         out += ["## Table 5: accuracy under distribution shift", "", _table(header, rows), ""]
+        if any(m.get("bg_gap") is not None for m in results["models"].values()):
+            rows = [[_name(n, m), m["k"], m.get("bg_gap"), _ci(_cmp(m, base, "bg_gap")) if m is not b else ""]
+                    for n, m in ([(base, b)] if b else []) + list(ours.items())]
+            out += ["## Backgrounds: BG-Gap (Xiao et al., ICLR 2021; lower relies less on the background)", "",
+                    "Accuracy on Mixed-Same (the object on a background of its own class) minus Mixed-Rand (on a "
+                    "random image's background), the same objects.", "",
+                    _table(["model", "k", "BG-Gap ↓", "Δ vs baseline [95% CI]"], rows), ""]
 
     if any(m["n_masks"] for m in results["models"].values()):
         header = ["model", "k", "masks"]
