@@ -41,6 +41,7 @@ from topgap.explorer.card_view import CardError, render_card
 from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
                                      k_info, mask_overlay, nearest_k)
 from topgap.explorer.hub import store_from_env
+from topgap.explorer.sizeprior import SizeAdvice, advise, k_curves, mask_fraction, parse_fraction, picture_share
 from topgap.explorer.zerogpu import gpu
 from topgap.data.imageio import decode_mask, drawn_mask
 from topgap.io import atomic_write
@@ -232,33 +233,87 @@ def bias_view(sess: Session | None, k=None):
     result = sess.result if sess else None
     if result is None:
         return None, None
+    return bias_table(result), k_figure(result, k)
+
+
+def bias_table(result: Result) -> list[list]:
+    """Every k and the baseline on this image: k, k/(h*w), prediction, probability, IOU, l1, mass."""
     h, w = result.cam_size
     rows = [[m.name, m.k, round(m.k / (h * w), 4), m.label, round(m.probability, 3), m.iou, m.l1, m.mass]
             for m in result.topgap]
     if result.baseline:
         b = result.baseline
         rows.append([f"{b.name} ({result.method})", None, None, b.label, round(b.probability, 3), b.iou, b.l1, b.mass])
-    table = [[round(v, 3) if isinstance(v, float) else v for v in row] for row in rows]
+    return [[round(v, 3) if isinstance(v, float) else v for v in row] for row in rows]
+
+
+def k_figure(result: Result, k=None, advice: SizeAdvice | None = None):
+    """IOU, l1 and mass on the object against k/(h*w) (baseline dashed), the selected k as a grey line, and with
+    `advice` the object's area as a dotted line and the trained k nearest to it as a triangle."""
+    h, w = result.cam_size
+    curves = k_curves(result)
+    frac = curves["fraction"]
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    frac = [m.k / (h * w) for m in result.topgap]
     for key, colour in (("l1", "tab:blue"), ("iou", "tab:green"), ("mass", "tab:red")):
-        ys = [getattr(m, key) for m in result.topgap]
-        if all(y is not None for y in ys):
-            ax.plot(frac, ys, "o-", color=colour, label=f"Top-GAP {key}")
-            if result.baseline and getattr(result.baseline, key) is not None:
-                ax.axhline(getattr(result.baseline, key), color=colour, ls="--", lw=1, label=f"baseline {key}")
+        if all(y is not None for y in curves[key]):
+            ax.plot(frac, curves[key], "o-", color=colour, label=f"Top-GAP {key}")
+            if curves["baseline"] and curves["baseline"][key] is not None:
+                ax.axhline(curves["baseline"][key], color=colour, ls="--", lw=1, label=f"baseline {key}")
     if k is not None:
         chosen = result.topgap[_index(result, k)]
         ax.axvline(chosen.k / (h * w), color="black", lw=1.5, alpha=0.6, label=f"selected k = {chosen.k}")
+    if advice is not None:
+        ax.axvline(advice.area / (h * w), color="tab:purple", ls=":", lw=2,
+                   label=f"object: {advice.area:.1f} cells")
+        ax.plot([advice.k / (h * w)], [1.03], "v", color="tab:purple", ms=10, label=f"nearest trained k = {advice.k}")
     ax.set_xscale("log")
     ax.set_xticks(frac, [f"{m.k}\n{f:.1%}" for m, f in zip(result.topgap, frac)], fontsize=7)
     ax.minorticks_off()
     ax.set_xlabel("k  (k/(h*w))", fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.07)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     plt.close(fig)
-    return table, fig
+    return fig
+
+
+SIZE_HINT = ("Type the object's size as a fraction of the image (0 < f < 1), or upload or draw a mask of the object "
+             "on the Explain tab: the assistant then says how many class-map cells it covers and which trained k "
+             "is nearest.")
+
+
+def _size_advice(sess: Session, typed) -> tuple[SizeAdvice | None, str]:
+    """The advice from the typed size, else from the mask in use; (None, what to do) without either."""
+    result = sess.result
+    try:
+        fraction = parse_fraction(typed)
+    except InputError as e:
+        return None, f"⚠️ {str(e)[:1].upper()}{str(e)[1:]}."
+    source = "typed size"
+    if fraction is None:
+        if result.mask is None:
+            return None, SIZE_HINT
+        fraction, source = mask_fraction(*result.mask), sess.mask_source or "mask"
+        if fraction == 0:
+            return None, "⚠️ The mask in use marks no object pixel; draw or upload the object, or type its size."
+    advice = advise(fraction, result.cam_size, result.ks, picture_share(result), source)
+    return advice, advice.markdown()
+
+
+def size_view(sess: Session | None, k, typed):
+    """The size-prior assistant: the object's area in class-map cells, the nearest trained k, the curves."""
+    if sess is None or sess.result is None:
+        return "Upload an image (or pick an example) on the Explain tab first. " + SIZE_HINT, None
+    advice, text = _size_advice(sess, typed)
+    return text, k_figure(sess.result, k, advice)
+
+
+def use_advised_k(sess: Session | None, typed):
+    """Set the k control to the advised k (its change event shows that k's maps)."""
+    if sess is None or sess.result is None:
+        return gr.skip()
+    advice, _ = _size_advice(sess, typed)
+    return advice.k if advice else gr.skip()
 
 
 # ---- the one event for image, mask, family and method ----
@@ -358,7 +413,8 @@ def _outputs(sess: Session, out: dict, k, fam: Family | None, keep: bool = False
     if fam is not None:
         k = fam.nearest_k(k)
     views = (skip,) * 6 if keep else render(sess, k)
-    bias = (skip, skip) if keep else bias_view(sess, k)
+    # the plot follows in size_view (chained after this event), with the object's size marked when known
+    bias = (skip, skip) if keep else (bias_table(result) if result is not None else None, skip)
     if result is not None and new_image and not keep:
         editor = {"background": result.image, "layers": [], "composite": result.image}
     elif new_image and result is None:
@@ -377,11 +433,6 @@ def switch_k(sess: Session | None, k):
         return (gr.skip(),) * 7
     k = sess.result.ks[_index(sess.result, k)]
     return (gr.update(info=k_info(k, sess.result.cam_size)), *render(sess, k))
-
-
-def bias_for_k(sess: Session | None, k):
-    """The bias plot with the selected k marked."""
-    return bias_view(sess, k)[1] if sess and sess.result else gr.skip()
 
 
 @gpu
@@ -621,9 +672,17 @@ def build_demo() -> gr.Blocks:
                 dl_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
             dl_msg = gr.Markdown(elem_classes="msg")
         with gr.Tab("Bias"):
+            gr.Markdown("**Size prior.** Top-GAP pools the top k of the h x w cells of each class map: k should be "
+                        "about the object's area in class-map cells (paper, section 3.2).")
+            with gr.Row():
+                size_in = gr.Number(None, label="Object size (fraction of the image, 0 < f < 1; empty: from the mask)",
+                                    step=0.01, elem_id="size_fraction", min_width=300)
+                size_btn = gr.Button("Use the nearest trained k", elem_id="use_k")
+            size_md = gr.Markdown(elem_id="size_advice")
+            bias_plot = gr.Plot(label="This image's figures against k (k/(h*w)); grey: the selected k, dotted: the "
+                                "object's area", elem_id="bias_plot")
             bias_table = gr.Dataframe(headers=["model", "k", "k/(h*w)", "prediction", "prob", "IOU", "l1", "mass"],
                                       interactive=False, label="All k and the baseline on this image")
-            bias_plot = gr.Plot(label="Figures against k (k/(h*w)); the selected k is the grey line", elem_id="bias_plot")
         with gr.Tab("Attack"):
             with gr.Row():
                 attack_kind = gr.Radio(list(ATTACKS), value="fgsm", label="Attack")
@@ -641,13 +700,16 @@ def build_demo() -> gr.Blocks:
         private = dict(api_visibility="undocumented")
         update_inputs = [fam_dd, image_in, mask_in, draw_in, method_dd, k_radio, sess_state]
         update_outputs = [sess_state, k_radio, family_msg, image_msg, mask_msg, mask_view, *views, *bias, draw_in]
+        size_args = dict(fn=size_view, inputs=[sess_state, k_radio, size_in], outputs=[size_md, bias_plot], **private)
         gr.on([image_in.change, mask_in.change, draw_in.change, fam_dd.change, method_dd.change], update, update_inputs,
-              update_outputs, trigger_mode="always_last", concurrency_id=GROUP, concurrency_limit=1, **private)
+              update_outputs, trigger_mode="always_last", concurrency_id=GROUP, concurrency_limit=1,
+              **private).then(**size_args)
+        gr.on([size_in.submit, size_in.blur], **size_args)
+        size_btn.click(use_advised_k, [sess_state, size_in], k_radio, **private)
         # a new upload makes the mask box empty in the page itself: an output to mask_in would make gradio rebuild
         # the component per session without lenient()'s preprocess
         image_in.upload(None, None, mask_in, js="() => null", queue=False, **private)
-        k_radio.change(switch_k, [sess_state, k_radio], [k_radio, *views], **private).then(
-            bias_for_k, [sess_state, k_radio], bias_plot, **private)
+        k_radio.change(switch_k, [sess_state, k_radio], [k_radio, *views], **private).then(**size_args)
         dl_btn.click(downloads, [sess_state, k_radio], [dl_files, dl_msg], **private)
         attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps], [attack_gallery, attack_md],
                          concurrency_id=GROUP, concurrency_limit=1, **private)

@@ -127,7 +127,8 @@ def test_families_lists_ks_and_card_figures(client, served):
     (dict(family="nope"), r"^family: unknown model family 'nope'; available: fam"),
     (dict(method="nope"), r"^method: unknown CAM method 'nope'; choose one of gradcam"),
     (dict(k=5), r"^k: k = 5 was not trained in family 'fam'; choose one of \[4, 16, 64\]"),
-    (dict(mask="wide.png"), r"^mask: the mask is 60x20 \(aspect ratio 3.00\) but the image's aspect ratio is 1.33; send this image's mask"),
+    (dict(mask="wide.png"),
+     r"^mask: the mask is 60x20 \(aspect ratio 3.00\) but the image's aspect ratio is 1.33; send this image's mask"),
     (dict(mask="broken.png"), r"^mask: .*not an image"),
     (dict(image="broken.png"), r"^image: .*not an image"),
 ])
@@ -311,3 +312,59 @@ def test_dockerfile():
     assert text.index("COPY --chown=user requirements.txt") < text.index("COPY --chown=user . ")
     assert re.search(r'^CMD \["python", "app.py"\]$', text, re.M)
     assert ".git" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_import_builds_the_ui_without_loading_a_family(tmp_path):
+    import subprocess
+
+    make_family(tmp_path, "fam")
+    code = ("import app; k = next(b for b in app.demo.blocks.values() if getattr(b, 'elem_id', None) == 'k'); "
+            "print(sorted(app.STORE._loaded), [c[1] for c in k.choices], k.value, app.build_demo() is not app.demo)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TOPGAP_MODELS": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == f"[] {list(KS)} {KS[1]} True"  # k from config.json, no model loaded
+
+
+def test_first_use_loads_the_family_once(app_module, files, caplog):
+    import logging
+
+    app_module.STORE._loaded.pop("fam", None)
+    with caplog.at_level(logging.INFO, logger="topgap.app"):
+        assert app_module.load_family("fam") is app_module.load_family("fam")
+    assert caplog.text.count("loading model family fam") == 1
+    msgs = list(app_module.preload("fam"))
+    assert msgs == [gr.skip()]  # loaded already: the page load says nothing
+    app_module.STORE._loaded.pop("fam")
+    msgs = list(app_module.preload("fam"))
+    assert msgs[0].startswith("⏳ Loading model family 'fam'") and msgs[-1] == "" and app_module.STORE.loaded("fam")
+
+
+def test_size_prior_from_the_mask_or_a_typed_size_without_models(app_module, files, monkeypatch):
+    import topgap.explorer.explain as ex
+
+    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+    monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
+    monkeypatch.setattr(ex, "baseline_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
+    # mask: 20x30 of 48x64 pixels = 19.53% of the image; 0.1953125 * 16 * 16 = 50 cells; nearest k 64 (log scale)
+    text, fig = app_module.size_view(sess, KS[1], None)
+    assert "**19.5%** of the image (uploaded mask)" in text and "**50.0** of the 16x16 = 256" in text
+    assert "**k = 64**" in text
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert {"object: 50.0 cells", "nearest trained k = 64", f"selected k = {KS[1]}", "Top-GAP iou"} <= set(labels)
+    assert app_module.use_advised_k(sess, None) == 64
+    text, _ = app_module.size_view(sess, KS[1], 0.02)  # typed wins over the mask: 5.12 cells, nearest k 4
+    assert "**2.0%** of the image (typed size)" in text and "**k = 4**" in text
+    assert app_module.use_advised_k(sess, 0.02) == 4
+    text, fig = app_module.size_view(sess, KS[1], 1.5)
+    assert text.startswith("⚠️ The object size must be between 0 and 1, both excluded (got 1.5)")
+    assert "Top-GAP l1" in [line.get_label() for line in fig.axes[0].get_lines()]  # the curves stay
+    assert app_module.use_advised_k(sess, 1.5) == gr.skip()
+
+
+def test_size_prior_without_mask_or_image_says_what_to_do(app_module, files):
+    sess = _image_session(app_module, files)[0]
+    text, fig = app_module.size_view(sess, KS[1], None)
+    assert text == app_module.SIZE_HINT and fig is not None
+    assert app_module.size_view(None, KS[1], 0.5) == ("Upload an image (or pick an example) on the Explain tab "
+                                                      "first. " + app_module.SIZE_HINT, None)
