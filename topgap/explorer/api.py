@@ -75,7 +75,8 @@ def explain_payload(result: Result, index: int) -> ExplainReport:
     h, w = result.cam_size
     return {"family": result.family, "method": result.method, "k": chosen.k, "k_fraction": round(chosen.k / (h * w), 6),
             "cam_size": [h, w], "model": chosen.name, "prediction": chosen.label,
-            "probability": round(chosen.probability, 6), "probabilities": {n: round(p, 6) for n, p in chosen.top.items()},
+            "probability": round(chosen.probability, 6),
+            "probabilities": {n: round(p, 6) for n, p in chosen.top.items()},
             "has_mask": result.has_mask, "models": report["models"], "notes": report["notes"]}
 
 
