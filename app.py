@@ -40,6 +40,7 @@ from topgap.explorer.api import ExplainReport, FamiliesReport, explain_payload, 
 from topgap.explorer.card_view import CardError, render_card
 from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
                                      k_info, mask_overlay, nearest_k)
+from topgap.explorer.faith import road_curves
 from topgap.explorer.hub import store_from_env
 from topgap.explorer.sizeprior import SizeAdvice, advise, k_curves, mask_fraction, parse_fraction, picture_share
 from topgap.explorer.zerogpu import gpu
@@ -436,6 +437,40 @@ def switch_k(sess: Session | None, k):
 
 
 @gpu
+def faithfulness_view(sess: Session | None, k):
+    """ROAD per percentile for every k and the baseline on this image (the evaluation's road_scores), as a plot
+    and a table; the selected k drawn bold."""
+    if sess is None or sess.result is None:
+        return gr.skip(), "⚠️ Upload an image (or pick an example) on the Explain tab first, then measure."
+    result = sess.result
+    try:
+        curves = road_curves(load_family(result.family), result)
+    except USER_ERRORS as e:
+        log.info("user error (faithfulness): %s", e)
+        return gr.skip(), f"⚠️ {e}."
+    chosen = result.topgap[_index(result, k)].name
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    for name, c in curves.items():
+        base = result.baseline is not None and name == result.baseline.name
+        ax.plot(c["percentiles"], c["scores"], "s--" if base else "o-", lw=2.5 if name == chosen else 1,
+                label=f"{name}{' (' + result.method + ')' if base else ''}: ROAD {c['road']:.3f}")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("pixels removed (%)", fontsize=8)
+    ax.set_ylabel("(LeRF - MoRF) / 2", fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    plt.close(fig)
+    rows = [f"| {n} | {c['road']:.3f} | " + " | ".join(f"{v:.3f}" for v in c["scores"]) + " |"
+            for n, c in curves.items()]
+    pcts = next(iter(curves.values()))["percentiles"]
+    text = "\n".join(["| model | ROAD | " + " | ".join(f"{p}%" for p in pcts) + " |",
+                      "|---|" + "---|" * (len(pcts) + 1), *rows, "",
+                      "ROAD (Rong et al., 2022) with the evaluation's implementation and blur imputation, each model "
+                      "on its own prediction: higher means the map ranks pixels by their real influence."])
+    return fig, text
+
+
+@gpu
 def robustness(fam_name, sess, k, kind, eps255):
     """FGSM / PGD on this image against Top-GAP at the chosen k and the baseline."""
     if sess is None or sess.result is None:
@@ -683,6 +718,9 @@ def build_demo() -> gr.Blocks:
                                 "object's area", elem_id="bias_plot")
             bias_table = gr.Dataframe(headers=["model", "k", "k/(h*w)", "prediction", "prob", "IOU", "l1", "mass"],
                                       interactive=False, label="All k and the baseline on this image")
+            faith_btn = gr.Button("Measure faithfulness (ROAD) on this image", elem_id="faith_btn")
+            faith_plot = gr.Plot(label="ROAD per share of pixels removed", elem_id="faith_plot")
+            faith_md = gr.Markdown(elem_id="faith_md")
         with gr.Tab("Attack"):
             with gr.Row():
                 attack_kind = gr.Radio(list(ATTACKS), value="fgsm", label="Attack")
@@ -710,6 +748,8 @@ def build_demo() -> gr.Blocks:
         # the component per session without lenient()'s preprocess
         image_in.upload(None, None, mask_in, js="() => null", queue=False, **private)
         k_radio.change(switch_k, [sess_state, k_radio], [k_radio, *views], **private).then(**size_args)
+        faith_btn.click(faithfulness_view, [sess_state, k_radio], [faith_plot, faith_md], concurrency_id=GROUP,
+                        concurrency_limit=1, **private)
         dl_btn.click(downloads, [sess_state, k_radio], [dl_files, dl_msg], **private)
         attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps], [attack_gallery, attack_md],
                          concurrency_id=GROUP, concurrency_limit=1, **private)

@@ -368,3 +368,17 @@ def test_size_prior_without_mask_or_image_says_what_to_do(app_module, files):
     assert text == app_module.SIZE_HINT and fig is not None
     assert app_module.size_view(None, KS[1], 0.5) == ("Upload an image (or pick an example) on the Explain tab "
                                                       "first. " + app_module.SIZE_HINT, None)
+
+
+def test_faithfulness_view_plots_the_evaluations_road(app_module, files, monkeypatch):
+    from topgap.explorer.faith import road_curves
+
+    assert app_module.faithfulness_view(None, KS[1])[1].startswith("⚠️ Upload an image")
+    sess = _image_session(app_module, files)[0]
+    fig, text = app_module.faithfulness_view(sess, KS[1])
+    curves = road_curves(app_module.STORE.get("fam"), sess.result)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {f"k{k}: ROAD {curves[f'k{k}']['road']:.3f}" for k in KS} | {
+        f"baseline (gradcam): ROAD {curves['baseline']['road']:.3f}"}
+    assert lines[f"k{KS[1]}: ROAD {curves[f'k{KS[1]}']['road']:.3f}"].get_linewidth() == 2.5  # the selected k
+    assert f"| k{KS[0]} | {curves[f'k{KS[0]}']['road']:.3f} |" in text and "| model | ROAD | 20% | 40% |" in text
