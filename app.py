@@ -4,14 +4,18 @@
 
 Env: TOPGAP_MODELS (models root, default models/ beside this file), TOPGAP_DEFAULT_FAMILY (default
 "synthetic-shapes" or "synth" when present), TOPGAP_HUB_FAMILIES ("owner/repo@revision,...": families pushed with
-`topgap push`, listed beside the local ones; a local folder named like the repo is the fallback).
-"""
-from __future__ import annotations
+`topgap push`, listed beside the local ones; a local folder named like the repo is the fallback), TOPGAP_MCP=1
+(serve /explain and /families as MCP tools too; needs `pip install "gradio[mcp]"`).
 
+API (typed, `gr.api`): /explain(image, mask=None, family=None, k=None, method="gradcam") -> report, /families().
+Families load on first use (a page load starts loading the default one); nothing heavy runs at import.
+"""
 import atexit
 import dataclasses
 import functools
 import hashlib
+import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -26,16 +30,21 @@ import cv2
 import gradio as gr
 import matplotlib
 import numpy as np
+from gradio.components.api_component import Api
+from gradio.data_classes import FileData
 from PIL import Image
 
 from topgap.cam import METHODS
 from topgap.checkpoint import CheckpointError
+from topgap.explorer.api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from topgap.explorer.card_view import CardError, render_card
 from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
                                      k_info, mask_overlay, nearest_k)
+from topgap.explorer.faith import road_curves
 from topgap.explorer.hub import store_from_env
+from topgap.explorer.sizeprior import SizeAdvice, advise, k_curves, mask_fraction, parse_fraction, picture_share
 from topgap.explorer.zerogpu import gpu
-from topgap.data.imageio import drawn_mask
+from topgap.data.imageio import decode_mask, drawn_mask
 from topgap.io import atomic_write
 
 matplotlib.use("Agg")
@@ -84,10 +93,16 @@ def lenient(component: gr.Image) -> gr.Image:
     return component
 
 
-def family(name: str | None) -> Family:
+def load_family(name: str | None) -> Family:
+    """The named family, loaded (and warmed up) on its first use, with a message to the page while it loads."""
     if not name:
         raise InputError(f"no model family found under {MODELS}; train one (topgap train --out {MODELS}/<family>) "
                          "or set TOPGAP_MODELS to a folder of families")
+    if STORE.loaded(name) is None:
+        if name not in FAMILIES:
+            STORE.folder(name)  # the unknown-family message
+        log.info("loading model family %s", name)
+        gr.Info(f"Loading model family {name} (first use, a few seconds)…", duration=5)
     return STORE.get(name)
 
 
@@ -219,33 +234,87 @@ def bias_view(sess: Session | None, k=None):
     result = sess.result if sess else None
     if result is None:
         return None, None
+    return bias_table(result), k_figure(result, k)
+
+
+def bias_table(result: Result) -> list[list]:
+    """Every k and the baseline on this image: k, k/(h*w), prediction, probability, IOU, l1, mass."""
     h, w = result.cam_size
     rows = [[m.name, m.k, round(m.k / (h * w), 4), m.label, round(m.probability, 3), m.iou, m.l1, m.mass]
             for m in result.topgap]
     if result.baseline:
         b = result.baseline
         rows.append([f"{b.name} ({result.method})", None, None, b.label, round(b.probability, 3), b.iou, b.l1, b.mass])
-    table = [[round(v, 3) if isinstance(v, float) else v for v in row] for row in rows]
+    return [[round(v, 3) if isinstance(v, float) else v for v in row] for row in rows]
+
+
+def k_figure(result: Result, k=None, advice: SizeAdvice | None = None):
+    """IOU, l1 and mass on the object against k/(h*w) (baseline dashed), the selected k as a grey line, and with
+    `advice` the object's area as a dotted line and the trained k nearest to it as a triangle."""
+    h, w = result.cam_size
+    curves = k_curves(result)
+    frac = curves["fraction"]
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    frac = [m.k / (h * w) for m in result.topgap]
     for key, colour in (("l1", "tab:blue"), ("iou", "tab:green"), ("mass", "tab:red")):
-        ys = [getattr(m, key) for m in result.topgap]
-        if all(y is not None for y in ys):
-            ax.plot(frac, ys, "o-", color=colour, label=f"Top-GAP {key}")
-            if result.baseline and getattr(result.baseline, key) is not None:
-                ax.axhline(getattr(result.baseline, key), color=colour, ls="--", lw=1, label=f"baseline {key}")
+        if all(y is not None for y in curves[key]):
+            ax.plot(frac, curves[key], "o-", color=colour, label=f"Top-GAP {key}")
+            if curves["baseline"] and curves["baseline"][key] is not None:
+                ax.axhline(curves["baseline"][key], color=colour, ls="--", lw=1, label=f"baseline {key}")
     if k is not None:
         chosen = result.topgap[_index(result, k)]
         ax.axvline(chosen.k / (h * w), color="black", lw=1.5, alpha=0.6, label=f"selected k = {chosen.k}")
+    if advice is not None:
+        ax.axvline(advice.area / (h * w), color="tab:purple", ls=":", lw=2,
+                   label=f"object: {advice.area:.1f} cells")
+        ax.plot([advice.k / (h * w)], [1.03], "v", color="tab:purple", ms=10, label=f"nearest trained k = {advice.k}")
     ax.set_xscale("log")
     ax.set_xticks(frac, [f"{m.k}\n{f:.1%}" for m, f in zip(result.topgap, frac)], fontsize=7)
     ax.minorticks_off()
     ax.set_xlabel("k  (k/(h*w))", fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.07)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     plt.close(fig)
-    return table, fig
+    return fig
+
+
+SIZE_HINT = ("Type the object's size as a fraction of the image (0 < f < 1), or upload or draw a mask of the object "
+             "on the Explain tab: the assistant then says how many class-map cells it covers and which trained k "
+             "is nearest.")
+
+
+def _size_advice(sess: Session, typed) -> tuple[SizeAdvice | None, str]:
+    """The advice from the typed size, else from the mask in use; (None, what to do) without either."""
+    result = sess.result
+    try:
+        fraction = parse_fraction(typed)
+    except InputError as e:
+        return None, f"⚠️ {str(e)[:1].upper()}{str(e)[1:]}."
+    source = "typed size"
+    if fraction is None:
+        if result.mask is None:
+            return None, SIZE_HINT
+        fraction, source = mask_fraction(*result.mask), sess.mask_source or "mask"
+        if fraction == 0:
+            return None, "⚠️ The mask in use marks no object pixel; draw or upload the object, or type its size."
+    advice = advise(fraction, result.cam_size, result.ks, picture_share(result), source)
+    return advice, advice.markdown()
+
+
+def size_view(sess: Session | None, k, typed):
+    """The size-prior assistant: the object's area in class-map cells, the nearest trained k, the curves."""
+    if sess is None or sess.result is None:
+        return "Upload an image (or pick an example) on the Explain tab first. " + SIZE_HINT, None
+    advice, text = _size_advice(sess, typed)
+    return text, k_figure(sess.result, k, advice)
+
+
+def use_advised_k(sess: Session | None, typed):
+    """Set the k control to the advised k (its change event shows that k's maps)."""
+    if sess is None or sess.result is None:
+        return gr.skip()
+    advice, _ = _size_advice(sess, typed)
+    return advice.k if advice else gr.skip()
 
 
 # ---- the one event for image, mask, family and method ----
@@ -331,7 +400,7 @@ def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None)
 
 def _try_family(name: str | None, out: dict) -> Family | None:
     try:
-        return family(name)
+        return load_family(name)
     except USER_ERRORS as e:
         log.info("user error (family): %s", e)
         out["family_msg"] = f"⚠️ Model family {name!r} could not be loaded: {e}."
@@ -345,7 +414,8 @@ def _outputs(sess: Session, out: dict, k, fam: Family | None, keep: bool = False
     if fam is not None:
         k = fam.nearest_k(k)
     views = (skip,) * 6 if keep else render(sess, k)
-    bias = (skip, skip) if keep else bias_view(sess, k)
+    # the plot follows in size_view (chained after this event), with the object's size marked when known
+    bias = (skip, skip) if keep else (bias_table(result) if result is not None else None, skip)
     if result is not None and new_image and not keep:
         editor = {"background": result.image, "layers": [], "composite": result.image}
     elif new_image and result is None:
@@ -366,9 +436,38 @@ def switch_k(sess: Session | None, k):
     return (gr.update(info=k_info(k, sess.result.cam_size)), *render(sess, k))
 
 
-def bias_for_k(sess: Session | None, k):
-    """The bias plot with the selected k marked."""
-    return bias_view(sess, k)[1] if sess and sess.result else gr.skip()
+@gpu
+def faithfulness_view(sess: Session | None, k):
+    """ROAD per percentile for every k and the baseline on this image (the evaluation's road_scores), as a plot
+    and a table; the selected k drawn bold."""
+    if sess is None or sess.result is None:
+        return gr.skip(), "⚠️ Upload an image (or pick an example) on the Explain tab first, then measure."
+    result = sess.result
+    try:
+        curves = road_curves(load_family(result.family), result)
+    except USER_ERRORS as e:
+        log.info("user error (faithfulness): %s", e)
+        return gr.skip(), f"⚠️ {e}."
+    chosen = result.topgap[_index(result, k)].name
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    for name, c in curves.items():
+        base = result.baseline is not None and name == result.baseline.name
+        ax.plot(c["percentiles"], c["scores"], "s--" if base else "o-", lw=2.5 if name == chosen else 1,
+                label=f"{name}{' (' + result.method + ')' if base else ''}: ROAD {c['road']:.3f}")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("pixels removed (%)", fontsize=8)
+    ax.set_ylabel("(LeRF - MoRF) / 2", fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    plt.close(fig)
+    rows = [f"| {n} | {c['road']:.3f} | " + " | ".join(f"{v:.3f}" for v in c["scores"]) + " |"
+            for n, c in curves.items()]
+    pcts = next(iter(curves.values()))["percentiles"]
+    text = "\n".join(["| model | ROAD | " + " | ".join(f"{p}%" for p in pcts) + " |",
+                      "|---|" + "---|" * (len(pcts) + 1), *rows, "",
+                      "ROAD (Rong et al., 2022) with the evaluation's implementation and blur imputation, each model "
+                      "on its own prediction: higher means the map ranks pixels by their real influence."])
+    return fig, text
 
 
 @gpu
@@ -379,7 +478,7 @@ def robustness(fam_name, sess, k, kind, eps255):
     result = sess.result
     index = _index(result, k)
     try:
-        adv = attack_view(family(result.family), result, index, kind, float(eps255) / 255)
+        adv = attack_view(load_family(result.family), result, index, kind, float(eps255) / 255)
     except USER_ERRORS as e:
         log.info("user error (attack): %s", e)
         return gr.skip(), f"⚠️ {e}."
@@ -428,42 +527,85 @@ def model_card(fam_name):
     return text, [(np.asarray(Image.open(p).convert("RGB")), caption) for p, caption in plots] or None
 
 
+def _path(file) -> str | None:
+    """A file argument of a typed endpoint as a path (gradio hands over a path or a FileData dict)."""
+    return file.get("path") if isinstance(file, dict) else file
+
+
+def _api_mask(mask: str, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An API mask decoded, refused when its aspect ratio is not the image's (a mask of another image)."""
+    obj, ign, _ = decode_mask(mask)
+    (mh, mw), (h, w) = obj.shape, image_shape
+    if abs(mw / mh - w / h) > 0.02 * (w / h):
+        raise InputError(f"the mask is {mw}x{mh} (aspect ratio {mw / mh:.2f}) but the image's aspect ratio is "
+                         f"{w / h:.2f}; send this image's mask (same size, or scaled with the same aspect ratio)")
+    return obj, ign
+
+
 @gpu
-def api_explain(image: str | None, mask: str | None, k: float | None, method: str, fam_name: str):
-    """API: overlays (Top-GAP at k, baseline) and the JSON report {family, k, models: {name: {...}}}."""
+def api_explain(image: FileData, mask: FileData | None = None, family: str | None = None, k: int | None = None,
+                method: str = "gradcam") -> ExplainReport:
+    """Explain an image with a Top-GAP family: its own CAM at every trained k against a post-hoc CAM of the
+    unmodified baseline, with the prediction and (given a mask) IOU and CAM mass on the object.
+
+    Args:
+        image: the image file (PNG, JPEG, WEBP, ...; at most 10 MB and 40 megapixels).
+        mask: optional object mask of this image (0/255, 0/1, palette or Oxford-IIIT trimap; nonzero = object), the
+            same size as the image or scaled with its aspect ratio; adds IOU, threshold and mass per model.
+        family: the model family's name as /families lists it; default: the app's default family.
+        k: a trained k of the family (how many class-map cells Top-GAP pools); default: the middle trained k.
+        method: the baseline's CAM method: gradcam, gradcam++, scorecam, ablationcam, eigencam, layercam, ...
+    Returns:
+        The report: prediction, probability and top-3 probabilities of the Top-GAP model at k; for every k and the
+        baseline: label, probability, l1 sparsity, IOU, threshold and mass on the object (None without a mask).
+    """
     if not image:
-        raise user_error("Send an image file as the first value (image).")
+        raise user_error("image: send an image file (the first value)")
+    if method not in METHODS:
+        raise user_error(f"method: unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     try:
-        fam = family(fam_name or DEFAULT)
-        k = fam.nearest_k(None) if k is None else int(k)
-        if k not in fam.ks:
-            raise InputError(f"k = {k} was not trained in family {fam.name!r}; choose one of {fam.ks}")
-        result = explain_all(fam, image, method=method or "gradcam")
+        fam = load_family(family or DEFAULT)
+    except USER_ERRORS as e:
+        raise user_error(f"family: {e}") from None
+    k = fam.nearest_k(None) if k is None else k
+    if k not in fam.ks:
+        raise user_error(f"k: k = {k} was not trained in family {fam.name!r}; choose one of {fam.ks}")
+    try:
+        result = explain_all(fam, _path(image), method=method)
     except USER_ERRORS as e:
         raise user_error(f"image: {e}") from None
     if mask:
         try:
-            result = result.with_mask(mask)
+            result = result.with_mask(*_api_mask(_path(mask), result.image.shape[:2]))
         except USER_ERRORS as e:
-            raise user_error(f"mask (the second value): {e}") from None
-    index = result.index_of(k)
-    chosen, base = result.view(index)
+            raise user_error(f"mask: {e}") from None
     bound_storage()
-    return png(chosen.overlay), png(base.overlay) if base else None, result.report(index)
+    return explain_payload(result, result.index_of(k))
+
+
+def api_families() -> FamiliesReport:
+    """The model families this app serves, without loading any: for each its source (local folder or Hub), whether
+    it is loaded, its trained k, class-map size and classes (once loaded), and its model card's figures (accuracy,
+    IOU, PxAP, mass on the object, l1, ROAD, attack rates per model, and the verdicts against the baseline).
+
+    Returns:
+        {"default": the default family, "families": [{name, source, default, loaded, ks, cam_size, classes, card,
+        card_error}]}.
+    """
+    return families_payload(STORE, DEFAULT)
+
+
+def mcp_enabled() -> bool:
+    """MCP tools (the typed endpoints) on when TOPGAP_MCP=1 and gradio[mcp] is installed; off by default."""
+    if os.environ.get("TOPGAP_MCP", "0") != "1":
+        return False
+    if importlib.util.find_spec("mcp") is None:
+        log.warning("TOPGAP_MCP=1 but gradio[mcp] is not installed (pip install 'gradio[mcp]'); MCP stays off")
+        return False
+    return True
 
 
 # ---- layout ----
-
-def _first_family() -> Family | None:
-    """The default family when it is local (loaded now, so the k control starts with its k); Hub families later."""
-    if not DEFAULT or DEFAULT in STORE.remote:
-        return None
-    try:
-        return STORE.get(DEFAULT)
-    except USER_ERRORS as e:
-        log.warning("default family %s could not be loaded: %s", DEFAULT, e)
-        return None
-
 
 def caption(name: str) -> str:
     """An example's caption from its file name: 'usual-background-circle' -> 'circle, usual background'."""
@@ -482,10 +624,18 @@ def _examples() -> tuple[list[list[str | None]], list[str]]:
 
 
 class ExplorerBlocks(gr.Blocks):
-    """gr.Blocks whose API calls with too few values get a message naming the missing ones (gradio raises a
-    plain ValueError there, which reaches REST clients as {"error": null})."""
+    """gr.Blocks whose API calls with too few values get the defaults of a typed endpoint's (gr.api) optional
+    arguments, or a message naming the missing ones (gradio raises a plain ValueError there, which reaches REST
+    clients as {"error": null})."""
 
     def validate_inputs(self, block_fn, inputs):
+        params = list(inspect.signature(block_fn.fn).parameters.values()) if block_fn.fn else []
+        if len(inputs) < len(block_fn.inputs) == len(params) and all(isinstance(b, Api) for b in block_fn.inputs):
+            missing = [p.name for p in params[len(inputs):] if p.default is p.empty]
+            if missing:
+                raise user_error(f"/{block_fn.api_name} needs {', '.join(missing)}; send at least "
+                                 f"{', '.join(p.name for p in params if p.default is p.empty)}")
+            inputs.extend(p.default for p in params[len(inputs):])  # gradio goes on with this list
         if len(inputs) < len(block_fn.inputs):
             names = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs]
             raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(names)} values ({', '.join(names)}); "
@@ -503,105 +653,129 @@ CSS = """
 }
 """
 
-EXAMPLES, CAPTIONS = _examples()
-
-with ExplorerBlocks(title="Top-GAP explorer", delete_cache=(600, 3600)) as demo:
-    gr.Markdown("# Top-GAP explorer\nThe model's own CAM (Top-GAP, min-max scaled) at each trained **k** against a "
-                "post-hoc CAM of the unmodified model. Same scaling and colour map for both.")
-    sess_state = gr.State(None)
-    first = _first_family()
-    with gr.Row():
-        fam_dd = gr.Dropdown(FAMILIES, value=DEFAULT, label="Model family", elem_id="family", min_width=300)
-        method_dd = gr.Dropdown(list(METHODS), value="gradcam", label="Baseline CAM method", elem_id="method",
-                                min_width=300)
-    family_msg = gr.Markdown(elem_id="family_msg", elem_classes="msg")
-    k0 = first.nearest_k(None) if first else None
-    mask_in = lenient(gr.Image(type="filepath", image_mode=None, elem_id="mask_upload", format="png", render=False,
-                               label="Upload a mask (0/255, 0/1, palette, trimap)", height=260))
-    k_radio = gr.Radio(list(first.ks) if first else [], value=k0, label="k (trained values of this family)",
-                       info=k_info(k0, first.cam_size) if first else None, elem_id="k")
-    with gr.Tab("Explain"):
+def build_demo() -> gr.Blocks:
+    """The explorer's UI and its typed API (/explain, /families). Cheap: no family is loaded here; the default
+    family's trained k are read from its config files and its models load on first use (see load_family)."""
+    examples, captions = _examples()
+    with ExplorerBlocks(title="Top-GAP explorer", delete_cache=(600, 3600)) as demo:
+        gr.Markdown("# Top-GAP explorer\nThe model's own CAM (Top-GAP, min-max scaled) at each trained **k** against a "
+                    "post-hoc CAM of the unmodified model. Same scaling and colour map for both.")
+        sess_state = gr.State(None)
         with gr.Row():
-            with gr.Column(min_width=300):
-                image_in = lenient(gr.Image(type="filepath", image_mode=None, label="Image", elem_id="image",
-                                            format="png", height=320))
-                image_msg = gr.Markdown(elem_id="image_msg", elem_classes="msg")
-                if EXAMPLES:
-                    gr.Examples(EXAMPLES, [image_in, mask_in], example_labels=CAPTIONS, cache_examples=False,
-                                label="Examples from the synthetic-shapes data (each with its mask)",
-                                examples_per_page=10)
-            with gr.Column(min_width=300, scale=2):
-                hint_md = gr.Markdown(elem_id="hint")
-                with gr.Row():
-                    with gr.Column(min_width=180):
-                        topgap_img = gr.Image(label="Top-GAP CAM (own)", format="png", interactive=False,
-                                              elem_id="topgap_cam", height=300)
-                        topgap_lbl = gr.Label(num_top_classes=3, label="Top-GAP prediction")
-                    with gr.Column(min_width=180):
-                        base_img = gr.Image(label="Baseline CAM", format="png", interactive=False,
-                                            elem_id="baseline_cam", height=300)
-                        base_lbl = gr.Label(num_top_classes=3, label="Baseline prediction")
-                metrics_md = gr.Markdown("Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
-        with gr.Accordion("Mask: IOU and mass on the object (optional; belongs to the image above)", open=True):
+            fam_dd = gr.Dropdown(FAMILIES, value=DEFAULT, label="Model family", elem_id="family", min_width=300)
+            method_dd = gr.Dropdown(list(METHODS), value="gradcam", label="Baseline CAM method", elem_id="method",
+                                    min_width=300)
+        family_msg = gr.Markdown(elem_id="family_msg", elem_classes="msg")
+        ks0 = STORE.trained_ks(DEFAULT) if DEFAULT else []  # from config.json: no model is loaded here
+        mask_in = lenient(gr.Image(type="filepath", image_mode=None, elem_id="mask_upload", format="png", render=False,
+                                   label="Upload a mask (0/255, 0/1, palette, trimap)", height=260))
+        k_radio = gr.Radio(ks0, value=nearest_k(ks0, None) if ks0 else None, label="k (trained values of this family)",
+                           elem_id="k")
+        with gr.Tab("Explain"):
             with gr.Row():
-                mask_in.render()
-                draw_in = gr.ImageMask(label="…or draw the object on the image", type="numpy", sources=(),
-                                       transforms=(), layers=False, elem_id="mask", format="png", height=260,
-                                       brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
-                mask_view = gr.Image(label="Mask in use (green: object, yellow: left out)", format="png",
-                                     interactive=False, elem_id="mask_view", height=260)
-            mask_msg = gr.Markdown(elem_id="mask_msg", elem_classes="msg")
-        with gr.Row():
-            dl_btn = gr.Button("Prepare downloads (CAM PNG, .npy, JSON)")
-            dl_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-        dl_msg = gr.Markdown(elem_classes="msg")
-    with gr.Tab("Bias"):
-        bias_table = gr.Dataframe(headers=["model", "k", "k/(h*w)", "prediction", "prob", "IOU", "l1", "mass"],
-                                  interactive=False, label="All k and the baseline on this image")
-        bias_plot = gr.Plot(label="Figures against k (k/(h*w)); the selected k is the grey line", elem_id="bias_plot")
-    with gr.Tab("Attack"):
-        with gr.Row():
-            attack_kind = gr.Radio(list(ATTACKS), value="fgsm", label="Attack")
-            eps = gr.Slider(1, 16, value=1, step=1, label="eps (x/255)")
-            attack_btn = gr.Button("Attack this image", variant="primary")
-        attack_gallery = gr.Gallery(label="Before / after", columns=2, format="png", object_fit="contain",
-                                    height="auto", elem_id="attack_gallery")
-        attack_md = gr.Markdown(elem_id="attack_md")
-    with gr.Tab("Card"):
-        card_md = gr.Markdown(elem_id="card", elem_classes="card")
-        card_plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, object_fit="contain", height="auto",
-                                format="png", elem_id="card_plots")
-    with gr.Row(visible=False):  # the documented /explain API endpoint
-        api_image = gr.File(label="image", type="filepath", file_types=["image"])
-        api_mask = gr.File(label="mask (optional)", type="filepath", file_types=["image"])
-        api_k = gr.Number(label="k (a trained k; default: the middle one)", precision=0, value=None)
-        api_method = gr.Dropdown(list(METHODS), value="gradcam", label="baseline method")
-        api_family = gr.Textbox(label="family", value=DEFAULT or "")
-        api_topgap = gr.Image(label="Top-GAP overlay", format="png")
-        api_base = gr.Image(label="baseline overlay", format="png")
-        api_report = gr.JSON(label="report")
-        api_btn = gr.Button("explain")
+                with gr.Column(min_width=300):
+                    image_in = lenient(gr.Image(type="filepath", image_mode=None, label="Image", elem_id="image",
+                                                format="png", height=320))
+                    image_msg = gr.Markdown(elem_id="image_msg", elem_classes="msg")
+                    if examples:
+                        gr.Examples(examples, [image_in, mask_in], example_labels=captions, cache_examples=False,
+                                    label="Examples from the synthetic-shapes data (each with its mask)",
+                                    examples_per_page=10)
+                with gr.Column(min_width=300, scale=2):
+                    hint_md = gr.Markdown(elem_id="hint")
+                    with gr.Row():
+                        with gr.Column(min_width=180):
+                            topgap_img = gr.Image(label="Top-GAP CAM (own)", format="png", interactive=False,
+                                                  elem_id="topgap_cam", height=300)
+                            topgap_lbl = gr.Label(num_top_classes=3, label="Top-GAP prediction")
+                        with gr.Column(min_width=180):
+                            base_img = gr.Image(label="Baseline CAM", format="png", interactive=False,
+                                                elem_id="baseline_cam", height=300)
+                            base_lbl = gr.Label(num_top_classes=3, label="Baseline prediction")
+                    metrics_md = gr.Markdown("Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
+            with gr.Accordion("Mask: IOU and mass on the object (optional; belongs to the image above)", open=True):
+                with gr.Row():
+                    mask_in.render()
+                    draw_in = gr.ImageMask(label="…or draw the object on the image", type="numpy", sources=(),
+                                           transforms=(), layers=False, elem_id="mask", format="png", height=260,
+                                           brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
+                    mask_view = gr.Image(label="Mask in use (green: object, yellow: left out)", format="png",
+                                         interactive=False, elem_id="mask_view", height=260)
+                mask_msg = gr.Markdown(elem_id="mask_msg", elem_classes="msg")
+            with gr.Row():
+                dl_btn = gr.Button("Prepare downloads (CAM PNG, .npy, JSON)")
+                dl_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+            dl_msg = gr.Markdown(elem_classes="msg")
+        with gr.Tab("Bias"):
+            gr.Markdown("**Size prior.** Top-GAP pools the top k of the h x w cells of each class map: k should be "
+                        "about the object's area in class-map cells (paper, section 3.2).")
+            with gr.Row():
+                size_in = gr.Number(None, label="Object size (fraction of the image, 0 < f < 1; empty: from the mask)",
+                                    step=0.01, elem_id="size_fraction", min_width=300)
+                size_btn = gr.Button("Use the nearest trained k", elem_id="use_k")
+            size_md = gr.Markdown(elem_id="size_advice")
+            bias_plot = gr.Plot(label="This image's figures against k (k/(h*w)); grey: the selected k, dotted: the "
+                                "object's area", elem_id="bias_plot")
+            bias_table = gr.Dataframe(headers=["model", "k", "k/(h*w)", "prediction", "prob", "IOU", "l1", "mass"],
+                                      interactive=False, label="All k and the baseline on this image")
+            faith_btn = gr.Button("Measure faithfulness (ROAD) on this image", elem_id="faith_btn")
+            faith_plot = gr.Plot(label="ROAD per share of pixels removed", elem_id="faith_plot")
+            faith_md = gr.Markdown(elem_id="faith_md")
+        with gr.Tab("Attack"):
+            with gr.Row():
+                attack_kind = gr.Radio(list(ATTACKS), value="fgsm", label="Attack")
+                eps = gr.Slider(1, 16, value=1, step=1, label="eps (x/255)")
+                attack_btn = gr.Button("Attack this image", variant="primary")
+            attack_gallery = gr.Gallery(label="Before / after", columns=2, format="png", object_fit="contain",
+                                        height="auto", elem_id="attack_gallery")
+            attack_md = gr.Markdown(elem_id="attack_md")
+        with gr.Tab("Card"):
+            card_md = gr.Markdown(elem_id="card", elem_classes="card")
+            card_plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, object_fit="contain", height="auto",
+                                    format="png", elem_id="card_plots")
+        views = [topgap_img, topgap_lbl, base_img, base_lbl, metrics_md, hint_md]
+        bias = [bias_table, bias_plot]
+        private = dict(api_visibility="undocumented")
+        update_inputs = [fam_dd, image_in, mask_in, draw_in, method_dd, k_radio, sess_state]
+        update_outputs = [sess_state, k_radio, family_msg, image_msg, mask_msg, mask_view, *views, *bias, draw_in]
+        size_args = dict(fn=size_view, inputs=[sess_state, k_radio, size_in], outputs=[size_md, bias_plot], **private)
+        gr.on([image_in.change, mask_in.change, draw_in.change, fam_dd.change, method_dd.change], update, update_inputs,
+              update_outputs, trigger_mode="always_last", concurrency_id=GROUP, concurrency_limit=1,
+              **private).then(**size_args)
+        gr.on([size_in.submit, size_in.blur], **size_args)
+        size_btn.click(use_advised_k, [sess_state, size_in], k_radio, **private)
+        # a new upload makes the mask box empty in the page itself: an output to mask_in would make gradio rebuild
+        # the component per session without lenient()'s preprocess
+        image_in.upload(None, None, mask_in, js="() => null", queue=False, **private)
+        k_radio.change(switch_k, [sess_state, k_radio], [k_radio, *views], **private).then(**size_args)
+        faith_btn.click(faithfulness_view, [sess_state, k_radio], [faith_plot, faith_md], concurrency_id=GROUP,
+                        concurrency_limit=1, **private)
+        dl_btn.click(downloads, [sess_state, k_radio], [dl_files, dl_msg], **private)
+        attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps], [attack_gallery, attack_md],
+                         concurrency_id=GROUP, concurrency_limit=1, **private)
+        gr.on([demo.load, fam_dd.change], model_card, fam_dd, [card_md, card_plots], **private)
+        demo.load(preload, fam_dd, family_msg, concurrency_id=GROUP, concurrency_limit=1, **private)
+        gr.api(api_explain, api_name="explain", concurrency_id=GROUP, concurrency_limit=1)
+        gr.api(api_families, api_name="families", concurrency_limit=None)
+    demo.queue(max_size=64, default_concurrency_limit=1)
+    return demo
 
-    views = [topgap_img, topgap_lbl, base_img, base_lbl, metrics_md, hint_md]
-    bias = [bias_table, bias_plot]
-    private = dict(api_visibility="undocumented")
-    update_inputs = [fam_dd, image_in, mask_in, draw_in, method_dd, k_radio, sess_state]
-    update_outputs = [sess_state, k_radio, family_msg, image_msg, mask_msg, mask_view, *views, *bias, draw_in]
-    gr.on([image_in.change, mask_in.change, draw_in.change, fam_dd.change, method_dd.change], update, update_inputs,
-          update_outputs, trigger_mode="always_last", concurrency_id=GROUP, concurrency_limit=1, **private)
-    # a new upload makes the mask box empty in the page itself: an output to mask_in would make gradio rebuild
-    # the component per session without lenient()'s preprocess
-    image_in.upload(None, None, mask_in, js="() => null", queue=False, **private)
-    k_radio.change(switch_k, [sess_state, k_radio], [k_radio, *views], **private).then(
-        bias_for_k, [sess_state, k_radio], bias_plot, **private)
-    dl_btn.click(downloads, [sess_state, k_radio], [dl_files, dl_msg], **private)
-    attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps], [attack_gallery, attack_md],
-                     concurrency_id=GROUP, concurrency_limit=1, **private)
-    gr.on([demo.load, fam_dd.change], model_card, fam_dd, [card_md, card_plots], **private)
-    api_btn.click(api_explain, [api_image, api_mask, api_k, api_method, api_family], [api_topgap, api_base, api_report],
-                  api_name="explain", api_visibility="public", concurrency_id=GROUP, concurrency_limit=1)
 
-demo.queue(max_size=64, default_concurrency_limit=1)
+def preload(fam_name: str | None):
+    """On page load: the family's models, loaded now if this is their first use, with a message meanwhile."""
+    if not fam_name or fam_name not in FAMILIES or STORE.loaded(fam_name) is not None:
+        yield gr.skip()
+        return
+    yield f"⏳ Loading model family {fam_name!r} (first use, a few seconds)…"
+    try:
+        STORE.get(fam_name)
+        yield ""
+    except USER_ERRORS as e:
+        log.info("user error (family): %s", e)
+        yield f"⚠️ Model family {fam_name!r} could not be loaded: {e}."
+
+
+demo = build_demo()  # cheap: see build_demo
 
 
 def _stop(*_):
@@ -613,4 +787,4 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _stop)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                max_file_size="10mb", allowed_paths=[], share=False, css=CSS)
+                max_file_size="10mb", allowed_paths=[], share=False, css=CSS, mcp_server=mcp_enabled())

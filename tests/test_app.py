@@ -47,7 +47,7 @@ def served(tmp_path_factory):
     """`python app.py` in a subprocess (its own memory to measure, its temp dir and log under `work`) on a free
     port; yields (process, url, work). Checks after stopping it that its temp folders are gone."""
     work = tmp_path_factory.mktemp("served")
-    make_family(work / "models", "fam")
+    make_family(work / "models", "fam", card=True)
     with served_app(work / "models", workdir=work) as (proc, url):
         yield psutil.Process(proc.pid), url, work
     assert not list((work / "tmp").glob("topgap-app-*")), "the app's work folder outlived the process"
@@ -71,44 +71,78 @@ def files(tmp_path_factory):
     mask = np.zeros((48, 64), np.uint8)
     mask[10:30, 20:50] = 1  # 0/1 encoding
     Image.fromarray(mask).save(d / "mask.png")
+    Image.fromarray(mask[::2, ::2]).save(d / "half_mask.png")  # 32x24: the image's aspect ratio
+    Image.fromarray(np.zeros((20, 60), np.uint8)).save(d / "wide.png")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     return d
 
 
-def test_explain_without_mask(client, files):
-    top, base, report = client.predict(handle_file(files / "image.png"), None, KS[1], "gradcam", "fam",
-                                       api_name="/explain")
-    assert Image.open(top).size == Image.open(base).size == (384, 288)  # 64x48 shown at DISPLAY_MIN = 384 px
-    assert report["family"] == "fam" and report["k"] == KS[1]
-    assert set(report["models"]) == {f"k{KS[1]}", "baseline"}
+def test_view_api_only_the_image_is_required(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    params = {p["parameter_name"]: p for p in api["/explain"]["parameters"]}
+    assert list(params) == ["image", "mask", "family", "k", "method"]
+    assert [n for n, p in params.items() if not p["parameter_has_default"]] == ["image"]
+    assert params["method"]["parameter_default"] == "gradcam" and params["k"]["parameter_default"] is None
+    returns = api["/explain"]["returns"][0]["type"]
+    assert {"prediction", "probabilities", "models", "k", "k_fraction", "cam_size"} <= set(returns["properties"])
+    model = returns["properties"]["models"]["additionalProperties"]["properties"]
+    assert {"label", "probability", "top", "l1", "iou", "threshold", "mass"} <= set(model)
+    assert api["/families"]["parameters"] == []
+
+
+def test_explain_with_the_image_only(client, files):
+    report = client.predict(handle_file(files / "image.png"), api_name="/explain")
+    assert report["family"] == "fam" and report["k"] == KS[1] and report["method"] == "gradcam"  # the middle k
+    assert report["k_fraction"] == pytest.approx(KS[1] / (16 * 16)) and report["cam_size"] == [16, 16]
+    assert set(report["models"]) == {f"k{k}" for k in KS} | {"baseline"} and report["model"] == f"k{KS[1]}"
+    chosen = report["models"][f"k{KS[1]}"]
+    assert report["prediction"] == chosen["label"] and report["probability"] == chosen["probability"]
+    assert report["probabilities"] == chosen["top"] and max(chosen["top"].values()) == chosen["probability"]
+    assert not report["has_mask"] and report["models"]["baseline"]["method"] == "gradcam"
     for m in report["models"].values():
         assert 0 <= m["probability"] <= 1 and 0 <= m["l1"] <= 1 and m["iou"] is None and m["label"]
 
 
-def test_explain_with_mask(client, files):
-    _, _, report = client.predict(handle_file(files / "image.png"), handle_file(files / "mask.png"), KS[0],
-                                  "gradcam++", "fam", api_name="/explain")
-    assert report["method"] == "gradcam++"
+def test_explain_with_every_argument(client, files):
+    report = client.predict(image=handle_file(files / "image.png"), mask=handle_file(files / "mask.png"), family="fam",
+                            k=KS[0], method="gradcam++", api_name="/explain")
+    assert report["method"] == "gradcam++" and report["k"] == KS[0] and report["has_mask"]
     for m in report["models"].values():
         assert 0 < m["iou"] <= 1 and 0 <= m["threshold"] <= 1 and 0 <= m["mass"] <= 1
 
 
-def test_broken_file_errors_and_app_keeps_serving(client, files):
-    with pytest.raises(AppError, match="not an image"):
-        client.predict(handle_file(files / "broken.png"), None, KS[0], "gradcam", "fam", api_name="/explain")
-    with pytest.raises(AppError, match="choose one of"):
-        client.predict(handle_file(files / "image.png"), None, 5, "gradcam", "fam", api_name="/explain")
-    with pytest.raises(AppError, match="unknown model family"):
-        client.predict(handle_file(files / "image.png"), None, KS[0], "gradcam", "nope", api_name="/explain")
-    _, _, report = client.predict(handle_file(files / "image.png"), None, KS[0], "gradcam", "fam",
-                                  api_name="/explain")
-    assert report["k"] == KS[0]
+def test_families_lists_ks_and_card_figures(client, served):
+    out = client.predict(api_name="/families")
+    assert out["default"] == "fam" and [f["name"] for f in out["families"]] == ["fam"]
+    fam = out["families"][0]
+    assert fam["ks"] == list(KS) and fam["source"] == "local" and fam["default"] and fam["card_error"] is None
+    card = json.loads((served[2] / "models" / "fam" / "card.json").read_text())  # the bundled card, copied
+    for name, m in card["evaluation"]["models"].items():
+        assert fam["card"]["models"][name]["iou"] == pytest.approx(m["iou"])
+        assert fam["card"]["models"][name]["accuracy"] == pytest.approx(m["clean"]["accuracy"])
+    assert fam["card"]["verdicts"] == card["verdicts"]
 
 
-def test_api_mask_errors_name_the_mask(client, files):
-    with pytest.raises(AppError, match=r"^mask \(the second value\): .*not an image"):
-        client.predict(handle_file(files / "image.png"), handle_file(files / "broken.png"), KS[0], "gradcam", "fam",
-                       api_name="/explain")
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(family="nope"), r"^family: unknown model family 'nope'; available: fam"),
+    (dict(method="nope"), r"^method: unknown CAM method 'nope'; choose one of gradcam"),
+    (dict(k=5), r"^k: k = 5 was not trained in family 'fam'; choose one of \[4, 16, 64\]"),
+    (dict(mask="wide.png"),
+     r"^mask: the mask is 60x20 \(aspect ratio 3.00\) but the image's aspect ratio is 1.33; send this image's mask"),
+    (dict(mask="broken.png"), r"^mask: .*not an image"),
+    (dict(image="broken.png"), r"^image: .*not an image"),
+])
+def test_bad_input_is_refused_clearly_and_the_app_goes_on(client, files, kwargs, message):
+    args = {"image": handle_file(files / "image.png"), **{n: handle_file(files / v) if n in ("image", "mask") else v
+                                                          for n, v in kwargs.items()}}
+    with pytest.raises(AppError, match=message):
+        client.predict(**args, api_name="/explain")
+    assert client.predict(handle_file(files / "image.png"), api_name="/explain")["k"] == KS[1]
+
+
+def test_mask_of_the_same_aspect_ratio_is_resized(client, files):
+    report = client.predict(handle_file(files / "image.png"), handle_file(files / "half_mask.png"), api_name="/explain")
+    assert report["has_mask"] and any("mask resized from 32x24 to 384x288" in n for n in report["notes"])
 
 
 def _rest(url: str, data: list) -> str:
@@ -119,24 +153,41 @@ def _rest(url: str, data: list) -> str:
     return urllib.request.urlopen(f"{url}gradio_api/call/explain/{event}", timeout=60).read().decode()
 
 
-def test_rest_with_missing_values_says_which(server, files):
+def test_rest_without_the_image_says_so(server, files):
     text = _rest(server[1], [])
-    assert "event: error" in text and "takes 5 values" in text and "got 0" in text, text
-    assert "mask (optional)" in text
+    assert "event: error" in text and "/explain needs image" in text, text
 
 
 def test_user_errors_logged_without_traceback(served, client, files):
     with pytest.raises(AppError):
-        client.predict(handle_file(files / "broken.png"), None, KS[0], "gradcam", "fam", api_name="/explain")
+        client.predict(handle_file(files / "broken.png"), api_name="/explain")
     _rest(served[1], [None])
+    _rest(served[1], [])
     time.sleep(1)
     log = (served[2] / "app.log").read_text()
-    assert "user error: image:" in log and "user error: /explain takes 5 values" in log
+    assert "user error: image:" in log and "user error: /explain needs image" in log
     assert "Traceback" not in log, log[-3000:]
 
 
+def test_mcp_off_by_default_and_without_the_package(app_module, monkeypatch, caplog):
+    monkeypatch.delenv("TOPGAP_MCP", raising=False)
+    assert app_module.mcp_enabled() is False
+    monkeypatch.setenv("TOPGAP_MCP", "1")
+    monkeypatch.setattr(app_module.importlib.util, "find_spec", lambda name: None)
+    assert app_module.mcp_enabled() is False and "gradio[mcp] is not installed" in caplog.text
+    monkeypatch.setattr(app_module.importlib.util, "find_spec", lambda name: object() if name == "mcp" else None)
+    assert app_module.mcp_enabled() is True
+
+
+def test_api_docstrings_describe_every_argument(app_module):
+    doc = app_module.api_explain.__doc__
+    for name in ("image", "mask", "family", "k", "method"):
+        assert re.search(rf"^\s+{name}: \w", doc, re.M), name
+    assert "Returns:" in app_module.api_families.__doc__
+
+
 def test_uploads_and_outputs_inside_the_work_folder(served, client, files):
-    client.predict(handle_file(files / "image.png"), None, KS[0], "gradcam", "fam", api_name="/explain")
+    client.predict(handle_file(files / "image.png"), api_name="/explain")
     work = next((served[2] / "tmp").glob("topgap-app-*"))
     assert list((work / "gradio").rglob("image.png")), "gradio's uploads are not in the app's work folder"
 
@@ -216,8 +267,7 @@ def test_eight_clients_memory_flat(server, files):
         c = Client(url, verbose=False)
         for _ in range(n):
             try:
-                _, _, r = c.predict(handle_file(files / "image.png"), handle_file(files / "mask.png"), KS[1],
-                                    "gradcam", "fam", api_name="/explain")
+                r = c.predict(handle_file(files / "image.png"), handle_file(files / "mask.png"), api_name="/explain")
                 assert r["models"]
             except Exception as e:  # noqa: BLE001  (collected and reported by the test)
                 errors.append(repr(e))
@@ -262,3 +312,73 @@ def test_dockerfile():
     assert text.index("COPY --chown=user requirements.txt") < text.index("COPY --chown=user . ")
     assert re.search(r'^CMD \["python", "app.py"\]$', text, re.M)
     assert ".git" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_import_builds_the_ui_without_loading_a_family(tmp_path):
+    import subprocess
+
+    make_family(tmp_path, "fam")
+    code = ("import app; k = next(b for b in app.demo.blocks.values() if getattr(b, 'elem_id', None) == 'k'); "
+            "print(sorted(app.STORE._loaded), [c[1] for c in k.choices], k.value, app.build_demo() is not app.demo)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TOPGAP_MODELS": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == f"[] {list(KS)} {KS[1]} True"  # k from config.json, no model loaded
+
+
+def test_first_use_loads_the_family_once(app_module, files, caplog):
+    import logging
+
+    app_module.STORE._loaded.pop("fam", None)
+    with caplog.at_level(logging.INFO, logger="topgap.app"):
+        assert app_module.load_family("fam") is app_module.load_family("fam")
+    assert caplog.text.count("loading model family fam") == 1
+    msgs = list(app_module.preload("fam"))
+    assert msgs == [gr.skip()]  # loaded already: the page load says nothing
+    app_module.STORE._loaded.pop("fam")
+    msgs = list(app_module.preload("fam"))
+    assert msgs[0].startswith("⏳ Loading model family 'fam'") and msgs[-1] == "" and app_module.STORE.loaded("fam")
+
+
+def test_size_prior_from_the_mask_or_a_typed_size_without_models(app_module, files, monkeypatch):
+    import topgap.explorer.explain as ex
+
+    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+    monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
+    monkeypatch.setattr(ex, "baseline_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
+    # mask: 20x30 of 48x64 pixels = 19.53% of the image; 0.1953125 * 16 * 16 = 50 cells; nearest k 64 (log scale)
+    text, fig = app_module.size_view(sess, KS[1], None)
+    assert "**19.5%** of the image (uploaded mask)" in text and "**50.0** of the 16x16 = 256" in text
+    assert "**k = 64**" in text
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert {"object: 50.0 cells", "nearest trained k = 64", f"selected k = {KS[1]}", "Top-GAP iou"} <= set(labels)
+    assert app_module.use_advised_k(sess, None) == 64
+    text, _ = app_module.size_view(sess, KS[1], 0.02)  # typed wins over the mask: 5.12 cells, nearest k 4
+    assert "**2.0%** of the image (typed size)" in text and "**k = 4**" in text
+    assert app_module.use_advised_k(sess, 0.02) == 4
+    text, fig = app_module.size_view(sess, KS[1], 1.5)
+    assert text.startswith("⚠️ The object size must be between 0 and 1, both excluded (got 1.5)")
+    assert "Top-GAP l1" in [line.get_label() for line in fig.axes[0].get_lines()]  # the curves stay
+    assert app_module.use_advised_k(sess, 1.5) == gr.skip()
+
+
+def test_size_prior_without_mask_or_image_says_what_to_do(app_module, files):
+    sess = _image_session(app_module, files)[0]
+    text, fig = app_module.size_view(sess, KS[1], None)
+    assert text == app_module.SIZE_HINT and fig is not None
+    assert app_module.size_view(None, KS[1], 0.5) == ("Upload an image (or pick an example) on the Explain tab "
+                                                      "first. " + app_module.SIZE_HINT, None)
+
+
+def test_faithfulness_view_plots_the_evaluations_road(app_module, files, monkeypatch):
+    from topgap.explorer.faith import road_curves
+
+    assert app_module.faithfulness_view(None, KS[1])[1].startswith("⚠️ Upload an image")
+    sess = _image_session(app_module, files)[0]
+    fig, text = app_module.faithfulness_view(sess, KS[1])
+    curves = road_curves(app_module.STORE.get("fam"), sess.result)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {f"k{k}: ROAD {curves[f'k{k}']['road']:.3f}" for k in KS} | {
+        f"baseline (gradcam): ROAD {curves['baseline']['road']:.3f}"}
+    assert lines[f"k{KS[1]}: ROAD {curves[f'k{KS[1]}']['road']:.3f}"].get_linewidth() == 2.5  # the selected k
+    assert f"| k{KS[0]} | {curves[f'k{KS[0]}']['road']:.3f} |" in text and "| model | ROAD | 20% | 40% |" in text

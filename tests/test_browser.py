@@ -188,3 +188,26 @@ def test_phone_layout(page, files):
     cells = page.locator("#metrics td")
     heights = {round(c.bounding_box()["height"]) for c in cells.all()}
     assert max(heights) < 40, heights  # digits not wrapped
+
+
+def test_size_prior_assistant(page, files):
+    upload(page, "image", files / "a.png")
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS[1]}", timeout=LONG)
+    upload(page, "mask_upload", files / "mask.png")
+    expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
+    page.get_by_role("tab", name="Bias").click()
+    # 50x50 of 96x96 pixels = 27.1%: 0.2713 * 16 * 16 = 69.4 cells, nearest trained k 64
+    expect(page.locator("#size_advice")).to_contain_text("27.1% of the image (uploaded mask)", timeout=LONG)
+    expect(page.locator("#size_advice")).to_contain_text("69.4 of the 16x16 = 256")
+    expect(page.locator("#bias_plot")).to_be_visible()
+    box = page.locator("#size_fraction input")
+    box.fill("1.5")
+    box.press("Enter")
+    expect(page.locator("#size_advice")).to_contain_text("The object size must be between 0 and 1", timeout=LONG)
+    box.fill("0.02")
+    box.press("Enter")
+    expect(page.locator("#size_advice")).to_contain_text("2.0% of the image (typed size)", timeout=LONG)
+    page.get_by_role("button", name="Use the nearest trained k").click()
+    expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS[0]), timeout=LONG)
+    expect(page.locator("#size_advice")).to_contain_text(f"k = {KS[0]}")
+    no_error_badges(page)

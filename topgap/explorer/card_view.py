@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["render_card", "CardError"]
+__all__ = ["render_card", "load_card", "card_figures", "CardError"]
 
 
 class CardError(ValueError):
@@ -41,6 +41,38 @@ def _verdict(v: dict) -> str:
             f"{interval} → **{v.get('verdict', '?')}**")
 
 
+def load_card(folder: str | Path) -> dict | None:
+    """The family's card.json as a dict, None when there is none.
+
+    Raises:
+        CardError: card.json is not valid JSON or not an object.
+    """
+    card_file = Path(folder) / "card.json"
+    if not card_file.is_file():
+        return None
+    try:
+        card = json.loads(card_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CardError(f"{card_file} is not valid JSON ({e}); rewrite it with topgap card") from None
+    if not isinstance(card, dict):
+        raise CardError(f"{card_file} holds a {type(card).__name__}, not a card; rewrite it with topgap card")
+    return card
+
+
+FIGURES = ("iou", "pxap", "mass_in_mask", "l1", "road", "white_box_rate", "black_box_rate")
+
+
+def card_figures(card: dict) -> dict:
+    """The card's headline figures, machine-readable: {title, models: {name: {kind, k, accuracy, iou, pxap,
+    mass_in_mask, l1, road, white_box_rate, black_box_rate}}, verdicts} (missing figures are None)."""
+    models = _get(card, "evaluation", "models") or {}
+    num = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+    return {"title": card.get("title"),
+            "models": {n: {"kind": m.get("kind"), "k": m.get("k"), "accuracy": num(_get(m, "clean", "accuracy")),
+                           **{f: num(m.get(f)) for f in FIGURES}} for n, m in models.items() if isinstance(m, dict)},
+            "verdicts": [v for v in card.get("verdicts") or [] if isinstance(v, dict)]}
+
+
 def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     """(Markdown, [(plot file, caption)]) of the family in `folder`; README.md without images when there is no
     card.json, and a 'no card yet' line when there is neither.
@@ -49,15 +81,9 @@ def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
         CardError: card.json is not valid JSON or not an object.
     """
     folder = Path(folder)
-    card_file = folder / "card.json"
-    if not card_file.is_file():
+    card = load_card(folder)
+    if card is None:
         return f"No model card yet for **{folder.name}**: run `topgap evaluate` then `topgap card` on it.", []
-    try:
-        card = json.loads(card_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CardError(f"{card_file} is not valid JSON ({e}); rewrite it with topgap card") from None
-    if not isinstance(card, dict):
-        raise CardError(f"{card_file} holds a {type(card).__name__}, not a card; rewrite it with topgap card")
     ev = card.get("evaluation") or {}
     parts = [f"## {card.get('title') or folder.name}", "", str(card.get("data") or "")]
     if card.get("verdicts"):

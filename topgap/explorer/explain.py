@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from ..cam import METHODS, baseline_cam, cam_size, postprocess, topgap_cam
-from ..checkpoint import CheckpointError, load_family
+from ..checkpoint import CheckpointError, family_members, load_family, read_config
 from ..config import ModelConfig
 from ..data.imageio import InputError, decode_image, decode_mask, fit_mask
 from ..metrics import best_iou, l1_sparsity, mass_in_mask
@@ -206,7 +206,8 @@ class MapResult:
     mass: float | None = None
 
     def summary(self) -> dict:
-        return {"label": self.label, "probability": round(self.probability, 6), "l1": round(self.l1, 6),
+        return {"kind": self.kind, "k": self.k, "label": self.label, "probability": round(self.probability, 6),
+                "top": {n: round(p, 6) for n, p in self.top.items()}, "l1": round(self.l1, 6),
                 "iou": _r(self.iou), "threshold": _r(self.threshold), "mass": _r(self.mass)}
 
 
@@ -386,6 +387,19 @@ class FamilyStore:
             listed = ", ".join(self.names()) or f"none: train one into {self.root}/<family>/"
             raise InputError(f"unknown model family {name!r}; available: {listed}")
         return self.root / name
+
+    def loaded(self, name: str) -> Family | None:
+        """The family if it is loaded already (never loads)."""
+        return self._loaded.get(name)
+
+    def trained_ks(self, name: str) -> list[int]:
+        """A local family's trained k from its config.json files (no weights read); [] for a family not on disk."""
+        if name not in FamilyStore.names(self):
+            return []
+        try:
+            return sorted(c.k for c in map(read_config, family_members(self.root / name)) if c.kind == "topgap" and c.k)
+        except CheckpointError:
+            return []
 
     def get(self, name: str, folder: Path | None = None) -> Family:
         with self._lock:

@@ -1,0 +1,47 @@
+"""The typed API's payloads (topgap.explorer.api): /families without loading anything, /explain from one Result."""
+import numpy as np
+import pytest
+
+from appfamily import KS, make_family
+from topgap.explorer.api import explain_payload, families_payload
+from topgap.explorer.explain import FamilyStore, explain_all
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_family(root, "carded", card=True)
+    make_family(root, "plain", ks=(8,))
+    (make_family(root, "broken", ks=(2,)) / "card.json").write_text("{not json")
+    return FamilyStore(root)
+
+
+def test_families_read_without_loading(store):
+    out = families_payload(store, "plain")
+    assert out["default"] == "plain" and [f["name"] for f in out["families"]] == ["broken", "carded", "plain"]
+    info = {f["name"]: f for f in out["families"]}
+    assert not store._loaded, "listing families must not load models"
+    assert info["carded"]["ks"] == list(KS) and info["plain"]["ks"] == [8] and info["plain"]["default"]
+    assert all(not f["loaded"] and f["cam_size"] is None and f["classes"] is None for f in info.values())
+    assert info["plain"]["card"] is None and info["plain"]["card_error"] is None
+    assert "card.json is not valid JSON" in info["broken"]["card_error"] and info["broken"]["card"] is None
+    k16 = info["carded"]["card"]["models"]["k16"]
+    assert k16["kind"] == "topgap" and k16["k"] == 16 and k16["pxap"] is None  # the bundled card has no PxAP
+    assert k16["accuracy"] == 1.0 and k16["iou"] == pytest.approx(0.6179788435708626)
+
+
+def test_loaded_family_reports_its_geometry(store):
+    store.get("plain")
+    info = families_payload(store, None)["families"][2]
+    assert info["loaded"] and info["cam_size"] == [16, 16] and info["classes"] == ["circle", "square", "triangle",
+                                                                                      "star"]
+
+
+def test_explain_payload_chosen_k_and_every_model(store):
+    fam = store.get("carded")
+    result = explain_all(fam, np.zeros((64, 64, 3), np.uint8))
+    out = explain_payload(result, 2)
+    assert out["k"] == KS[2] and out["model"] == f"k{KS[2]}" and out["k_fraction"] == KS[2] / 256
+    assert set(out["models"]) == {"k4", "k16", "k64", "baseline"}
+    assert out["prediction"] == result.topgap[2].label and out["probabilities"] == out["models"]["k64"]["top"]
+    assert out["models"] == result.report()["models"]  # the same figures as the downloads' report
