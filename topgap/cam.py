@@ -11,14 +11,13 @@ Identity (tested): GradCAM taken at a Top-GAP net's class-map layer, for class c
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .model import TopGapNet, minmax_scale
@@ -28,10 +27,9 @@ __all__ = ["METHODS", "POSTPROCESSING", "postprocess", "cam_size", "topgap_cam",
 
 POSTPROCESSING = ("relu-minmax", "minmax")  # the one switch; None in the functions below = raw maps
 
-METHODS = {
-    "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
-    "xgradcam": XGradCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM,
-}
+# pytorch-grad-cam class of each method; imported on first use (it pulls in torchvision: seconds at start-up)
+METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+           "xgradcam": "XGradCAM", "eigencam": "EigenCAM", "scorecam": "ScoreCAM"}
 _HOOKS = threading.Lock()  # pytorch-grad-cam hooks modules that threads may share: one call at a time
 
 
@@ -140,10 +138,12 @@ def _target_layer(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return wrapped, wrapped.tap
 
 
-def _raw(method: type) -> type:
-    """`method` returning its raw map at the layer's resolution: no ReLU, no scaling, no resize."""
+@functools.cache
+def _raw(name: str) -> type:
+    """pytorch-grad-cam's `name` method returning its raw map at the layer's resolution: no ReLU, no scaling."""
+    import pytorch_grad_cam
 
-    class Raw(method):
+    class Raw(getattr(pytorch_grad_cam, METHODS[name])):
         def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
             acts = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
             grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
@@ -153,11 +153,8 @@ def _raw(method: type) -> type:
         def aggregate_multi_layers(self, cam_per_target_layer):
             return np.mean(np.stack(cam_per_target_layer), axis=0)
 
-    Raw.__name__ = f"Raw{method.__name__}"
+    Raw.__name__ = f"Raw{METHODS[name]}"
     return Raw
-
-
-_RAW = {name: _raw(cls) for name, cls in METHODS.items()}
 
 
 def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = "gradcam",
@@ -183,10 +180,12 @@ def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = 
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     runner, default_layer = _target_layer(model)
     t = None if targets is None else _check_targets(targets, len(x), model.num_classes, x.device)
     with _HOOKS, eval_mode(runner), torch.enable_grad(), \
-            _RAW[method](model=runner, target_layers=[layer or default_layer]) as cam:
+            _raw(method)(model=runner, target_layers=[layer or default_layer]) as cam:
         chosen = None if t is None else [ClassifierOutputTarget(int(c)) for c in t]  # None: predicted class
         raw = torch.from_numpy(np.asarray(cam(input_tensor=x, targets=chosen), dtype=np.float32)).to(x.device)
         logits = cam.outputs.detach()

@@ -13,10 +13,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam.metrics.perturbation_confidence import (PerturbationConfidenceMetric, RemoveLeastRelevantFirst,
-                                                              RemoveMostRelevantFirst)
-from pytorch_grad_cam.metrics.road import NoisyLinearImputer
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 
 from ..modes import eval_mode
@@ -37,7 +33,7 @@ class BlurImputer:
         return img * keep + blurred.permute(2, 0, 1) * (1 - keep)
 
 
-IMPUTERS = {"blur": BlurImputer, "linear": NoisyLinearImputer}
+IMPUTERS = ("blur", "linear")
 
 
 def road_scores(model: nn.Module, x: torch.Tensor, cams, targets, percentiles=ROAD_PERCENTILES,
@@ -57,9 +53,14 @@ def road_scores(model: nn.Module, x: torch.Tensor, cams, targets, percentiles=RO
     cams = cams.detach().cpu().numpy() if isinstance(cams, torch.Tensor) else np.asarray(cams)
     if cams.shape != (x.shape[0], *x.shape[-2:]):
         raise ValueError(f"ROAD needs one map per image at the input size {tuple(x.shape[-2:])}; got {cams.shape}")
+    from pytorch_grad_cam.metrics.perturbation_confidence import (PerturbationConfidenceMetric,
+                                                                  RemoveLeastRelevantFirst, RemoveMostRelevantFirst)
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
     chosen = [ClassifierOutputSoftmaxTarget(int(t)) for t in torch.as_tensor(targets).reshape(-1)]
     cams = cams.astype(np.float32)
-    fill = IMPUTERS[imputer]()
+    fill = BlurImputer() if imputer == "blur" else NoisyLinearImputer()
     morf, lerf = [], []
     with eval_mode(model), torch.no_grad():
         for p in percentiles:
