@@ -150,11 +150,42 @@ def test_masked_gradients_are_flagged():
     eps = 16 / 255
     white = robustness(masked, x, y, run_attack(masked, x, y, "fgsm", eps))
     square = robustness(masked, x, y, run_attack(masked, x, y, "square", eps, n_queries=50))
-    transfer = transfer_robustness(honest, masked, x, y, eps, steps=5)
+    transfer = transfer_robustness(honest, masked, x, y, eps, steps=40)
     assert white["robust_correct_rate"] == 1.0  # zero gradients: FGSM cannot move
     assert square["robust_correct_rate"] < 0.8 and transfer["robust_correct_rate"] < 0.5
     assert gradient_masking_flag(white["robust_correct_rate"], square["robust_correct_rate"])
     assert gradient_masking_flag(white["robust_correct_rate"], transfer["robust_correct_rate"])
     # the honest model's white-box attack is at least as strong as the black-box ones: not flagged
-    honest_white = robustness(honest, x, y, run_attack(honest, x, y, "pgd", eps, steps=5))
+    honest_white = robustness(honest, x, y, run_attack(honest, x, y, "pgd", eps, steps=40))
     assert not gradient_masking_flag(honest_white["robust_correct_rate"], square["robust_correct_rate"])
+
+
+@pytest.mark.parametrize("rule, alpha", [("foolbox", lambda eps, steps: eps / 30),
+                                         ("2.5eps/steps", lambda eps, steps: min(eps, 2.5 * eps / steps))])
+def test_pgd_step_rules(rule, alpha):
+    """One PGD step without random start moves every pixel by exactly alpha (Foolbox: eps/30; Madry: 2.5 eps/steps,
+    projected back onto the eps ball)."""
+    model = linear_model(seed=1)
+    x, y = torch.full((2, 3, 8, 8), 0.5), torch.tensor([0, 1])
+    eps = 8 / 255
+    adv = run_attack(model, x, y, "pgd", eps, steps=1, rule=rule, random_start=False)
+    moved = (adv - x).abs()
+    assert torch.allclose(moved[moved > 0], torch.full_like(moved[moved > 0], alpha(eps, 1)), atol=1e-6)
+    with pytest.raises(ValueError, match="foolbox"):
+        run_attack(model, x, y, "pgd", eps, rule="madry")
+
+
+def test_eps_curve_falls_to_zero_and_autoattack_stays_in_the_ball():
+    from topgap.eval.attacks import eps_curve
+
+    model = linear_model(seed=3)
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    curve = eps_curve(model, x, y, [1 / 255, 8 / 255, 1.0], steps=10)
+    acc = [c["accuracy"] for c in curve]
+    assert acc[0] == 1.0 or acc == sorted(acc, reverse=True)
+    assert acc[-1] == 0.0  # the whole image range: every prediction can be changed
+    adv = run_attack(model, x, y, "autoattack", 4 / 255)
+    assert (adv - x).abs().max() <= 4 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
