@@ -187,5 +187,8 @@ def test_eps_curve_falls_to_zero_and_autoattack_stays_in_the_ball():
     acc = [c["accuracy"] for c in curve]
     assert acc[0] == 1.0 or acc == sorted(acc, reverse=True)
     assert acc[-1] == 0.0  # the whole image range: every prediction can be changed
-    adv = run_attack(model, x, y, "autoattack", 4 / 255)
-    assert (adv - x).abs().max() <= 4 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    for m in (model, linear_model(seed=3, classes=4)):  # 3 classes: without APGD-T; 4: the standard version
+        with torch.no_grad():
+            y = m(x).argmax(1)
+        adv = run_attack(m, x, y, "autoattack", 4 / 255)
+        assert (adv - x).abs().max() <= 4 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1

@@ -11,7 +11,7 @@ Thin wrappers over torchattacks. Every function takes a model on **[0, 1] images
   0.01/0.3, i.e. alpha = eps/30 whatever the step count, 40 steps, random start) or "2.5eps/steps"
   (Madry et al.'s rule of thumb, alpha = 2.5 * eps / steps).
 - AutoAttack (Croce & Hein, 2020), torchattacks' standard version: APGD-CE, APGD-T, FAB-T, Square,
-  each run on the images the previous ones did not break.
+  each run on the images the previous ones did not break (APGD-T left out below 4 classes: its loss needs them).
 - Square (Andriushchenko et al.): black-box random search on the margin loss, no gradients; it
   only attacks images the model classifies as `y` (torchattacks), others come back unchanged.
 - Transfer: PGD examples crafted on an independently trained surrogate (e.g. a second-seed
@@ -99,12 +99,24 @@ def run_attack(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, kind: str
         else:
             with torch.no_grad():
                 n_classes = kw.pop("n_classes", None) or model01(x01[:1]).shape[1]
-            attack = torchattacks.AutoAttack(model01, norm="Linf", eps=eps, version="standard",
-                                             n_classes=n_classes, seed=seed, **kw)
+            attack = _autoattack(model01, eps, n_classes, seed)
         attack.set_model_training_mode(model_training=False)
         with torch.enable_grad():
             adv = attack(x01, y)
     return adv.detach()
+
+
+def _autoattack(model01: nn.Module, eps: float, n_classes: int, seed: int) -> torchattacks.attack.Attack:
+    """torchattacks' standard AutoAttack; with fewer than 4 classes without APGD-T, whose targeted DLR loss
+    reads the 4th-largest logit (Croce & Hein use APGD-CE, FAB-T and Square alone there too)."""
+    if n_classes >= 4:
+        return torchattacks.AutoAttack(model01, norm="Linf", eps=eps, version="standard", n_classes=n_classes,
+                                       seed=seed)
+    return torchattacks.MultiAttack([
+        torchattacks.APGD(model01, norm="Linf", eps=eps, seed=seed, loss="ce", n_restarts=1),
+        torchattacks.FAB(model01, norm="Linf", eps=eps, seed=seed, multi_targeted=True, n_classes=n_classes,
+                         n_restarts=1),
+        torchattacks.Square(model01, norm="Linf", eps=eps, seed=seed, n_queries=5000, n_restarts=1)])
 
 
 def eps_curve(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps_values: list[float], steps: int = 20,
