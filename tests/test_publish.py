@@ -147,7 +147,8 @@ def test_this_repository_deploys(capsys):
     assert {"app.py", "README.md", "requirements.txt", ".gitattributes", "assets/LICENSES.json",
             "topgap/explorer/hub.py", "models/synthetic-shapes/k64/model.safetensors",
             "models/synthetic-shapes/card.json", "models/synthetic-shapes/plots/iou.png"} <= paths
-    assert {f"assets/{p.parent.name}/{p.name}" for p in (ROOT / "assets").glob("*/*.png")} <= paths
+    examples = [p for d in ("images", "masks") for p in (ROOT / "assets" / d).glob("*.png")]
+    assert examples and {f"assets/{p.parent.name}/{p.name}" for p in examples} <= paths  # the app's examples
     assert not [p for p in paths if p.startswith(("tests/", "reports/", "bench/")) or p.endswith(".pyc")
                 or "train_log" in p or p in ("Dockerfile", "Makefile")]
     assert all(f["lfs"] == f["path"].endswith((".png", ".safetensors")) for f in plan["files"])
