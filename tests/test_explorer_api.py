@@ -1,8 +1,10 @@
 """The typed API's payloads (topgap.explorer.api): /families without loading anything, /explain from one Result."""
+import json
+
 import numpy as np
 import pytest
 
-from appfamily import KS, make_family
+from appfamily import KS, ROOT, make_family
 from topgap.explorer.api import explain_payload, families_payload
 from topgap.explorer.explain import FamilyStore, explain_all
 
@@ -26,8 +28,11 @@ def test_families_read_without_loading(store):
     assert info["plain"]["card"] is None and info["plain"]["card_error"] is None
     assert "card.json is not valid JSON" in info["broken"]["card_error"] and info["broken"]["card"] is None
     k16 = info["carded"]["card"]["models"]["k16"]
-    assert k16["kind"] == "topgap" and k16["k"] == 16 and k16["pxap"] is None  # the bundled card has no PxAP
-    assert k16["accuracy"] == 1.0 and k16["iou"] == pytest.approx(0.6179788435708626)
+    assert k16["kind"] == "topgap" and k16["k"] == 16
+    bundled = json.loads((ROOT / "models" / "synthetic-shapes" / "card.json").read_text())
+    for key in ("pxap", "iou", "l1"):  # the card's own figures, passed through
+        assert k16[key] == bundled["evaluation"]["models"]["k16"][key]
+    assert k16["accuracy"] == bundled["evaluation"]["models"]["k16"]["clean"]["accuracy"]
 
 
 def test_loaded_family_reports_its_geometry(store):
