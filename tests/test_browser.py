@@ -4,6 +4,7 @@ families, a mask tied to its image, errors next to their input, the model card, 
 Needs `pip install playwright` and `apt-get install -y chromium` (never `playwright install`); skips otherwise.
 One served app and one browser for the module.
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,8 @@ def test_trimap_shown_visibly(page, files):
 def test_model_card_from_schema_with_plots(page):
     page.get_by_role("tab", name="Card").click()
     card = page.locator("#card")
-    expect(card).to_contain_text("Synthetic shapes zoo", timeout=LONG)
+    title = json.loads((ROOT / "models" / "synthetic-shapes" / "card.json").read_text())["title"]
+    expect(card).to_contain_text(title, timeout=LONG)
     expect(card.locator("table").first.locator("th").first).to_have_text("model")
     assert "white-box" in card.locator("table").first.inner_text()
     imgs = page.locator("#card_plots img")
