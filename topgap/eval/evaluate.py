@@ -173,7 +173,8 @@ def evaluate_family(models: dict[str, tuple[nn.Module, ModelConfig]], dataset, *
         cam_method: the post-hoc CAM (:data:`topgap.cam.METHODS`) for the baseline and "*_gradcam".
         max_images: evaluate only the first this many images.
         convergence: {name: (converged, reason)}; non-converged models get no verdict.
-        bootstrap_samples, seed: the paired bootstrap of the comparisons.
+        bootstrap_samples, seed: the paired bootstrap of the comparisons (0: no comparisons, as for the
+            validation pass that only chooses k).
 
     Returns the results dict described in the module docstring.
     """
@@ -249,7 +250,7 @@ def evaluate_family(models: dict[str, tuple[nn.Module, ModelConfig]], dataset, *
     convergence = convergence or {}
     for n, (_, cfg) in models.items():
         results["models"][n] = _summarise(tallies[n], cfg, sizes[n], attacks, convergence.get(n))
-    for n, refs in compare(models, tallies, convergence, bootstrap_samples, seed).items():
+    for n, refs in (compare(models, tallies, convergence, bootstrap_samples, seed) if bootstrap_samples else {}).items():
         results["models"][n]["comparisons"] = refs
     return results
 
@@ -549,7 +550,8 @@ def run(args: argparse.Namespace) -> dict:
     shifts = {s: open_dataset(args.data, s, **common) for s in names}
     results = _evaluate_folder(family, dataset, args, surrogate=surrogate, shifts=shifts, split=args.split)
     if args.select_split:
-        val_args = argparse.Namespace(**{**vars(args), "attacks": [], "eps_curve": [], "faithfulness_images": 0})
+        val_args = argparse.Namespace(**{**vars(args), "attacks": [], "eps_curve": [], "faithfulness_images": 0,
+                                         "bootstrap": 0})
         val = _evaluate_folder(family, open_dataset(args.data, args.select_split, **common), val_args,
                                surrogate=None, shifts={}, split=args.select_split)
         results["selection"] = select_models(val)
