@@ -94,11 +94,15 @@ def _loader(dataset, batch_size: int) -> DataLoader:
 
 
 class _Maps:
-    """Per-image values of one map type (own CAM or GradCAM) of one model."""
+    """Per-image values of one map type (own CAM or GradCAM) of one model.
 
-    def __init__(self):
+    `split_level=False` (shifted splits, which report IOU and mass only) skips PxAP and MaxBoxAccV2, the
+    latter 100 contour searches per image.
+    """
+
+    def __init__(self, split_level: bool = True):
         self.l1, self.iou, self.mass, self.road, self.boxes = [], [], [], [], []
-        self.pxap = PxAP()
+        self.pxap, self.split_level = PxAP(), split_level
 
     def add(self, l1_maps: np.ndarray, loc_maps: np.ndarray, masks: np.ndarray, has_mask: np.ndarray) -> None:
         self.l1.extend(np.atleast_1d(l1_sparsity(l1_maps)).tolist())
@@ -110,8 +114,9 @@ class _Maps:
                 continue
             self.iou.append(best_iou(loc_maps[i], obj, ignore)[0])
             self.mass.append(mass_in_mask(loc_maps[i], obj, ignore))
-            self.pxap.update(loc_maps[i], obj, ignore)
-            self.boxes.append(box_hits(loc_maps[i], obj))
+            if self.split_level:
+                self.pxap.update(loc_maps[i], obj, ignore)
+                self.boxes.append(box_hits(loc_maps[i], obj))
 
     def summary(self, suffix: str = "") -> dict:
         return {f"l1{suffix}": _mean(self.l1), f"iou{suffix}": _mean(self.iou),
@@ -303,7 +308,7 @@ def _evaluate_batch(t: _Tally, net01: nn.Module, model: nn.Module, cfg: ModelCon
 
 
 def _shifted(net01, model, cfg, data, batch_size, device, progress, opts) -> dict:
-    correct, own = [], _Maps()
+    correct, own = [], _Maps(split_level=False)
     for batch in tqdm(_loader(data, batch_size), desc="shifted", disable=not progress, unit="batch"):
         x, y = batch["image"].to(device), batch["label"].to(device)
         masks, has_mask = batch["mask"].numpy(), batch["has_mask"].numpy().astype(bool)
