@@ -160,6 +160,10 @@ class Session:
     image_key: str | None = None
     upload_key: str | None = None  # the mask upload last seen (None: none, or it was cleared)
     drawn_key: str | None = None
+    # the previous image's upload and drawing: events queued before the page cleared them still carry them, and
+    # they must not come back; forgotten once the input is seen empty (the same file uploaded again is then used)
+    stale_upload: str | None = None
+    stale_drawn: str | None = None
     mask: np.ndarray | None = None  # the mask in use: an upload (path) or a drawn bool array
     mask_source: str | None = None  # "uploaded mask" | "drawn mask"
     family: str | None = None
@@ -349,13 +353,14 @@ def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None)
     rerun = new_image or fam_name != sess.family or method != sess.method
     mask_changed = False
     if new_image:
-        if upload_key is not None and upload_key == sess.upload_key:
-            upload_key = None  # left over from the previous image (the page clears the box itself)
         if sess.mask is not None:
             out["mask_msg"] = "The previous image's mask was cleared; upload or draw one for this image."
+        sess.stale_upload, sess.stale_drawn = sess.upload_key, sess.drawn_key
         sess.mask = sess.mask_source = None
-        sess.drawn_key = drawn_key = None  # the editor gets the new image as background and no strokes
+        sess.drawn_key = None  # the editor gets the new image as background and no strokes
         mask_changed = True
+    upload_key, sess.stale_upload = _unless_stale(upload_key, sess.stale_upload)
+    drawn_key, sess.stale_drawn = _unless_stale(drawn_key, sess.stale_drawn)
     if upload_key != sess.upload_key:
         sess.upload_key, mask_changed = upload_key, True
         if upload_key is not None:
@@ -396,6 +401,13 @@ def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None)
         sess.mask = sess.mask_source = None
         sess.result = sess.result.with_mask(None)
     return _outputs(sess, out, k, fam, new_image=new_image)
+
+
+def _unless_stale(key: str | None, stale: str | None) -> tuple[str | None, str | None]:
+    """(key to use, stale key to keep): a stale key reads as no input; an empty input ends staleness."""
+    if key is None:
+        return None, None
+    return (None, stale) if key == stale else (key, stale)
 
 
 def _try_family(name: str | None, out: dict) -> Family | None:

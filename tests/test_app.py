@@ -235,6 +235,13 @@ def test_mask_kept_for_its_image_cleared_for_a_new_one(app_module, files, tmp_pa
     out = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
     assert not out[0].result.has_mask and "previous image's mask was cleared" in out[4]
     assert "Upload or draw a mask" in out[10]
+    # an event queued before the page emptied the mask box still carries the old mask: it must not come back,
+    # nor erase the message
+    late = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
+    assert not late[0].result.has_mask and late[4] == gr.skip()
+    emptied = app_module.update("fam", str(other), None, None, "gradcam", KS[1], late[0])  # the box is empty now
+    again = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], emptied[0])
+    assert again[0].result.has_mask and again[0].mask_source == "uploaded mask"  # the same file, given again: used
 
 
 def test_bad_image_keeps_the_results_and_says_so(app_module, files):

@@ -82,8 +82,10 @@ def pick_family(page, name: str):
 
 
 def no_error_badges(page):
+    """No error or warning toast (an info toast, such as "loading family", is expected) and no error badge."""
     page.wait_for_timeout(500)
-    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    bad = page.locator(".toast-body.error, .toast-body.warning")
+    assert bad.count() == 0, bad.all_inner_texts()
     assert page.get_by_text("Error", exact=True).count() == 0
 
 
