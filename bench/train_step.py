@@ -63,7 +63,6 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and loss (Recipe.bf16)")
     p.add_argument("--channels-last", action="store_true", help="NHWC models and inputs (Recipe.channels_last)")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (Recipe.compile)")
-    p.add_argument("--no-at", action="store_true", help="skip PGD-10 adversarial training (slow on CPU)")
     args = p.parse_args()
     torch.manual_seed(0)
     dev = torch.device(args.device)
