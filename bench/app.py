@@ -3,9 +3,10 @@
 Goals (issues 5, 12 and 13): cold start (to the first HTTP 200; families load on first use) <= 10 s (issue 13:
 <= 15 s); upload to all k <= 1.0 s (default zoo, 2 cores); k change <= 50 ms
 server time; Top-GAP CAM / GradCAM on the baseline <= 0.5; RSS <= 1.5 GB after visiting every family (every view:
-explain with a mask, bias plot, attack, downloads, card). Medians in one run, printed as JSON:
+explain with a mask, bias plot, attack, downloads, card); issue 13: slider <= 100 ms, peak RSS <= 2 GB, 8 clients x
+25 /explain calls with 0 errors and the server's RSS growing < 10%. Medians in one run, printed as JSON:
 
-    python bench/app.py [--family models/synth] [--repeats 7]
+    python bench/app.py [--family models/synth] [--repeats 7] [--clients 8 --requests 25]
 
 Without --family a random-weight resnet18 family (k 4, 16, 64 + baseline, 64x64 inputs) is made in a temp dir.
 """
@@ -64,10 +65,32 @@ def cold_start(models: Path, family: str, image: Path | None = None) -> tuple[fl
         proc.wait(timeout=30)
 
 
+def load(models: Path, image: Path, mask: Path, clients: int, requests: int) -> dict:
+    """A served app under `clients` x `requests` /explain calls (with a mask), after a warm-up round of 5 each:
+    errors, seconds, the server's RSS before and after (growth in %) and its peak RSS (VmHWM)."""
+    import psutil
+    from appfamily import client_bursts, served_app
+
+    with served_app(models) as (proc, url):
+        server = psutil.Process(proc.pid)
+        warm_errors = client_bursts(url, image, mask, clients, 5)
+        before, t0 = server.memory_info().rss, time.perf_counter()
+        errors = client_bursts(url, image, mask, clients, requests)
+        seconds, after = time.perf_counter() - t0, server.memory_info().rss
+        peak = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                    if line.startswith("VmHWM"))
+    return {"clients": clients, "requests_each": requests, "errors": len(errors) + len(warm_errors),
+            "first_error": (errors + warm_errors or [None])[0], "seconds": round(seconds, 1),
+            "rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round(after / 2**20, 1),
+            "rss_growth_pct": round(100 * (after / before - 1), 1), "server_peak_rss_mb": round(peak / 1024, 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", type=Path, help="a family folder (default: a random-weight test family)")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--clients", type=int, default=8, help="load: concurrent gradio_client sessions (0: skip)")
+    p.add_argument("--requests", type=int, default=25, help="load: /explain calls per client")
     args = p.parse_args()
     if args.family is None:
         from appfamily import make_family
@@ -115,6 +138,8 @@ def main() -> None:
     theirs = median_time(lambda: baseline_cam(bmodel, xb, method="gradcam", size=fam.input_size), args.repeats)
     out.update(topgap_cam_s=round(ours, 4), gradcam_baseline_s=round(theirs, 4), cam_ratio=round(ours / theirs, 3))
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if args.clients:
+        out["load"] = load(args.family.parent, folder / "image.png", folder / "mask.png", args.clients, args.requests)
     print(json.dumps(out, indent=2))
 
 

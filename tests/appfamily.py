@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -73,3 +74,27 @@ def served_app(models: Path, timeout: float = 120, workdir: Path | None = None):
         proc.wait(timeout=30)
         if workdir is not None:
             log.close()
+
+
+def client_bursts(url: str, image: Path, mask: Path | None, clients: int = 8, requests: int = 25) -> list[str]:
+    """`clients` gradio_client sessions in threads, each calling /explain `requests` times with the image (and
+    mask); returns the errors (repr), empty when every call answered with models."""
+    from gradio_client import Client, handle_file
+
+    errors: list[str] = []
+
+    def burst():
+        c = Client(url, verbose=False)
+        for _ in range(requests):
+            try:
+                r = c.predict(handle_file(image), handle_file(mask) if mask else None, api_name="/explain")
+                assert r["models"], r
+            except Exception as e:  # noqa: BLE001  (collected and reported)
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=burst) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

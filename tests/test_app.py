@@ -5,7 +5,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from appfamily import KS, make_family, served_app
+from appfamily import KS, client_bursts, make_family, served_app
 
 ROOT = Path(__file__).resolve().parents[1]
 gr = pytest.importorskip("gradio")
@@ -269,28 +268,9 @@ def test_model_card_rendered_from_card_json(app_module):
 
 def test_eight_clients_memory_flat(server, files):
     process, url = server
-
-    def burst(n: int, errors: list):
-        c = Client(url, verbose=False)
-        for _ in range(n):
-            try:
-                r = c.predict(handle_file(files / "image.png"), handle_file(files / "mask.png"), api_name="/explain")
-                assert r["models"]
-            except Exception as e:  # noqa: BLE001  (collected and reported by the test)
-                errors.append(repr(e))
-
-    def round_of(n: int) -> list:
-        errors: list = []
-        threads = [threading.Thread(target=burst, args=(n, errors)) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return errors
-
-    assert not round_of(5)  # warm-up: every code path, 8 sessions
+    assert not client_bursts(url, files / "image.png", files / "mask.png", 8, 5)  # warm-up: every path, 8 sessions
     before = process.memory_info().rss
-    errors = round_of(25)
+    errors = client_bursts(url, files / "image.png", files / "mask.png", 8, 25)
     after = process.memory_info().rss
     assert not errors, errors[:3]
     assert after < before * 1.10, f"RSS grew from {before / 2**20:.0f} MB to {after / 2**20:.0f} MB"
