@@ -7,7 +7,8 @@ Env: TOPGAP_MODELS (models root, default models/ beside this file), TOPGAP_DEFAU
 `topgap push`, listed beside the local ones; a local folder named like the repo is the fallback), TOPGAP_MCP=1
 (serve /explain and /families as MCP tools too; needs `pip install "gradio[mcp]"`).
 
-API (typed, `gr.api`): /explain(image, mask=None, family=None, k=None, method="gradcam") -> report, /families().
+API (typed, `gr.api`): /explain(image, mask=None, family=None, k=None, method="gradcam", maps=False) -> report,
+/families(). The Audit tab runs a zip or several images through every k (topgap.explorer.audit).
 Families load on first use (a page load starts loading the default one); nothing heavy runs at import.
 """
 import atexit
@@ -549,15 +550,13 @@ def audit(fam_name, method, files, progress=gr.Progress()):
         rows = run_audit(fam, items, method, track=lambda xs: progress.tqdm(xs, desc="Auditing", unit="image"))
     except USER_ERRORS as e:
         log.info("user error (audit): %s", e)
-        return None, None, f"⚠️ {str(e)[:1].upper()}{str(e)[1:]}."
+        return None, None, f"⚠️ Audit refused: {e}."
     csv_path = write_csv(rows, tempfile.mkdtemp(dir=DOWNLOADS))
     bound_storage()
     masked = sum(item.mask is not None for item in items)
     text = (f"{len(items)} images ({masked} with a mask) through {len(fam.ks)} Top-GAP models"
             f"{' and the baseline' if fam.baseline else ''} of **{fam.name}**: {len(rows)} rows.")
-    return rows, str(csv_path), text + ("
-
-**Notes:** " + "; ".join(notes) + "." if notes else "")
+    return rows, str(csv_path), text + ("\n\n**Notes:** " + "; ".join(notes) + "." if notes else "")
 
 
 def model_card(fam_name):

@@ -141,3 +141,16 @@ def test_csv_round_trip(family, tmp_path):
         return None if cell == "" else type(like)(cell)
     assert header == COLUMNS
     assert [[parse(c, v) for c, v in zip(line, row)] for line, row in zip(back, rows)] == rows
+    formula = write_csv([["=HYPERLINK(1).png", None, "-x"]], tmp_path)  # a spreadsheet would run it: quoted
+    assert formula.read_text().splitlines()[1] == "'=HYPERLINK(1).png,,'-x"
+
+
+def test_decompression_bomb_is_a_row_note(family, tmp_path):
+    bomb = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(bomb, "PNG")  # 48 MP of zeros, a few dozen KB
+    assert len(bomb.getvalue()) < MB
+    items, _ = collect([make_zip(tmp_path / "up.zip", {"big.png": bomb.getvalue(), "a.png": IMAGE})])
+    rows = run_audit(family, items)
+    big = [r for r in rows if r[0] == "big.png"]
+    assert len(big) == 1 and "8000x6000 = 48 MP, more than the 40 MP this app accepts; downscale it" in big[0][-1]
+    assert len([r for r in rows if r[0] == "a.png"]) == len(family.ks) + 1  # the others still audited

@@ -245,11 +245,18 @@ def run_audit(family: Family, items: list[Item], method: str = "gradcam",
     return rows
 
 
+def _cell(v):
+    """None as an empty cell; text that a spreadsheet would run as a formula (a file named "=cmd|..."), quoted."""
+    if v is None:
+        return ""
+    return "'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@", "\t", "\r")) else v
+
+
 def write_csv(rows: list[list], folder: str | Path, name: str = "audit.csv") -> Path:
-    """The rows under a header of :data:`COLUMNS` as folder/name, written atomically; None is an empty cell."""
+    """The rows under a header of :data:`COLUMNS` as folder/name, written atomically (see :func:`_cell`)."""
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             out = csv.writer(f)
             out.writerow(COLUMNS)
-            out.writerows([["" if v is None else v for v in row] for row in rows])
+            out.writerows([[_cell(v) for v in row] for row in rows])
     return atomic_write(Path(folder) / name, write)
