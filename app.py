@@ -7,7 +7,8 @@ Env: TOPGAP_MODELS (models root, default models/ beside this file), TOPGAP_DEFAU
 `topgap push`, listed beside the local ones; a local folder named like the repo is the fallback), TOPGAP_MCP=1
 (serve /explain and /families as MCP tools too; needs `pip install "gradio[mcp]"`).
 
-API (typed, `gr.api`): /explain(image, mask=None, family=None, k=None, method="gradcam") -> report, /families().
+API (typed, `gr.api`): /explain(image, mask=None, family=None, k=None, method="gradcam", maps=False) -> report,
+/families(). The Audit tab runs a zip or several images through every k (topgap.explorer.audit).
 Families load on first use (a page load starts loading the default one); nothing heavy runs at import.
 """
 import atexit
@@ -37,14 +38,15 @@ from PIL import Image
 from topgap.cam import METHODS
 from topgap.checkpoint import CheckpointError
 from topgap.explorer.api import ExplainReport, FamiliesReport, explain_payload, families_payload
+from topgap.explorer.audit import BOUNDS, COLUMNS, IMAGE_SUFFIXES, collect, run_audit, write_csv
 from topgap.explorer.card_view import CardError, render_card
 from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
-                                     k_info, mask_overlay, nearest_k)
+                                     k_info, mask_overlay, nearest_k, own_mask)
 from topgap.explorer.faith import road_curves
 from topgap.explorer.hub import store_from_env
 from topgap.explorer.sizeprior import SizeAdvice, advise, k_curves, mask_fraction, parse_fraction, picture_share
 from topgap.explorer.zerogpu import gpu
-from topgap.data.imageio import decode_mask, drawn_mask
+from topgap.data.imageio import drawn_mask
 from topgap.io import atomic_write
 
 matplotlib.use("Agg")
@@ -528,6 +530,35 @@ def downloads(sess, k):
     return [str(f) for f in files], ""
 
 
+# ---- batch audit (logic in topgap.explorer.audit) ----
+
+AUDIT_HELP = (f"Upload a zip of images or several image files (at most {BOUNDS.images} images, {BOUNDS.upload // 2**20} "
+              f"MB uploaded, {BOUNDS.total // 2**20} MB unpacked, {BOUNDS.member // 2**20} MB per image). Masks are "
+              "optional: in the zip's `masks/` folder with the image's stem (`masks/cat.png` for `cat.jpg`), or named "
+              "`<stem>_mask.png` / `<stem>.mask.png`. Every image runs through every k and the baseline of the family "
+              "above, with the baseline CAM method above.")
+
+
+@gpu
+def audit(fam_name, method, files, progress=gr.Progress()):
+    """Table, CSV and summary of a batch audit: every uploaded image through every k and the baseline."""
+    if not files:
+        return gr.skip(), gr.skip(), "⚠️ Upload a zip of images or several image files first (masks optional)."
+    try:
+        fam = load_family(fam_name)
+        items, notes = collect([_path(f) for f in files])
+        rows = run_audit(fam, items, method, track=lambda xs: progress.tqdm(xs, desc="Auditing", unit="image"))
+    except USER_ERRORS as e:
+        log.info("user error (audit): %s", e)
+        return None, None, f"⚠️ Audit refused: {e}."
+    csv_path = write_csv(rows, tempfile.mkdtemp(dir=DOWNLOADS))
+    bound_storage()
+    masked = sum(item.mask is not None for item in items)
+    text = (f"{len(items)} images ({masked} with a mask) through {len(fam.ks)} Top-GAP models"
+            f"{' and the baseline' if fam.baseline else ''} of **{fam.name}**: {len(rows)} rows.")
+    return rows, str(csv_path), text + ("\n\n**Notes:** " + "; ".join(notes) + "." if notes else "")
+
+
 def model_card(fam_name):
     """The family's card rendered from card.json, and its plots (whole, not cropped)."""
     if not fam_name:
@@ -544,19 +575,9 @@ def _path(file) -> str | None:
     return file.get("path") if isinstance(file, dict) else file
 
 
-def _api_mask(mask: str, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """An API mask decoded, refused when its aspect ratio is not the image's (a mask of another image)."""
-    obj, ign, _ = decode_mask(mask)
-    (mh, mw), (h, w) = obj.shape, image_shape
-    if abs(mw / mh - w / h) > 0.02 * (w / h):
-        raise InputError(f"the mask is {mw}x{mh} (aspect ratio {mw / mh:.2f}) but the image's aspect ratio is "
-                         f"{w / h:.2f}; send this image's mask (same size, or scaled with the same aspect ratio)")
-    return obj, ign
-
-
 @gpu
 def api_explain(image: FileData, mask: FileData | None = None, family: str | None = None, k: int | None = None,
-                method: str = "gradcam") -> ExplainReport:
+                method: str = "gradcam", maps: bool = False) -> ExplainReport:
     """Explain an image with a Top-GAP family: its own CAM at every trained k against a post-hoc CAM of the
     unmodified baseline, with the prediction and (given a mask) IOU and CAM mass on the object.
 
@@ -567,9 +588,11 @@ def api_explain(image: FileData, mask: FileData | None = None, family: str | Non
         family: the model family's name as /families lists it; default: the app's default family.
         k: a trained k of the family (how many class-map cells Top-GAP pools); default: the middle trained k.
         method: the baseline's CAM method: gradcam, gradcam++, scorecam, ablationcam, eigencam, layercam, ...
+        maps: also return each model's CAM ("map": min-max scaled, at the class-map resolution cam_size, 4 decimals).
     Returns:
         The report: prediction, probability and top-3 probabilities of the Top-GAP model at k; for every k and the
-        baseline: label, probability, l1 sparsity, IOU, threshold and mass on the object (None without a mask).
+        baseline: label, probability, l1 sparsity, IOU, threshold, mass on the object and PxAP (None without a
+        mask), and with maps=True the CAM.
     """
     if not image:
         raise user_error("image: send an image file (the first value)")
@@ -588,11 +611,11 @@ def api_explain(image: FileData, mask: FileData | None = None, family: str | Non
         raise user_error(f"image: {e}") from None
     if mask:
         try:
-            result = result.with_mask(*_api_mask(_path(mask), result.image.shape[:2]))
+            result = result.with_mask(*own_mask(_path(mask), result.image.shape[:2]))
         except USER_ERRORS as e:
             raise user_error(f"mask: {e}") from None
     bound_storage()
-    return explain_payload(result, result.index_of(k))
+    return explain_payload(result, result.index_of(k), maps=bool(maps))
 
 
 def api_families() -> FamiliesReport:
@@ -745,6 +768,16 @@ def build_demo() -> gr.Blocks:
             card_md = gr.Markdown(elem_id="card", elem_classes="card")
             card_plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, object_fit="contain", height="auto",
                                     format="png", elem_id="card_plots")
+        with gr.Tab("Audit"):
+            gr.Markdown(AUDIT_HELP)
+            with gr.Row():
+                audit_files = gr.File(label="Zip or images", file_count="multiple", elem_id="audit_files",
+                                      file_types=[".zip", *IMAGE_SUFFIXES])
+                audit_csv = gr.File(label="CSV", interactive=False, elem_id="audit_csv")
+            audit_btn = gr.Button("Audit these images", variant="primary", elem_id="audit_btn")
+            audit_md = gr.Markdown(elem_id="audit_msg")
+            audit_table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="audit_table",
+                                       label="Per image and model (the figures /explain returns)")
         views = [topgap_img, topgap_lbl, base_img, base_lbl, metrics_md, hint_md]
         bias = [bias_table, bias_plot]
         private = dict(api_visibility="undocumented")
@@ -765,6 +798,8 @@ def build_demo() -> gr.Blocks:
         dl_btn.click(downloads, [sess_state, k_radio], [dl_files, dl_msg], **private)
         attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps], [attack_gallery, attack_md],
                          concurrency_id=GROUP, concurrency_limit=1, **private)
+        audit_btn.click(audit, [fam_dd, method_dd, audit_files], [audit_table, audit_csv, audit_md],
+                        concurrency_id=GROUP, concurrency_limit=1, **private)
         gr.on([demo.load, fam_dd.change], model_card, fam_dd, [card_md, card_plots], **private)
         demo.load(preload, fam_dd, family_msg, concurrency_id=GROUP, concurrency_limit=1, **private)
         gr.api(api_explain, api_name="explain", concurrency_id=GROUP, concurrency_limit=1)

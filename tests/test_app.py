@@ -1,5 +1,6 @@
 """The launched app through gradio_client and REST (/explain, errors, load, temp storage, logs), its handlers
 called directly, plus the Space front matter and the Dockerfile."""
+import csv
 import importlib
 import json
 import os
@@ -7,6 +8,7 @@ import re
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from PIL import Image
 
 from appfamily import KS, client_bursts, make_family, served_app
+from topgap.explorer.audit import COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 gr = pytest.importorskip("gradio")
@@ -79,13 +82,14 @@ def files(tmp_path_factory):
 def test_view_api_only_the_image_is_required(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     params = {p["parameter_name"]: p for p in api["/explain"]["parameters"]}
-    assert list(params) == ["image", "mask", "family", "k", "method"]
+    assert list(params) == ["image", "mask", "family", "k", "method", "maps"]
     assert [n for n, p in params.items() if not p["parameter_has_default"]] == ["image"]
     assert params["method"]["parameter_default"] == "gradcam" and params["k"]["parameter_default"] is None
+    assert params["maps"]["parameter_default"] is False
     returns = api["/explain"]["returns"][0]["type"]
     assert {"prediction", "probabilities", "models", "k", "k_fraction", "cam_size"} <= set(returns["properties"])
     model = returns["properties"]["models"]["additionalProperties"]["properties"]
-    assert {"label", "probability", "top", "l1", "iou", "threshold", "mass"} <= set(model)
+    assert {"label", "probability", "top", "l1", "iou", "threshold", "mass", "pxap", "map"} <= set(model)
     assert api["/families"]["parameters"] == []
 
 
@@ -107,7 +111,16 @@ def test_explain_with_every_argument(client, files):
                             k=KS[0], method="gradcam++", api_name="/explain")
     assert report["method"] == "gradcam++" and report["k"] == KS[0] and report["has_mask"]
     for m in report["models"].values():
-        assert 0 < m["iou"] <= 1 and 0 <= m["threshold"] <= 1 and 0 <= m["mass"] <= 1
+        assert 0 < m["iou"] <= 1 and 0 <= m["threshold"] <= 1 and 0 <= m["mass"] <= 1 and 0 <= m["pxap"] <= 1
+        assert "map" not in m  # maps only when asked for
+
+
+def test_explain_returns_the_maps_when_asked(client, files):
+    report = client.predict(handle_file(files / "image.png"), maps=True, api_name="/explain")
+    for m in report["models"].values():
+        cam = np.array(m["map"])
+        assert cam.shape == tuple(report["cam_size"]) == (16, 16) and cam.min() == 0 and cam.max() == 1
+        assert m["l1"] == pytest.approx(cam.mean(), abs=1e-4) and m["pxap"] is None  # l1 is this map's mean
 
 
 def test_families_lists_ks_and_card_figures(client, served):
@@ -180,7 +193,7 @@ def test_mcp_off_by_default_and_without_the_package(app_module, monkeypatch, cap
 
 def test_api_docstrings_describe_every_argument(app_module):
     doc = app_module.api_explain.__doc__
-    for name in ("image", "mask", "family", "k", "method"):
+    for name in ("image", "mask", "family", "k", "method", "maps"):
         assert re.search(rf"^\s+{name}: \w", doc, re.M), name
     assert "Returns:" in app_module.api_families.__doc__
 
@@ -369,3 +382,32 @@ def test_faithfulness_view_plots_the_evaluations_road(app_module, files, monkeyp
         f"baseline (gradcam): ROAD {curves['baseline']['road']:.3f}"}
     assert lines[f"k{KS[1]}: ROAD {curves[f'k{KS[1]}']['road']:.3f}"].get_linewidth() == 2.5  # the selected k
     assert f"| k{KS[0]} | {curves[f'k{KS[0]}']['road']:.3f} |" in text and "| model | ROAD | 20% | 40% |" in text
+
+
+def test_audit_handler_table_csv_progress_and_refusals(app_module, files, tmp_path):
+    with zipfile.ZipFile(tmp_path / "batch.zip", "w") as z:
+        z.write(files / "image.png", "a.png")
+        z.write(files / "image.png", "b.png")
+        z.write(files / "mask.png", "masks/a.png")
+        z.writestr("../evil.png", b"x")
+
+    class Progress:  # records what gr.Progress would show
+        def tqdm(self, items, desc, unit):
+            self.seen = (len(items), desc, unit)
+            return items
+    progress = Progress()
+    rows, csv_path, text = app_module.audit("fam", "gradcam", [str(tmp_path / "batch.zip")], progress)
+    assert progress.seen == (2, "Auditing", "image")
+    assert len(rows) == 2 * (len(KS) + 1) and {r[1] for r in rows} == {"masks/a.png", None}
+    assert text.startswith("2 images (1 with a mask) through 3 Top-GAP models and the baseline of **fam**: 8 rows.")
+    assert "../evil.png: a name outside the zip's folder, ignored" in text
+    assert Path(csv_path).is_relative_to(app_module.DOWNLOADS)
+    with open(csv_path, newline="") as f:
+        assert next(csv.reader(f)) == COLUMNS and len(f.readlines()) == len(rows)
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert app_module.audit("fam", "gradcam", [str(tmp_path / "junk.zip")], progress) == (
+        None, None, "⚠️ Audit refused: junk.zip is not a readable zip file (File is not a zip file); zip the images "
+        "again and upload it.")
+    assert app_module.audit("nope", "gradcam", [str(tmp_path / "batch.zip")], progress)[2].startswith(
+        "⚠️ Audit refused: unknown model family 'nope'; available: fam")
+    assert app_module.audit("fam", "gradcam", None, progress)[2].startswith("⚠️ Upload a zip")

@@ -5,6 +5,7 @@ Needs `pip install playwright` and `apt-get install -y chromium` (never `playwri
 One served app and one browser for the module.
 """
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,29 @@ def test_size_prior_assistant(page, files):
     expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS[0]), timeout=LONG)
     expect(page.locator("#size_advice")).to_contain_text(f"k = {KS[0]}")
     no_error_badges(page)
+
+
+def test_batch_audit_table_csv_and_bad_zip(page, files, tmp_path):
+    with zipfile.ZipFile(tmp_path / "batch.zip", "w") as z:
+        for name, member in (("a.png", "a.png"), ("b.png", "b.png"), ("mask.png", "masks/a.png")):
+            z.write(files / name, member)
+    (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not a zip")
+    page.get_by_role("tab", name="Audit").click()
+    upload(page, "audit_files", tmp_path / "batch.zip")
+    expect(page.locator("#audit_files")).to_contain_text("batch.zip", timeout=LONG)
+    page.locator("#audit_btn").click()
+    expect(page.locator("#audit_msg")).to_contain_text("2 images (1 with a mask)", timeout=LONG)
+    table = page.locator("#audit_table")
+    expect(table).to_contain_text("masks/a.png")
+    expect(table.get_by_role("row")).to_have_count(1 + 2 * (len(KS) + 1))  # header, every k and the baseline per image
+    with page.expect_download() as dl:
+        page.locator("#audit_csv a").first.click()
+    lines = Path(dl.value.path()).read_text().splitlines()
+    assert lines[0].startswith("image,mask,model,kind,k,label") and len(lines) == 1 + 2 * (len(KS) + 1)
+    no_error_badges(page)
+    page.locator("#audit_files").get_by_role("button", name="Clear").click()
+    upload(page, "audit_files", tmp_path / "junk.zip")
+    expect(page.locator("#audit_files")).to_contain_text("junk.zip", timeout=LONG)
+    page.locator("#audit_btn").click()
+    expect(page.locator("#audit_msg")).to_contain_text("Audit refused: junk.zip is not a readable zip file",
+                                                       timeout=LONG)

@@ -3,10 +3,12 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score
 
 from appfamily import KS, ROOT, make_family
 from topgap.explorer.api import explain_payload, families_payload
 from topgap.explorer.explain import FamilyStore, explain_all
+from topgap.metrics import PxAP
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +52,26 @@ def test_explain_payload_chosen_k_and_every_model(store):
     assert set(out["models"]) == {"k4", "k16", "k64", "baseline"}
     assert out["prediction"] == result.topgap[2].label and out["probabilities"] == out["models"]["k64"]["top"]
     assert out["models"] == result.report()["models"]  # the same figures as the downloads' report
+
+
+def test_explain_maps_are_the_class_maps_l1_and_pxap_measure(store):
+    fam = store.get("carded")
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = 255
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    result = explain_all(fam, image).with_mask(mask)
+    assert all("map" not in m for m in explain_payload(result, 0)["models"].values())  # small by default
+    out = explain_payload(result, 0, maps=True)
+    maps = {m.name: m for m in result.topgap + [result.baseline]}
+    for name, m in out["models"].items():
+        cam = np.array(m["map"])
+        assert cam.shape == tuple(out["cam_size"]) == (16, 16)  # 64 px input, 4 feature maps: 64 / 4
+        assert cam.min() == 0 and cam.max() == 1  # min-max scaled
+        assert m["l1"] == pytest.approx(cam.mean(), abs=1e-4)  # l1 is measured on this very map
+        own = maps[name].cam_input  # at the input size (64x64), where IOU, mass and PxAP are measured
+        pxap = PxAP()
+        pxap.update(own, mask)
+        assert 0 <= m["pxap"] <= 1 and m["pxap"] == round(pxap.summary(), 6)
+        assert m["pxap"] == pytest.approx(average_precision_score(mask.ravel(), own.ravel()), abs=0.01)
+    assert explain_payload(result.with_mask(None), 0)["models"]["k4"]["pxap"] is None

@@ -5,7 +5,7 @@ The figures are :meth:`topgap.explorer.explain.Result.report`'s, post-processed 
 """
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from .card_view import CardError, card_figures, load_card
 from .explain import FamilyStore, Result
@@ -16,7 +16,10 @@ __all__ = ["ModelReport", "ExplainReport", "FamilyInfo", "FamiliesReport", "expl
 class ModelReport(TypedDict):
     """One model's answer: its kind ("topgap" or "baseline"), k (None for the baseline), predicted label and its
     probability, the top-3 probabilities, l1 sparsity of its map at the class-map resolution, and against the mask
-    (None without one) the best IOU, its threshold and the CAM mass on the object. The baseline adds "method"."""
+    (None without one) the best IOU, its threshold, the CAM mass on the object and the image's PxAP (pixel average
+    precision, Choe et al. 2020). The baseline adds "method". With maps=True, "map" is the CAM itself: min-max
+    scaled to [0, 1] at the class-map resolution (cam_size rows of cam_size columns, 4 decimals), the map l1 is
+    measured on."""
     kind: str
     k: int | None
     label: str
@@ -26,6 +29,8 @@ class ModelReport(TypedDict):
     iou: float | None
     threshold: float | None
     mass: float | None
+    pxap: float | None
+    map: NotRequired[list[list[float]]]
 
 
 class ExplainReport(TypedDict):
@@ -68,10 +73,11 @@ class FamiliesReport(TypedDict):
     families: list[FamilyInfo]
 
 
-def explain_payload(result: Result, index: int) -> ExplainReport:
-    """The /explain answer for the index-th trained k: every k and the baseline from one :class:`Result`."""
+def explain_payload(result: Result, index: int, maps: bool = False) -> ExplainReport:
+    """The /explain answer for the index-th trained k: every k and the baseline from one :class:`Result`; maps=True
+    adds each model's CAM at the class-map resolution."""
     chosen, _ = result.view(index)
-    report = result.report()
+    report = result.report(maps=maps)
     h, w = result.cam_size
     return {"family": result.family, "method": result.method, "k": chosen.k, "k_fraction": round(chosen.k / (h * w), 6),
             "cam_size": [h, w], "model": chosen.name, "prediction": chosen.label,

@@ -30,12 +30,12 @@ from ..cam import METHODS, baseline_cam, cam_size, postprocess, topgap_cam
 from ..checkpoint import CheckpointError, family_members, load_family, read_config
 from ..config import ModelConfig
 from ..data.imageio import InputError, decode_image, decode_mask, fit_mask
-from ..metrics import best_iou, l1_sparsity, mass_in_mask
+from ..metrics import PxAP, best_iou, l1_sparsity, mass_in_mask
 from ..model import Normalize
 
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
            "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label", "k_info",
-           "mask_overlay", "family_hint", "LOW_PROBABILITY", "nearest_k"]
+           "mask_overlay", "own_mask", "family_hint", "LOW_PROBABILITY", "nearest_k"]
 
 DISPLAY_MAX = 512
 DISPLAY_MIN = 384  # smaller pictures are enlarged (nearest neighbour) for display; the model input is unchanged
@@ -204,11 +204,17 @@ class MapResult:
     iou: float | None = None
     threshold: float | None = None
     mass: float | None = None
+    pxap: float | None = None  # PxAP (Choe et al.) of this one image, as `topgap evaluate` pools it over a split
+    cam_map: np.ndarray | None = None  # min-max scaled at the class-map resolution: the map l1 is measured on
 
-    def summary(self) -> dict:
-        return {"kind": self.kind, "k": self.k, "label": self.label, "probability": round(self.probability, 6),
-                "top": {n: round(p, 6) for n, p in self.top.items()}, "l1": round(self.l1, 6),
-                "iou": _r(self.iou), "threshold": _r(self.threshold), "mass": _r(self.mass)}
+    def summary(self, maps: bool = False) -> dict:
+        """The figures of /explain and the reports; maps=True adds "map", `cam_map` rounded to 4 decimals."""
+        out = {"kind": self.kind, "k": self.k, "label": self.label, "probability": round(self.probability, 6),
+               "top": {n: round(p, 6) for n, p in self.top.items()}, "l1": round(self.l1, 6),
+               "iou": _r(self.iou), "threshold": _r(self.threshold), "mass": _r(self.mass), "pxap": _r(self.pxap)}
+        if maps and self.cam_map is not None:
+            out["map"] = np.round(self.cam_map.astype(np.float64), 4).tolist()
+        return out
 
 
 def _r(v: float | None) -> float | None:
@@ -251,8 +257,9 @@ class Result:
 
         mask None clears them. An empty or all-object mask gives no metrics and a note saying why.
         """
-        maps = [dataclasses.replace(m, iou=None, threshold=None, mass=None) for m in self.topgap]
-        base = dataclasses.replace(self.baseline, iou=None, threshold=None, mass=None) if self.baseline else None
+        cleared = dict(iou=None, threshold=None, mass=None, pxap=None)
+        maps = [dataclasses.replace(m, **cleared) for m in self.topgap]
+        base = dataclasses.replace(self.baseline, **cleared) if self.baseline else None
         out = dataclasses.replace(self, topgap=maps, baseline=base, mask_notes=list(notes or []), has_mask=False,
                                   mask=None)
         if mask is None:
@@ -280,20 +287,35 @@ class Result:
                 cam, o, i = m.cam, obj, ign
             m.iou, m.threshold = best_iou(cam, o, i)
             m.mass = mass_in_mask(cam, o, i)
+            pxap = PxAP()
+            pxap.update(cam, o, i)
+            m.pxap = pxap.summary()
         out.has_mask = True
         return out
 
-    def report(self, index: int | None = None) -> dict:
-        """JSON-serialisable report: {family, k, method, models: {name: summary}, notes}."""
+    def report(self, index: int | None = None, maps: bool = False) -> dict:
+        """JSON-serialisable report: {family, k, method, models: {name: summary}, notes}; maps=True adds each
+        model's class-map-resolution CAM (see :meth:`MapResult.summary`)."""
         chosen = self.topgap if index is None else [self.view(index)[0]]
-        models = {m.name: m.summary() for m in chosen}
+        models = {m.name: m.summary(maps) for m in chosen}
         if self.baseline:
-            models[self.baseline.name] = {**self.baseline.summary(), "method": self.method}
+            models[self.baseline.name] = {**self.baseline.summary(maps), "method": self.method}
         h, w = self.cam_size
         return {"family": self.family, "k": None if index is None else self.ks[index],
                 "k_fraction": None if index is None else round(self.ks[index] / (h * w), 6),
                 "cam_size": [h, w], "method": self.method, "models": models,
                 "notes": self.notes + self.mask_notes}
+
+
+def own_mask(mask, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(object, ignore) of a mask sent with its image by a program (/explain, the batch audit), refused when its
+    aspect ratio is not the image's (a mask of another image); the same aspect ratio at another size is resized."""
+    obj, ign, _ = decode_mask(mask)
+    (mh, mw), (h, w) = obj.shape, image_shape
+    if abs(mw / mh - w / h) > 0.02 * (w / h):
+        raise InputError(f"the mask is {mw}x{mh} (aspect ratio {mw / mh:.2f}) but the image's aspect ratio is "
+                         f"{w / h:.2f}; send this image's mask (same size, or scaled with the same aspect ratio)")
+    return obj, ign
 
 
 def mask_overlay(image: np.ndarray, obj: np.ndarray, ignore: np.ndarray) -> np.ndarray:
@@ -338,8 +360,9 @@ def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, raw: torch.Ten
     crop = _crop(postprocess(raw, family.input_size)[0], prep.box)
     c = _to_image(crop, prep.image.shape[:2])
     label = int(probs.argmax())
+    cam_map = postprocess(raw, family.cam_size)[0].float().cpu().numpy()
     return MapResult(name, cfg.kind, cfg.k, _top(probs, names), names[label], float(probs[label]), c,
-                     overlay(prep.image, c), l1_sparsity(postprocess(raw, family.cam_size)[0]), crop)
+                     overlay(prep.image, c), l1_sparsity(cam_map), crop, cam_map=cam_map)
 
 
 def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Result:
