@@ -4,6 +4,9 @@
 
     python app.py --examples DIR   # the examples gallery from a local dataset with masks (env: TOPGAP_EXAMPLES)
 
+TOPGAP_HUB_EXAMPLES="owner/name@revision" (a dataset repo holding Oxford-IIIT Pet in its official layout) adds a
+few of its test images, downloaded at start (on a Space: its first start); without network, one log line.
+
 Env: TOPGAP_MODELS (models root, default models/ beside this file), TOPGAP_DEFAULT_FAMILY (default
 "oxford-pet-lite0", else "synthetic-shapes" or "synth" when present), TOPGAP_HUB_FAMILIES ("owner/repo@revision,...": families pushed with
 `topgap push`, listed beside the local ones; a local folder named like the repo is the fallback), TOPGAP_MCP=1
@@ -42,7 +45,7 @@ from topgap.cam import METHODS
 from topgap.checkpoint import CheckpointError
 from topgap.explorer.api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from topgap.explorer.card_view import CardError, render_card
-from topgap.explorer.examples import ExampleSet, dataset_examples
+from topgap.explorer.examples import ExampleSet, dataset_examples, hub_examples
 from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
                                      k_info, mask_overlay, nearest_k)
 from topgap.explorer.faith import road_curves
@@ -734,11 +737,11 @@ CSS = """
 }
 """
 
-def build_demo(dataset: ExampleSet | None = None) -> gr.Blocks:
+def build_demo(dataset: ExampleSet | None = None, hub: ExampleSet | None = None) -> gr.Blocks:
     """The explorer's UI and its typed API (/explain, /families). Cheap: no family is loaded here; the default
     family's trained k are read from its config files and its models load on first use (see load_family).
-    `dataset`: examples from a local dataset (--examples), shown first."""
-    example_sets = ([(dataset, "dataset")] if dataset else []) + _bundled_examples()
+    `dataset`: examples from a local dataset (--examples), shown first; `hub`: Oxford-IIIT Pet photos from the Hub."""
+    example_sets = ([(dataset, "dataset")] if dataset else []) + ([(hub, "photo")] if hub else []) + _bundled_examples()
     with ExplorerBlocks(title="Top-GAP explorer", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# Top-GAP explorer\nThe model's own CAM (Top-GAP, min-max scaled) at each trained **k** against a "
                     "post-hoc CAM of the unmodified model. Same scaling and colour map for both.")
@@ -891,9 +894,10 @@ if __name__ == "__main__":
     parser.add_argument("--examples", metavar="DIR", help="a local dataset with masks (folder format or Oxford-IIIT "
                         "Pet) whose first images per class become the examples gallery (env: TOPGAP_EXAMPLES)")
     args = parser.parse_args()
-    if args.examples:
+    hub = hub_examples(os.environ["TOPGAP_HUB_EXAMPLES"]) if os.environ.get("TOPGAP_HUB_EXAMPLES") else None
+    if args.examples or hub:
         try:
-            demo = build_demo(dataset_examples(args.examples))
+            demo = build_demo(dataset_examples(args.examples) if args.examples else env_examples(), hub)
         except InputError as e:
             parser.error(str(e))
     signal.signal(signal.SIGTERM, _stop)

@@ -443,3 +443,12 @@ def test_examples_flag_with_an_unusable_folder_stops_with_a_message(tmp_path):
                           text=True, timeout=300, env={**os.environ, "TOPGAP_MODELS": str(tmp_path / "none")})
     assert proc.returncode == 2
     assert f"examples folder {tmp_path}: split 'test' has no image with a mask" in proc.stderr
+
+
+def test_app_starts_without_the_hub_examples_when_offline(tmp_path, monkeypatch):
+    make_family(tmp_path / "models", "fam")
+    monkeypatch.setenv("TOPGAP_HUB_EXAMPLES", "someone/pets@abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as without network, at once
+    with served_app(tmp_path / "models", workdir=tmp_path) as (_, url):
+        assert urllib.request.urlopen(url, timeout=10).status == 200
+    assert (tmp_path / "app.log").read_text().count("Hub examples off: someone/pets@abc123 could not be read") == 1

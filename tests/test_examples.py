@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from topgap.explorer.examples import dataset_examples
+from topgap.explorer.examples import dataset_examples, hub_examples
 from topgap.explorer.explain import InputError
 
 PETS = Path(__file__).parents[2] / "shared" / "data" / "oxford-iiit-pet-3breeds"
@@ -47,3 +47,41 @@ def test_an_oxford_pet_copy_gives_photos_with_their_trimaps():
     for image, trimap in ex.rows:
         assert Path(image).parent == PETS / "images" and Path(trimap) == PETS / "annotations/trimaps" / (
             Path(image).stem + ".png")
+
+
+def test_hub_examples_downloaded_and_cited(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def fake_download(repo_id, filename, repo_type=None, revision=None):
+        asked.append((repo_id, filename, repo_type, revision))
+        path = tmp_path / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    ex = hub_examples("someone/pets@abc123", stems=("Bengal_192", "american_bulldog_203"))
+    assert asked[:2] == [("someone/pets", "images/Bengal_192.jpg", "dataset", "abc123"),
+                         ("someone/pets", "annotations/trimaps/Bengal_192.png", "dataset", "abc123")]
+    assert ex.rows[1] == [str(tmp_path / "images/american_bulldog_203.jpg"),
+                          str(tmp_path / "annotations/trimaps/american_bulldog_203.png")]
+    assert ex.captions == ["Bengal (Bengal_192)", "american_bulldog (american_bulldog_203)"]
+    assert "someone/pets@abc123" in ex.label and "Parkhi" in ex.label and "copyright stays with its owner" in ex.label
+
+
+def test_hub_examples_off_without_network_with_one_log_line(monkeypatch, caplog):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with caplog.at_level("WARNING"):
+        assert hub_examples("someone/pets@abc123") is None
+        assert hub_examples("not a repo") is None
+    assert [r.getMessage().split(" could not")[0] for r in caplog.records] == [
+        "Hub examples off: someone/pets@abc123", "Hub examples off: not a repo"]
+    assert "the app starts without them" in caplog.records[0].getMessage()
