@@ -2,8 +2,13 @@
 
     python app.py   # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
 
+    python app.py --examples DIR   # the examples gallery from a local dataset with masks (env: TOPGAP_EXAMPLES)
+
+TOPGAP_HUB_EXAMPLES="owner/name@revision" (a dataset repo holding Oxford-IIIT Pet in its official layout) adds a
+few of its test images, downloaded at start (on a Space: its first start); without network, one log line.
+
 Env: TOPGAP_MODELS (models root, default models/ beside this file), TOPGAP_DEFAULT_FAMILY (default
-"synthetic-shapes" or "synth" when present), TOPGAP_HUB_FAMILIES ("owner/repo@revision,...": families pushed with
+"oxford-pet-lite0", else "synthetic-shapes" or "synth" when present), TOPGAP_HUB_FAMILIES ("owner/repo@revision,...": families pushed with
 `topgap push`, listed beside the local ones; a local folder named like the repo is the fallback), TOPGAP_MCP=1
 (serve /explain and /families as MCP tools too; needs `pip install "gradio[mcp]"`).
 
@@ -11,6 +16,7 @@ API (typed, `gr.api`): /explain(image, mask=None, family=None, k=None, method="g
 /families(). The Audit tab runs a zip or several images through every k (topgap.explorer.audit).
 Families load on first use (a page load starts loading the default one); nothing heavy runs at import.
 """
+import argparse
 import atexit
 import dataclasses
 import functools
@@ -31,6 +37,7 @@ import cv2
 import gradio as gr
 import matplotlib
 import numpy as np
+import pandas as pd
 from gradio.components.api_component import Api
 from gradio.data_classes import FileData
 from PIL import Image
@@ -40,13 +47,16 @@ from topgap.checkpoint import CheckpointError
 from topgap.explorer.api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from topgap.explorer.audit import BOUNDS, COLUMNS, IMAGE_SUFFIXES, collect, run_audit, write_csv
 from topgap.explorer.card_view import CardError, render_card
+from topgap.explorer.examples import ExampleSet, dataset_examples, hub_examples
 from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
                                      k_info, mask_overlay, nearest_k, own_mask)
 from topgap.explorer.faith import road_curves
 from topgap.explorer.hub import store_from_env
 from topgap.explorer.sizeprior import SizeAdvice, advise, k_curves, mask_fraction, parse_fraction, picture_share
+from topgap.explorer.swap import gallery, summary, swap_all, table
 from topgap.explorer.zerogpu import gpu
-from topgap.data.imageio import drawn_mask
+from topgap.data.imageio import decode_image, decode_mask, drawn_mask
+from topgap.data.synth import VARIANTS as SYNTH_VARIANTS
 from topgap.io import atomic_write
 
 matplotlib.use("Agg")
@@ -58,7 +68,7 @@ MODELS = Path(os.environ.get("TOPGAP_MODELS", HERE / "models"))
 ASSETS = HERE / "assets"
 STORE = store_from_env(MODELS)
 FAMILIES = STORE.names()
-PREFERRED = [os.environ.get("TOPGAP_DEFAULT_FAMILY"), "synthetic-shapes", "synth"]  # the synthetic-benchmark zoo
+PREFERRED = [os.environ.get("TOPGAP_DEFAULT_FAMILY"), "oxford-pet-lite0", "synthetic-shapes", "synth"]
 DEFAULT = next((f for f in PREFERRED if f in FAMILIES), FAMILIES[0] if FAMILIES else None)
 WORK = Path(tempfile.mkdtemp(prefix="topgap-app-"))  # everything the app and gradio write; removed at exit
 DOWNLOADS, IMAGES, UPLOADS = WORK / "downloads", WORK / "images", WORK / "gradio"
@@ -559,6 +569,35 @@ def audit(fam_name, method, files, progress=gr.Progress()):
     return rows, str(csv_path), text + ("\n\n**Notes:** " + "; ".join(notes) + "." if notes else "")
 
 
+@functools.cache
+def textures() -> dict[str, np.ndarray]:
+    """The CC0 textures of assets/textures (see assets/LICENSES.md), decoded once."""
+    return {p.stem: decode_image(p)[0] for p in sorted((ASSETS / "textures").glob("*.jpg"))}
+
+
+@gpu
+def backgrounds_view(sess: Session | None, photo):
+    """The explained image's object on other backgrounds (swap.swap_all): a gallery of every model's map on each
+    variant, a table of labels, and a summary per model."""
+    if sess is None or sess.result is None:
+        return gr.skip(), gr.skip(), ("⚠️ Upload an image (or pick an example) on the Explain tab first, with a mask "
+                                      "of the object, then swap its background.")
+    try:
+        second = decode_image(photo)[0] if photo else None
+    except InputError as e:
+        log.info("user error (background photo): %s", e)
+        return gr.skip(), gr.skip(), f"⚠️ The second photo could not be used: {e}."
+    try:
+        variants = swap_all(load_family(sess.result.family), sess.result, textures(), second)
+    except USER_ERRORS as e:
+        log.info("user error (backgrounds): %s", e)
+        return None, None, f"⚠️ {str(e)[:1].upper()}{str(e)[1:]}."
+    headers, rows = table(variants)
+    bound_storage()
+    return (gr.update(value=[(png(a), c) for a, c in gallery(variants)], columns=len(headers)),
+            pd.DataFrame(rows, columns=headers), summary(variants))
+
+
 def model_card(fam_name):
     """The family's card rendered from card.json, and its plots (whole, not cropped)."""
     if not fam_name:
@@ -651,11 +690,44 @@ def caption(name: str) -> str:
             "baseline-least-sure": "the baseline's least sure image"}.get(name, name.replace("-", " "))
 
 
-def _examples() -> tuple[list[list[str | None]], list[str]]:
-    images = sorted((ASSETS / "images").glob("*.png")) if (ASSETS / "images").is_dir() else []
-    rows = [[str(p), str(ASSETS / "masks" / p.name) if (ASSETS / "masks" / p.name).is_file() else None]
-            for p in images]
-    return rows, [caption(p.stem) for p in images]
+SHAPES = set(SYNTH_VARIANTS["shapes"]["classes"])  # the synthetic examples' classes
+
+
+def _bundled_examples() -> list[tuple[ExampleSet, str]]:
+    """(examples, kind): the synthetic images (assets/images + masks/) and the CC0 photos (assets/photos +
+    photos/masks/), each image with the mask of the same stem when there is one."""
+    sets = []
+    for kind, folder, masks, glob, label, name in (
+            ("synthetic", ASSETS / "images", ASSETS / "masks", "*.png",
+             "Examples from the synthetic-shapes data (each with its mask)", caption),
+            ("photo", ASSETS / "photos", ASSETS / "photos" / "masks", "*.jpg",
+             "CC0 photo from scikit-image, with a mask made by assets/make_photo_masks.py (see assets/LICENSES.md)",
+             lambda stem: f"{stem} (CC0 photo from scikit-image)")):
+        images = sorted(folder.glob(glob)) if folder.is_dir() else []
+        rows = [[str(p), str(masks / f"{p.stem}.png") if (masks / f"{p.stem}.png").is_file() else None]
+                for p in images]
+        if rows:
+            sets.append((ExampleSet(rows, [name(p.stem) for p in images], label), kind))
+    return sets
+
+
+def examples_fit(kind: str, fam_name: str | None) -> bool:
+    """Whether examples of `kind` suit the family: synthetic ones a family of the synthetic shapes, photos the
+    others; a dataset's (--examples) and a family whose classes are not on disk (a Hub family) take all."""
+    classes = set(STORE.class_names(fam_name)) if fam_name else set()
+    return kind == "dataset" or not classes or (classes <= SHAPES) == (kind == "synthetic")
+
+
+def env_examples() -> ExampleSet | None:
+    """The examples of TOPGAP_EXAMPLES's dataset; a folder without usable pairs is logged and left out."""
+    folder = os.environ.get("TOPGAP_EXAMPLES")
+    if not folder:
+        return None
+    try:
+        return dataset_examples(folder)
+    except InputError as e:
+        log.warning("TOPGAP_EXAMPLES: %s; showing the bundled examples only", e)
+        return None
 
 
 class ExplorerBlocks(gr.Blocks):
@@ -688,10 +760,11 @@ CSS = """
 }
 """
 
-def build_demo() -> gr.Blocks:
+def build_demo(dataset: ExampleSet | None = None, hub: ExampleSet | None = None) -> gr.Blocks:
     """The explorer's UI and its typed API (/explain, /families). Cheap: no family is loaded here; the default
-    family's trained k are read from its config files and its models load on first use (see load_family)."""
-    examples, captions = _examples()
+    family's trained k are read from its config files and its models load on first use (see load_family).
+    `dataset`: examples from a local dataset (--examples), shown first; `hub`: Oxford-IIIT Pet photos from the Hub."""
+    example_sets = ([(dataset, "dataset")] if dataset else []) + ([(hub, "photo")] if hub else []) + _bundled_examples()
     with ExplorerBlocks(title="Top-GAP explorer", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# Top-GAP explorer\nThe model's own CAM (Top-GAP, min-max scaled) at each trained **k** against a "
                     "post-hoc CAM of the unmodified model. Same scaling and colour map for both.")
@@ -712,10 +785,12 @@ def build_demo() -> gr.Blocks:
                     image_in = lenient(gr.Image(type="filepath", image_mode=None, label="Image", elem_id="image",
                                                 format="png", height=320))
                     image_msg = gr.Markdown(elem_id="image_msg", elem_classes="msg")
-                    if examples:
-                        gr.Examples(examples, [image_in, mask_in], example_labels=captions, cache_examples=False,
-                                    label="Examples from the synthetic-shapes data (each with its mask)",
-                                    examples_per_page=10)
+                    example_cols = []
+                    for ex, kind in example_sets:  # shown when they suit the family (examples_fit)
+                        with gr.Column(visible=examples_fit(kind, DEFAULT), min_width=300) as col:
+                            gr.Examples(ex.rows, [image_in, mask_in], example_labels=ex.captions, label=ex.label,
+                                        cache_examples=False, examples_per_page=10)
+                        example_cols.append(col)
                 with gr.Column(min_width=300, scale=2):
                     hint_md = gr.Markdown(elem_id="hint")
                     with gr.Row():
@@ -764,6 +839,21 @@ def build_demo() -> gr.Blocks:
             attack_gallery = gr.Gallery(label="Before / after", columns=2, format="png", object_fit="contain",
                                         height="auto", elem_id="attack_gallery")
             attack_md = gr.Markdown(elem_id="attack_md")
+        with gr.Tab("Backgrounds"):
+            gr.Markdown("**Background swap**: the object of the image above (its mask from the Explain tab, uploaded "
+                        "or drawn) pasted on CC0 textures, your second photo and blank grey, or removed (No-FG: "
+                        "blacked out; Only-BG-T: filled with its own background), as in `topgap backgrounds` (the "
+                        "Backgrounds Challenge, Xiao et al., ICLR 2021). Every model of the family on each.")
+            with gr.Row():
+                photo_in = lenient(gr.Image(type="filepath", image_mode=None, format="png", height=200,
+                                            label="Optional: a second photo as background", elem_id="bg_photo"))
+                swap_btn = gr.Button("Swap the background", variant="primary", elem_id="swap_btn")
+            swap_md = gr.Markdown(elem_id="swap_md")
+            swap_gallery = gr.Gallery(label="Each row: the variant, then every model's map on it", format="png",
+                                      columns=len(ks0) + 2, object_fit="contain", height="auto",
+                                      elem_id="swap_gallery")
+            swap_table = gr.Dataframe(interactive=False, label="Label and probability per variant and model",
+                                      elem_id="swap_table")
         with gr.Tab("Card"):
             card_md = gr.Markdown(elem_id="card", elem_classes="card")
             card_plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, object_fit="contain", height="auto",
@@ -801,6 +891,10 @@ def build_demo() -> gr.Blocks:
         audit_btn.click(audit, [fam_dd, method_dd, audit_files], [audit_table, audit_csv, audit_md],
                         concurrency_id=GROUP, concurrency_limit=1, **private)
         gr.on([demo.load, fam_dd.change], model_card, fam_dd, [card_md, card_plots], **private)
+        swap_btn.click(backgrounds_view, [sess_state, photo_in], [swap_gallery, swap_table, swap_md],
+                       concurrency_id=GROUP, concurrency_limit=1, **private)
+        fam_dd.change(lambda f: [gr.update(visible=examples_fit(k, f)) for _, k in example_sets], fam_dd,
+                      example_cols, queue=False, **private)
         demo.load(preload, fam_dd, family_msg, concurrency_id=GROUP, concurrency_limit=1, **private)
         gr.api(api_explain, api_name="explain", concurrency_id=GROUP, concurrency_limit=1)
         gr.api(api_families, api_name="families", concurrency_limit=None)
@@ -822,7 +916,7 @@ def preload(fam_name: str | None):
         yield f"⚠️ Model family {fam_name!r} could not be loaded: {e}."
 
 
-demo = build_demo()  # cheap: see build_demo
+demo = build_demo(env_examples())  # cheap: see build_demo (a dataset's examples only with TOPGAP_EXAMPLES)
 
 
 def _stop(*_):
@@ -831,6 +925,16 @@ def _stop(*_):
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    parser = argparse.ArgumentParser(description="Top-GAP explorer (see the README's app section)")
+    parser.add_argument("--examples", metavar="DIR", help="a local dataset with masks (folder format or Oxford-IIIT "
+                        "Pet) whose first images per class become the examples gallery (env: TOPGAP_EXAMPLES)")
+    args = parser.parse_args()
+    hub = hub_examples(os.environ["TOPGAP_HUB_EXAMPLES"]) if os.environ.get("TOPGAP_HUB_EXAMPLES") else None
+    if args.examples or hub:
+        try:
+            demo = build_demo(dataset_examples(args.examples) if args.examples else env_examples(), hub)
+        except InputError as e:
+            parser.error(str(e))
     signal.signal(signal.SIGTERM, _stop)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

@@ -411,3 +411,66 @@ def test_audit_handler_table_csv_progress_and_refusals(app_module, files, tmp_pa
     assert app_module.audit("nope", "gradcam", [str(tmp_path / "batch.zip")], progress)[2].startswith(
         "⚠️ Audit refused: unknown model family 'nope'; available: fam")
     assert app_module.audit("fam", "gradcam", None, progress)[2].startswith("⚠️ Upload a zip")
+
+
+def test_backgrounds_view_every_model_on_every_variant(app_module, files):
+    assert app_module.backgrounds_view(None, None)[2].startswith("⚠️ Upload an image (or pick an example)")
+    no_mask = _image_session(app_module, files)[0]
+    assert app_module.backgrounds_view(no_mask, None) == (None, None, "⚠️ This image has no mask: upload or draw a "
+                                                          "mask of the object in the Explain tab, then swap its "
+                                                          "background.")
+    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+    pictures, frame, text = app_module.backgrounds_view(sess, str(files / "wide.png"))  # a second photo: 60x20
+    variants = ["original", "on brick", "on grass", "on gravel", "on your photo", "on grey", "no_fg", "only_bg_t"]
+    models = [f"k{k}" for k in KS] + ["baseline (gradcam)"]
+    assert frame.columns.tolist() == ["variant"] + models and frame["variant"].tolist() == variants
+    assert pictures["columns"] == 1 + len(models) and len(pictures["value"]) == len(variants) * (1 + len(models))
+    path, cap = pictures["value"][4 * 5]  # the row of the second photo: its input first, black (the photo) around
+    shown, (obj, _) = np.asarray(Image.open(path)), sess.result.mask  # at the shown size (the image enlarged 6x)
+    assert cap == "on your photo: input" and obj.mean() == pytest.approx(20 * 30 / (48 * 64))
+    assert (shown[~obj] == 0).all() and (shown[obj] == sess.result.image[obj]).all()
+    assert all(text.count(f"| {m} |") == 1 for m in models)
+    sess.result = sess.result.with_mask(None)
+    _, _, text = app_module.backgrounds_view(sess, str(files / "broken.png"))
+    assert text.startswith("⚠️ The second photo could not be used:")
+
+
+def test_examples_suit_the_family_and_come_from_a_dataset(app_module, tmp_path, monkeypatch):
+    assert app_module.DEFAULT == "fam"  # TOPGAP_MODELS holds only the fake family (classes: the synthetic shapes)
+    assert app_module.PREFERRED[1:] == ["oxford-pet-lite0", "synthetic-shapes", "synth"]
+    assert [app_module.examples_fit(k, "fam") for k in ("synthetic", "photo", "dataset")] == [True, False, True]
+    assert app_module.examples_fit("photo", "not-on-disk") and app_module.examples_fit("synthetic", None)
+    sets = dict((kind, s) for s, kind in app_module._bundled_examples())
+    assert sets["photo"].rows == [[str(ROOT / "assets/photos/chelsea.jpg"), str(ROOT / "assets/photos/masks/chelsea.png")]]
+    assert sets["photo"].captions == ["chelsea (CC0 photo from scikit-image)"]
+    assert "circle, usual background" in sets["synthetic"].captions
+    monkeypatch.setenv("TOPGAP_EXAMPLES", str(tmp_path / "nothing"))
+    assert app_module.env_examples() is None  # logged; the bundled examples stay
+    image = tmp_path / "data" / "test" / "cat" / "a.png"
+    image.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    (tmp_path / "data" / "masks" / "test" / "cat").mkdir(parents=True)
+    Image.fromarray(np.eye(8, dtype=np.uint8) * 255).save(tmp_path / "data" / "masks" / "test" / "cat" / "a.png")
+    monkeypatch.setenv("TOPGAP_EXAMPLES", str(tmp_path / "data"))
+    assert app_module.env_examples().captions == ["cat (a)"]
+    assert isinstance(app_module.build_demo(app_module.env_examples()), gr.Blocks)
+
+
+def test_examples_flag_with_an_unusable_folder_stops_with_a_message(tmp_path):
+    import subprocess
+
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "test" / "cat" / "a.png")  # no masks/
+    proc = subprocess.run([sys.executable, "app.py", "--examples", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TOPGAP_MODELS": str(tmp_path / "none")})
+    assert proc.returncode == 2
+    assert f"examples folder {tmp_path}: split 'test' has no image with a mask" in proc.stderr
+
+
+def test_app_starts_without_the_hub_examples_when_offline(tmp_path, monkeypatch):
+    make_family(tmp_path / "models", "fam")
+    monkeypatch.setenv("TOPGAP_HUB_EXAMPLES", "someone/pets@abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as without network, at once
+    with served_app(tmp_path / "models", workdir=tmp_path) as (_, url):
+        assert urllib.request.urlopen(url, timeout=10).status == 200
+    assert (tmp_path / "app.log").read_text().count("Hub examples off: someone/pets@abc123 could not be read") == 1

@@ -149,9 +149,10 @@ def test_this_repository_deploys(capsys):
             "models/synthetic-shapes/card.json", "models/synthetic-shapes/plots/iou.png"} <= paths
     examples = [p for d in ("images", "masks") for p in (ROOT / "assets" / d).glob("*.png")]
     assert examples and {f"assets/{p.parent.name}/{p.name}" for p in examples} <= paths  # the app's examples
+    assert {"assets/photos/chelsea.jpg", "assets/photos/masks/chelsea.png", "assets/textures/grass.jpg"} <= paths
     assert not [p for p in paths if p.startswith(("tests/", "reports/", "bench/")) or p.endswith(".pyc")
                 or "train_log" in p or p in ("Dockerfile", "Makefile")]
-    assert all(f["lfs"] == f["path"].endswith((".png", ".safetensors")) for f in plan["files"])
+    assert all(f["lfs"] == f["path"].endswith((".png", ".jpg", ".safetensors")) for f in plan["files"])
 
 
 def _http_error(status: int) -> HfHubHTTPError:

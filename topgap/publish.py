@@ -26,7 +26,8 @@ __all__ = ["PlanFile", "FAMILY_FILES", "space_plan", "family_plan", "deploy", "p
 
 # What a Space needs, relative to the repository root (families are added by space_plan).
 SPACE_FILES = ["app.py", "README.md", "requirements.txt", ".gitattributes", "topgap/**/*.py",
-               "assets/LICENSES.json", "assets/images/*", "assets/masks/*"]
+               "assets/LICENSES.json", "assets/images/*", "assets/masks/*", "assets/photos/*.jpg",
+               "assets/photos/masks/*", "assets/textures/*"]
 # What a family needs, relative to its folder: the card and each model's config + weights (no logs, no caches).
 FAMILY_FILES = ["README.md", "card.json", "plots/*.png", "*/config.json", "*/model.safetensors"]
 LICENSES = "assets/LICENSES.json"  # {"entries": [{"license", "author", "source", "files": [repo paths]}]}

@@ -34,7 +34,7 @@ from PIL import Image
 from ..io import atomic_folder, write_json
 from .datasets import CLASSES_FILE, IGNORE, open_dataset
 
-__all__ = ["VARIANTS", "largest_rectangle", "only_bg_t", "make_variants", "build", "register", "run"]
+__all__ = ["VARIANTS", "largest_rectangle", "only_bg_t", "paste", "make_variants", "build", "register", "run"]
 
 VARIANTS = ("original", "only_fg", "no_fg", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
 _TRIMAP = np.zeros(256, np.uint8)  # dataset mask value (0 background, 1 object, 255 ignore) -> trimap value written
@@ -77,14 +77,22 @@ def only_bg_t(image: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return np.where(fg[..., None], image[rows][:, cols], image)
 
 
+def paste(image: np.ndarray, fg: np.ndarray, background: np.ndarray | int) -> np.ndarray:
+    """(H, W, 3) uint8: `image` where the (H, W) bool `fg` is set, `background` (an array of the image's shape,
+    or one grey value) elsewhere. ``paste(image, ~fg, 0)`` blacks the object out (no_fg)."""
+    if fg.shape != image.shape[:2]:
+        raise ValueError(f"the mask is {fg.shape[1]}x{fg.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}; "
+                         "give the mask of this image, at its size")
+    return np.where(fg[..., None], image, background).astype(np.uint8)
+
+
 def make_variants(image: np.ndarray, fg: np.ndarray, backgrounds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The seven variants of (H, W, 3) uint8 `image` with foreground `fg`; `backgrounds` holds only_bg_t of
     the images J chosen for mixed_same, mixed_rand and mixed_next (same size)."""
-    m = fg[..., None]
-    out = {"original": image, "only_fg": np.where(m, image, 0).astype(np.uint8),
-           "no_fg": np.where(m, 0, image).astype(np.uint8), "only_bg_t": only_bg_t(image, fg)}
+    out = {"original": image, "only_fg": paste(image, fg, 0), "no_fg": paste(image, ~fg, 0),
+           "only_bg_t": only_bg_t(image, fg)}
     for name in ("mixed_same", "mixed_rand", "mixed_next"):
-        out[name] = np.where(m, image, backgrounds[name])
+        out[name] = paste(image, fg, backgrounds[name])
     return out
 
 

@@ -424,6 +424,15 @@ class FamilyStore:
         except CheckpointError:
             return []
 
+    def class_names(self, name: str) -> list[str]:
+        """A local family's class names from its first config.json (no weights read); [] when not on disk."""
+        if name not in FamilyStore.names(self):
+            return []
+        try:
+            return read_config(family_members(self.root / name)[0]).class_names
+        except CheckpointError:
+            return []
+
     def get(self, name: str, folder: Path | None = None) -> Family:
         with self._lock:
             if name not in self._loaded:
