@@ -273,3 +273,20 @@ def test_backgrounds_tab_every_model_on_every_background(page, files):
     expect(page.locator("#swap_md")).to_contain_text("same label on other backgrounds")
     expect(page.locator("#swap_gallery")).to_contain_text("on your photo · baseline (gradcam):")
     no_error_badges(page)
+
+
+def test_faithfulness_road_per_image(page, files):
+    page.get_by_role("tab", name="Bias").click()
+    page.locator("#faith_btn").click()  # before any image: says what to do first
+    expect(page.locator("#faith_md")).to_contain_text("Upload an image (or pick an example) on the Explain tab first",
+                                                      timeout=LONG)
+    page.get_by_role("tab", name="Explain").click()
+    upload(page, "image", files / "a.png")
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS[1]}", timeout=LONG)
+    page.get_by_role("tab", name="Bias").click()
+    page.locator("#faith_btn").click()
+    rows = page.locator("#faith_md tbody tr")
+    expect(rows).to_have_count(len(KS) + 1, timeout=LONG)  # one ROAD row per model, the baseline included
+    assert [r.locator("td").first.inner_text() for r in rows.all()] == [f"k{k}" for k in KS] + ["baseline"]
+    expect(page.locator("#faith_plot")).to_be_visible()
+    no_error_badges(page)
