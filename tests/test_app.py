@@ -319,11 +319,13 @@ def test_import_builds_the_ui_without_loading_a_family(tmp_path):
 
     make_family(tmp_path, "fam")
     code = ("import app; k = next(b for b in app.demo.blocks.values() if getattr(b, 'elem_id', None) == 'k'); "
-            "print(sorted(app.STORE._loaded), [c[1] for c in k.choices], k.value, app.build_demo() is not app.demo)")
+            "print(sorted(app.STORE._loaded), [c[1] for c in k.choices], k.value, app.build_demo() is not app.demo); "
+            "import sys; print([m for m in ('timm', 'torchvision', 'pytorch_grad_cam') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "TOPGAP_MODELS": str(tmp_path), "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[-2] == f"[] {list(KS)} {KS[1]} True"  # k from config.json, no model loaded
+    assert out.stdout.split("\n")[-3] == f"[] {list(KS)} {KS[1]} True"  # k from config.json, no model loaded
+    assert out.stdout.split("\n")[-2] == "[]"  # timm (torchvision, torch._dynamo) and grad-cam load with the models
 
 
 def test_first_use_loads_the_family_once(app_module, files, caplog):

@@ -14,12 +14,10 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backbones as _backbones  # noqa: F401  (registers preact_resnet18 with timm)
 from .modes import eval_mode
 from .pooling import TopGAP
 from .pretrained import PACKAGES, load_into, pretrained_state_dict
@@ -27,8 +25,19 @@ from .pretrained import PACKAGES, load_into, pretrained_state_dict
 __all__ = ["TopGapNet", "FPNHead", "Normalize", "create_baseline", "check_backbone", "minmax_scale"]
 
 
+def _timm():
+    """timm, imported on first use with our backbones registered: it pulls in torchvision and torch._dynamo
+    (~2.5 s), which the app's start-up (no model built yet) and `import topgap` need not pay."""
+    import timm
+
+    from . import backbones  # noqa: F401  (registers preact_resnet18 with timm)
+
+    return timm
+
+
 def check_backbone(name: str) -> None:
     """Raise ValueError naming close matches when timm does not know `name`."""
+    timm = _timm()
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -159,6 +168,7 @@ class TopGapNet(nn.Module):
 
 def _create_timm(backbone: str, pretrained: bool | str | Path, **kwargs) -> nn.Module:
     """timm.create_model with `pretrained` as :class:`TopGapNet` documents it; clear errors instead of tracebacks."""
+    timm = _timm()
     if isinstance(pretrained, (str, Path)):
         if not Path(pretrained).is_file():
             raise ValueError(f"pretrained weights file {pretrained} not found; pass True to download timm's weights")

@@ -20,7 +20,6 @@ import pickle
 from collections import OrderedDict
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -83,6 +82,8 @@ def convert_efficientnet_lite(source: dict[str, torch.Tensor], backbone: str,
         PretrainedError: a different tensor count, or the first pair whose leaf name (weight, bias,
             running_mean, ...) or shape differs, named with both keys.
     """
+    import timm
+
     _check_converter(backbone)
     with torch.device("meta"):  # shapes only, no memory
         target = timm.create_model(backbone).state_dict()
