@@ -169,7 +169,7 @@ class Session:
     upload_key: str | None = None  # the mask upload last seen (None: none, or it was cleared)
     drawn_key: str | None = None
     # the previous image's upload and drawing: events queued before the page cleared them still carry them, and
-    # they must not come back; forgotten once the input is seen empty (the same file uploaded again is then used)
+    # they must not come back while this image is shown (see _unless_stale)
     stale_upload: str | None = None
     stale_drawn: str | None = None
     mask: np.ndarray | None = None  # the mask in use: an upload (path) or a drawn bool array
@@ -414,10 +414,10 @@ def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None)
 
 
 def _unless_stale(key: str | None, stale: str | None) -> tuple[str | None, str | None]:
-    """(key to use, stale key to keep): a stale key reads as no input; an empty input ends staleness."""
-    if key is None:
-        return None, None
-    return (None, stale) if key == stale else (key, stale)
+    """(key to use, stale key to keep): the previous image's mask reads as no input for as long as this image is
+    shown, since events queued before the page emptied the box arrive in any order (even after one with the box
+    empty); so that very file, uploaded again for this image, is ignored too: it belongs to the other image."""
+    return (None if key == stale else key), stale
 
 
 def _try_family(name: str | None, out: dict) -> Family | None:

@@ -252,8 +252,12 @@ def test_mask_kept_for_its_image_cleared_for_a_new_one(app_module, files, tmp_pa
     late = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
     assert not late[0].result.has_mask and late[4] == gr.skip()
     emptied = app_module.update("fam", str(other), None, None, "gradcam", KS[1], late[0])  # the box is empty now
-    again = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], emptied[0])
-    assert again[0].result.has_mask and again[0].mask_source == "uploaded mask"  # the same file, given again: used
+    later = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], emptied[0])
+    assert not later[0].result.has_mask  # and one queued earlier arrives after it (seen in the browser): still ignored
+    own = tmp_path / "own.png"
+    Image.fromarray(np.eye(40, dtype=np.uint8) * 255).save(own)
+    mine = app_module.update("fam", str(other), str(own), None, "gradcam", KS[1], later[0])
+    assert mine[0].result.has_mask and mine[0].mask_source == "uploaded mask"  # this image's own mask: used
 
 
 def test_bad_image_keeps_the_results_and_says_so(app_module, files):

@@ -77,6 +77,13 @@ def upload(page, elem: str, path: Path):
     page.locator(f"#{elem} input[type=file]").set_input_files(str(path))
 
 
+def uploaded(page, elem: str, name: str):
+    """Wait until the file `name` of File component `elem` is on the server (its link points there), so that a
+    click that sends it does not race the upload."""
+    link = page.locator(f'#{elem} a[download="{name}"][href*="/gradio_api/file="]')
+    expect(link).to_have_count(1, timeout=LONG)
+
+
 def pick_family(page, name: str):
     page.locator("#family input").click()
     page.get_by_role("option", name=name, exact=True).click()
@@ -232,7 +239,7 @@ def test_batch_audit_table_csv_and_bad_zip(page, files, tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not a zip")
     page.get_by_role("tab", name="Audit").click()
     upload(page, "audit_files", tmp_path / "batch.zip")
-    expect(page.locator("#audit_files")).to_contain_text("batch.zip", timeout=LONG)
+    uploaded(page, "audit_files", "batch.zip")
     page.locator("#audit_btn").click()
     expect(page.locator("#audit_msg")).to_contain_text("2 images (1 with a mask)", timeout=LONG)
     table = page.locator("#audit_table")
@@ -245,7 +252,7 @@ def test_batch_audit_table_csv_and_bad_zip(page, files, tmp_path):
     no_error_badges(page)
     page.locator("#audit_files").get_by_role("button", name="Clear").click()
     upload(page, "audit_files", tmp_path / "junk.zip")
-    expect(page.locator("#audit_files")).to_contain_text("junk.zip", timeout=LONG)
+    uploaded(page, "audit_files", "junk.zip")
     page.locator("#audit_btn").click()
     expect(page.locator("#audit_msg")).to_contain_text("Audit refused: junk.zip is not a readable zip file",
                                                        timeout=LONG)
@@ -263,6 +270,7 @@ def test_backgrounds_tab_every_model_on_every_background(page, files):
     expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
     page.get_by_role("tab", name="Backgrounds").click()
     upload(page, "bg_photo", files / "b.png")
+    expect(page.locator('#bg_photo img[src*="/gradio_api/file="]')).to_have_count(1, timeout=LONG)  # on the server
     page.get_by_role("button", name="Swap the background").click()
     variants = ["original", "on brick", "on grass", "on gravel", "on your photo", "on grey", "no_fg", "only_bg_t"]
     expect(page.locator("#swap_table")).to_contain_text("only_bg_t", timeout=LONG)
