@@ -169,7 +169,7 @@ class Session:
     upload_key: str | None = None  # the mask upload last seen (None: none, or it was cleared)
     drawn_key: str | None = None
     # the previous image's upload and drawing: events queued before the page cleared them still carry them, and
-    # they must not come back while this image is shown (see _unless_stale)
+    # they must not come back while this image is shown (see update)
     stale_upload: str | None = None
     stale_drawn: str | None = None
     mask: np.ndarray | None = None  # the mask in use: an upload (path) or a drawn bool array
@@ -369,8 +369,10 @@ def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None)
         sess.mask = sess.mask_source = None
         sess.drawn_key = None  # the editor gets the new image as background and no strokes
         mask_changed = True
-    upload_key, sess.stale_upload = _unless_stale(upload_key, sess.stale_upload)
-    drawn_key, sess.stale_drawn = _unless_stale(drawn_key, sess.stale_drawn)
+    # the previous image's mask reads as no input while this image is shown: events queued before the page emptied
+    # the box arrive in any order (even after one with it empty); that very file given again belongs to the other image
+    upload_key = None if upload_key == sess.stale_upload else upload_key
+    drawn_key = None if drawn_key == sess.stale_drawn else drawn_key
     if upload_key != sess.upload_key:
         sess.upload_key, mask_changed = upload_key, True
         if upload_key is not None:
@@ -411,13 +413,6 @@ def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None)
         sess.mask = sess.mask_source = None
         sess.result = sess.result.with_mask(None)
     return _outputs(sess, out, k, fam, new_image=new_image)
-
-
-def _unless_stale(key: str | None, stale: str | None) -> tuple[str | None, str | None]:
-    """(key to use, stale key to keep): the previous image's mask reads as no input for as long as this image is
-    shown, since events queued before the page emptied the box arrive in any order (even after one with the box
-    empty); so that very file, uploaded again for this image, is ignored too: it belongs to the other image."""
-    return (None if key == stale else key), stale
 
 
 def _try_family(name: str | None, out: dict) -> Family | None:

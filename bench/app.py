@@ -122,9 +122,13 @@ def main() -> None:
     ks = iter(fam.ks * 10 ** 5)
     out["k_change_s"] = round(median_time(lambda: app.switch_k(sess, next(ks)), args.repeats * 3), 4)
     out["bias_plot_after_k_change_s"] = round(median_time(lambda: app.size_view(sess, next(ks), 0.1), args.repeats), 4)
+    masked = app.update(fam.name, str(folder / "image.png"), str(folder / "mask.png"), None, "gradcam", fam.ks[0],
+                        None)[0]
+    out["backgrounds_swap_s"] = round(median_time(lambda: app.backgrounds_view(masked, None), args.repeats), 3)
     for name in app.FAMILIES:  # every family, every view
         s = app.update(name, str(folder / "image.png"), str(folder / "mask.png"), None, "gradcam", 16, None)[0]
         app.switch_k(s, s.result.ks[-1])
+        app.backgrounds_view(s, None)
         app.size_view(s, s.result.ks[-1], None)
         app.robustness(name, s, s.result.ks[0], "pgd", 2)
         app.downloads(s, s.result.ks[0])
