@@ -9,7 +9,8 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-SUBCOMMAND_MODULES = ["data.synth", "data.backgrounds", "train", "eval.evaluate", "eval.card", "publish"]  # modules with register(subparsers)
+SUBCOMMAND_MODULES = ["data.synth", "data.backgrounds", "train", "eval.evaluate", "eval.seeds", "eval.card",
+                      "publish"]  # modules with register(subparsers)
 
 
 def describe(args: argparse.Namespace) -> dict:

@@ -1,10 +1,11 @@
 """`topgap card`: a model family's card, README.md for people and card.json for the app, from measured files only.
 
 Everything on the card comes from the family's own files: each model's config.json (recipe, training
-time) and train_log.json, and an evaluation report written by ``topgap evaluate`` (results.json and
-its plots). The card states plainly, metric by metric, whether a Top-GAP model (the ones chosen on validation data
-when the report has a selection) beats the baseline, with the 95% interval behind each verdict; a model whose
-training did not converge is flagged and never judged.
+time) and train_log.json, an evaluation report written by ``topgap evaluate`` (results.json and its
+plots) and, optionally, the recipe across seeds from ``topgap seeds`` (seeds.json). The card states plainly,
+metric by metric, whether a Top-GAP model (the ones chosen on validation data when the report has a selection)
+beats the baseline, with the 95% interval behind each verdict; a model whose training did not converge is flagged
+and never judged.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from ..checkpoint import family_members, read_config
 from ..io import atomic_write, write_json
 from .report import headline, markdown_report
+from .seeds import seeds_markdown
 
 __all__ = ["verdicts", "write_card", "register"]
 
@@ -42,11 +44,24 @@ def verdicts(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_seeds(folder: str | Path | None) -> dict | None:
+    if folder is None:
+        return None
+    path = Path(folder) / "seeds.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} has no seeds.json; run topgap seeds REPORT REPORT ... --out {folder} first")
+    return json.loads(path.read_text())
+
+
 def write_card(family: str | Path, report: str | Path, *, title: str, data_note: str, commands: list[str],
-               hardware: str | None = None) -> list[Path]:
-    """Write README.md, card.json and plots/ into the family folder from the evaluation `report` folder."""
+               hardware: str | None = None, seeds_report: str | Path | None = None) -> list[Path]:
+    """Write README.md, card.json and plots/ into the family folder from the evaluation `report` folder.
+
+    `seeds_report`: a folder written by ``topgap seeds``; adds "Across seeds (mean ± std)" and card.json["seeds"].
+    """
     family, report = Path(family), Path(report)
     results = json.loads((report / "results.json").read_text())
+    seeds = _read_seeds(seeds_report)
     training = {}
     for folder in family_members(family):
         cfg = read_config(folder)
@@ -59,6 +74,8 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
     card = {"title": title, "data": data_note, "commands": commands, "hardware": hardware, "training": training,
             "verdicts": judged, "evaluation": results,
             "plots": [f"plots/{p.name}" for p in sorted((family / "plots").glob("*.png"))]}
+    if seeds is not None:
+        card["seeds"] = seeds
     total = sum(t.get("train_seconds", 0) for t in training.values())
     rows = "\n".join(f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
                      f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |"
@@ -67,6 +84,7 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
     text = "\n".join([
         f"# {title}", "",
         "## Data", "", data_note, "",
+        *(["## Across seeds (mean ± std)", "", *seeds_markdown(seeds), ""] if seeds is not None else []),
         "## How Top-GAP compares with the baseline", "",
         *headline(results), "",
         "## Reproduce", "", "```", *commands, "```", "",
@@ -81,7 +99,7 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
 
 def run(args: argparse.Namespace) -> dict:
     paths = write_card(args.family, args.report, title=args.title, data_note=args.data_note, commands=args.command,
-                       hardware=args.hardware)
+                       hardware=args.hardware, seeds_report=args.seeds_report)
     return {"written": [str(p) for p in paths]}
 
 
@@ -95,4 +113,6 @@ def register(subparsers) -> None:
     p.add_argument("--data-note", required=True, help="data provenance and terms, one paragraph of Markdown")
     p.add_argument("--command", action="append", default=[], help="a command that reproduces the family (repeat)")
     p.add_argument("--hardware", default=None, help="where it was trained (default: this machine)")
+    p.add_argument("--seeds-report", default=None, help="a folder written by topgap seeds (seeds.json): adds the "
+                                                        "recipe's mean ± std across seeds to the card")
     p.set_defaults(func=run)

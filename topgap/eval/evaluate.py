@@ -62,10 +62,10 @@ from ..config import ModelConfig
 from ..metrics import PxAP, best_iou, box_hits, l1_sparsity, mass_in_mask, maxboxacc_v2, pxap_from_histograms
 from .attacks import PGD_RULES, gradient_masking_flag, robustness, run_attack, with_rates, wrap01
 from .faithfulness import IMPUTERS, ROAD_PERCENTILES, road_scores
-from .stats import BOOTSTRAP_SAMPLES, mean_std, paired_bootstrap, verdict
+from .stats import BOOTSTRAP_SAMPLES, higher_is_better, over_runs, paired_bootstrap, verdict
 
-__all__ = ["ATTACKS", "EPS_CURVE", "evaluate_family", "compare", "select_models", "aggregate_folds", "parse_eps",
-           "register", "run"]
+__all__ = ["ATTACKS", "EPS_CURVE", "evaluate_family", "compare", "select_models", "aggregate_folds", "flat_metrics",
+           "parse_eps", "register", "run"]
 
 ATTACKS = ("fgsm", "pgd", "autoattack", "square", "transfer")
 WHITE_BOX, BLACK_BOX = ("fgsm", "pgd", "autoattack"), ("square", "transfer")
@@ -365,26 +365,26 @@ def _pxap_stat(rows: np.ndarray) -> float:
 
 
 def _paired(t: _Tally, r: _Tally) -> dict[str, tuple]:
-    """metric -> (this model's per-image values, the reference's, statistic, higher is better)."""
+    """metric -> (this model's per-image values, the reference's, statistic or None for the mean)."""
     f = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
-    out = {"accuracy": (f(t.correct), f(r.correct), None, True)}
+    out = {"accuracy": (f(t.correct), f(r.correct), None)}
     for key in ("l1", "iou", "mass", "road"):
         a, b = f(getattr(t.own, key)), f(getattr(r.own, key))
         if len(a) and len(a) == len(b):
-            out[{"mass": "mass_in_mask"}.get(key, key)] = (a, b, None, key != "l1")
+            out[{"mass": "mass_in_mask"}.get(key, key)] = (a, b, None)
     if t.own.pxap.pos and len(t.own.pxap.pos) == len(r.own.pxap.pos):
-        out["pxap"] = (np.hstack(t.own.pxap.per_image()), np.hstack(r.own.pxap.per_image()), _pxap_stat, True)
+        out["pxap"] = (np.hstack(t.own.pxap.per_image()), np.hstack(r.own.pxap.per_image()), _pxap_stat)
     if t.own.boxes and len(t.own.boxes) == len(r.own.boxes):
         out["maxboxacc_v2"] = (np.array(t.own.boxes, dtype=np.float64), np.array(r.own.boxes, dtype=np.float64),
-                               lambda h: maxboxacc_v2(h), True)
+                               lambda h: maxboxacc_v2(h))
     for key, a in t.attacks.items():
         if key in r.attacks and len(a["correct"]) == len(r.attacks[key]["correct"]):
-            out[f"{key}_correct"] = (f(a["correct"]), f(r.attacks[key]["correct"]), None, True)
+            out[f"{key}_correct"] = (f(a["correct"]), f(r.attacks[key]["correct"]), None)
     for s, v in t.shifts.items():
         if s in r.shifts:
-            out[f"{s}_accuracy"] = (f(v["correct_list"]), f(r.shifts[s]["correct_list"]), None, True)
+            out[f"{s}_accuracy"] = (f(v["correct_list"]), f(r.shifts[s]["correct_list"]), None)
     if _has_bg_gap(t) and _has_bg_gap(r):
-        out["bg_gap"] = (_bg_gap(t), _bg_gap(r), None, False)
+        out["bg_gap"] = (_bg_gap(t), _bg_gap(r), None)
     return out
 
 
@@ -411,9 +411,9 @@ def compare(models: dict, tallies: dict[str, _Tally], convergence: dict, samples
         for ref in (r for r in refs if r != n):
             out[n][ref] = {}
             ok = all(convergence.get(m, (True, ""))[0] for m in (n, ref))
-            for metric, (a, b, stat, higher) in _paired(tallies[n], tallies[ref]).items():
+            for metric, (a, b, stat) in _paired(tallies[n], tallies[ref]).items():
                 ci = paired_bootstrap(a, b, **({"statistic": stat} if stat else {}), samples=samples, seed=seed)
-                ci["verdict"] = verdict(ci, higher) if ok else "not converged: no verdict"
+                ci["verdict"] = verdict(ci, higher_is_better(metric)) if ok else "not converged: no verdict"
                 out[n][ref][metric] = ci
     return out
 
@@ -423,7 +423,7 @@ def select_models(results: dict, criteria=("accuracy", "iou")) -> dict:
     chosen = {}
     for criterion in criteria:
         get = (lambda m: m["clean"]["accuracy"]) if criterion == "accuracy" else (lambda m, c=criterion: m.get(c))
-        lower = criterion == "l1"
+        lower = not higher_is_better(criterion)
         pool = [(get(m), n) for n, m in results["models"].items()
                 if m["kind"] == "topgap" and m["k"] is not None and m.get("converged") is not False
                 and get(m) is not None]
@@ -434,7 +434,7 @@ def select_models(results: dict, criteria=("accuracy", "iou")) -> dict:
 
 
 def aggregate_folds(results_list: list[dict]) -> dict:
-    """Mean ± std over folds of every scalar metric of each model (accuracies, map metrics, robust rates, shifts).
+    """Mean ± std over folds of every scalar metric of each model (:func:`flat_metrics`).
 
     Returns {"n_folds": int, "models": {name: {metric: {"mean", "std", "n", "values"}}}} for the models in
     every fold; std is the population std over folds (0 for one fold). Metrics missing in some fold are left out.
@@ -442,19 +442,13 @@ def aggregate_folds(results_list: list[dict]) -> dict:
     if not results_list:
         raise ValueError("aggregate_folds needs at least one fold's results")
     names = [n for n in results_list[0]["models"] if all(n in r["models"] for r in results_list)]
-    out = {}
-    for n in names:
-        flat = [_flatten(r["models"][n]) for r in results_list]
-        out[n] = {}
-        for metric in flat[0]:
-            values = [f.get(metric) for f in flat]
-            if any(v is None for v in values):
-                continue
-            out[n][metric] = {**mean_std(values), "values": [float(v) for v in values]}
-    return {"n_folds": len(results_list), "models": out}
+    return {"n_folds": len(results_list),
+            "models": {n: over_runs([flat_metrics(r["models"][n]) for r in results_list]) for n in names}}
 
 
-def _flatten(m: dict) -> dict[str, float]:
+def flat_metrics(m: dict) -> dict[str, float | None]:
+    """One model's scalar metrics from its results entry: accuracy, map metrics (own and "_gradcam"), attack
+    rates ("<attack>_correct", "<attack>_unchanged"), "<shift>_accuracy" and bg_gap; None where not measured."""
     flat = {"accuracy": m["clean"]["accuracy"]}
     for key in MAP_METRICS:
         flat[key], flat[f"{key}_gradcam"] = m.get(key), m.get(f"{key}_gradcam")
@@ -462,6 +456,7 @@ def _flatten(m: dict) -> dict[str, float]:
         flat[f"{key}_correct"], flat[f"{key}_unchanged"] = a["robust_correct_rate"], a["robust_paper_rate"]
     for s, v in (m.get("shifts") or {}).items():
         flat[f"{s}_accuracy"] = v["accuracy"]
+    flat["bg_gap"] = m.get("bg_gap")
     return flat
 
 

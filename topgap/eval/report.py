@@ -13,9 +13,6 @@ from ..io import atomic_write, write_json
 
 __all__ = ["markdown_report", "write_report", "write_cv_report", "headline"]
 
-HIGHER_IS_BETTER = {"l1": False}
-
-
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"

@@ -1,0 +1,178 @@
+"""`topgap seeds`: one recipe trained with several seeds, its evaluation reports combined into mean ± std.
+
+Each report is the results.json that ``topgap evaluate`` wrote for one seed's family, all on the same
+dataset and split. Per model and metric (:func:`topgap.eval.evaluate.flat_metrics`): mean, sample std
+(ddof=1) and the values over seeds. Per model other than the reference: the difference model − reference
+within each seed, its mean and a 95% Student-t interval over seeds (:func:`topgap.eval.stats.t_interval`),
+with a verdict only when the interval excludes 0. A model whose training did not converge in a seed
+(``converged: false``) is left out of that seed, and the seed is listed under ``excluded``.
+
+Example::
+
+    topgap seeds reports/pets-seed0 reports/pets-seed1 reports/pets-seed2 --out reports/pets-seeds --title "Pets"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..io import atomic_write, write_json
+from .evaluate import flat_metrics
+from .report import _table
+from .stats import higher_is_better, over_runs, t_interval, verdict
+
+__all__ = ["combine_seeds", "seeds_markdown", "write_seeds_report", "read_reports", "register", "run"]
+
+KEY_METRICS = ("accuracy", "l1", "iou", "mass_in_mask", "pxap")
+
+
+def _check_same_setup(results_list: list[dict]) -> list[str]:
+    """The model names shared by every report; ValueError when the datasets, splits, shifts or models differ."""
+    if len(results_list) < 2:
+        raise ValueError(f"at least 2 seeds are needed for a std; got {len(results_list)} report(s)")
+    first = results_list[0]
+    for i, r in enumerate(results_list[1:], 1):
+        for key in ("dataset", "split"):
+            if r[key] != first[key]:
+                raise ValueError(f"seed {i} was evaluated on {key} {r[key]!r} but seed 0 on {first[key]!r}; "
+                                 "combine reports of one dataset and split only")
+        if sorted(r.get("shifts") or {}) != sorted(first.get("shifts") or {}):
+            raise ValueError(f"seed {i} has shift splits {sorted(r.get('shifts') or {})} but seed 0 has "
+                             f"{sorted(first.get('shifts') or {})}; evaluate every seed with the same --shift-splits")
+    names = list(first["models"])
+    for i, r in enumerate(results_list):
+        for n in dict.fromkeys([*names, *r["models"]]):
+            if n not in r["models"]:
+                raise ValueError(f"model {n!r} is missing from seed {i}'s report; every seed needs the same models")
+    return names
+
+
+def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict:
+    """Combine the results of one recipe trained with several seeds (one results dict per seed, seed i = index i).
+
+    Returns {"dataset", "split", "shifts", "n_seeds", "n_images": [per seed], "reference",
+    "models": {name: {"kind", "k", "seeds": [kept seed indices], "metrics": {metric: {"mean", "std", "n", "values"}},
+    "excluded": [{"seed_index", "reason"}], "flagged": bool}},
+    "differences": {name: {metric: {"diff", "low", "high", "n", "level", "values", "seeds", "verdict"}}}}.
+    """
+    names = _check_same_setup(results_list)
+    if reference not in names:
+        raise ValueError(f"reference model {reference!r} is not in the reports; choose one of {', '.join(names)}")
+    kept, models = {}, {}
+    for n in names:
+        entries = [r["models"][n] for r in results_list]
+        excluded = [{"seed_index": i, "reason": m.get("convergence") or "not converged"}
+                    for i, m in enumerate(entries) if m.get("converged") is False]
+        kept[n] = [i for i in range(len(entries)) if i not in {e["seed_index"] for e in excluded}]
+        models[n] = {"kind": entries[0]["kind"], "k": entries[0]["k"], "seeds": kept[n],
+                     "metrics": over_runs([flat_metrics(entries[i]) for i in kept[n]], ddof=1),
+                     "excluded": excluded, "flagged": bool(excluded)}
+    differences = {}
+    for n in names:
+        if n == reference:
+            continue
+        seeds = [i for i in kept[n] if i in kept[reference]]
+        flats = [(flat_metrics(results_list[i]["models"][n]), flat_metrics(results_list[i]["models"][reference]))
+                 for i in seeds]
+        differences[n] = {}
+        for metric in flats[0][0] if flats else {}:
+            pairs = [(a.get(metric), b.get(metric)) for a, b in flats]
+            if any(a is None or b is None for a, b in pairs):
+                continue
+            diffs = [a - b for a, b in pairs]
+            ci = t_interval(diffs)
+            differences[n][metric] = {**ci, "values": diffs, "seeds": seeds,
+                                      "verdict": verdict(ci, higher_is_better(metric))}
+    first = results_list[0]
+    return {"dataset": first["dataset"], "split": first["split"], "shifts": list(first.get("shifts") or {}),
+            "n_seeds": len(results_list), "n_images": [r["n_images"] for r in results_list],
+            "reference": reference, "models": models, "differences": differences}
+
+
+def _key_metrics(combined: dict) -> list[str]:
+    """accuracy, l1, iou, mass in mask, PxAP, then shift accuracies, bg_gap and attack correct rates when present."""
+    present = {k for m in combined["models"].values() for k in m["metrics"]}
+    extra = [f"{s}_accuracy" for s in combined["shifts"]] + ["bg_gap"]
+    extra += sorted(k for k in present if k.endswith("_correct"))
+    return [k for k in (*KEY_METRICS, *extra) if k in present]
+
+
+def _mean_std(v: dict | None) -> str:
+    if not v or v["mean"] is None:
+        return "–"
+    return f"{v['mean']:.3f} ± {v['std']:.3f}" if v["std"] is not None else f"{v['mean']:.3f} (one seed)"
+
+
+def seeds_markdown(combined: dict) -> list[str]:
+    """The two tables (model × key metric as mean ± std; differences vs the reference) and the excluded seeds."""
+    metrics, ref = _key_metrics(combined), combined["reference"]
+    arrow = {k: "↑" if higher_is_better(k) else "↓" for k in metrics}
+    name = lambda n, m: f"{n} ⚠ {len(m['excluded'])} seed(s) excluded" if m["flagged"] else n  # noqa: E731
+    rows = [[name(n, m), len(m["seeds"]), *(_mean_std(m["metrics"].get(k)) for k in metrics)]
+            for n, m in combined["models"].items()]
+    out = [f"Dataset **{combined['dataset']}** (split {combined['split']}), {combined['n_seeds']} seeds, "
+           f"{', '.join(map(str, combined['n_images']))} images per seed. Mean ± sample std (ddof=1) over seeds.", "",
+           _table(["model", "seeds", *(f"{k} {arrow[k]}" for k in metrics)], rows), "",
+           f"Model − {ref} within each seed: mean over seeds and a 95% Student-t interval (df = seeds − 1); "
+           "a verdict says better or worse only when the interval excludes 0.", ""]
+    rows = []
+    for n, diffs in combined["differences"].items():
+        for k in metrics:
+            c = diffs.get(k)
+            if c is not None:
+                interval = "–" if c["low"] is None else f"[{c['low']:+.3f}, {c['high']:+.3f}]"
+                rows.append([n, f"{k} {arrow[k]}", c["n"], f"{c['diff']:+.3f}", interval, c["verdict"]])
+    out += [_table(["model", "metric", "seeds", f"mean diff vs {ref}", "95% interval", "verdict"], rows), ""]
+    excluded = [f"- {n}, seed {e['seed_index']}: {e['reason']}" for n, m in combined["models"].items()
+                for e in m["excluded"]]
+    out += ["Excluded (did not converge in that seed):", "", *excluded] if excluded else ["No seed was excluded."]
+    return out
+
+
+def write_seeds_report(combined: dict, out_dir: str | Path, title: str) -> list[Path]:
+    """Write seeds.json (the combined dict) and seeds.md (its tables), atomically."""
+    out = Path(out_dir)
+    text = "\n".join([f"# {title}", "", *seeds_markdown(combined), ""])
+    return [write_json(out / "seeds.json", combined),
+            atomic_write(out / "seeds.md", lambda tmp: Path(tmp).write_text(text))]
+
+
+def read_reports(folders: list[str | Path]) -> list[dict]:
+    """results.json of each report folder, in order; ValueError naming a folder without one."""
+    if len(folders) < 2:
+        raise ValueError(f"at least 2 seeds are needed for a std: give 2 or more report folders (got {len(folders)})")
+    resolved = [Path(f).resolve() for f in folders]
+    twice = next((f for f, r in zip(folders, resolved) if resolved.count(r) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{twice} is given twice; give one report folder per seed")
+    out = []
+    for folder in map(Path, folders):
+        path = folder / "results.json"
+        if not path.is_file():
+            raise ValueError(f"{folder} has no results.json; run topgap evaluate FAMILY --out {folder} first")
+        try:
+            out.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); rerun topgap evaluate for it") from None
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    combined = combine_seeds(read_reports(args.reports), reference=args.reference)
+    combined["reports"] = [str(p) for p in args.reports]
+    paths = write_seeds_report(combined, args.out, args.title)
+    return {"out": str(args.out), "files": [str(p) for p in paths],
+            "models": {n: {k: _mean_std(m["metrics"].get(k)) for k in ("accuracy", "iou")}
+                       for n, m in combined["models"].items()}}
+
+
+def register(subparsers) -> None:
+    """Add ``topgap seeds``."""
+    p = subparsers.add_parser("seeds", help="combine the evaluation reports of several seeds: mean ± std, t-intervals",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("reports", nargs="+", help="report folders written by topgap evaluate, one per seed")
+    p.add_argument("--out", required=True, help="folder for seeds.json and seeds.md")
+    p.add_argument("--title", required=True)
+    p.add_argument("--reference", default="baseline", help="the model every other one is compared with")
+    p.set_defaults(func=run)
