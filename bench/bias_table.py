@@ -29,13 +29,14 @@ ROLES = {"baseline": "baseline", "fpn_only": "FPN only (GAP, lam 0)", "topgap_ma
 SPLITS = {"clean": "test", "shifted": "test_shifted", "only_bg": "only_bg"}
 
 
-def class_map_pixels(backbone: str, num_maps: int, fpn_channels: int, size: int) -> int:
+def class_map_pixels(backbone: str, num_maps: int, fpn_channels: int, size: int, last_stage: int | None = None) -> int:
     """h*w of the Top-GAP class map for a size x size input."""
     import torch
 
     from topgap import TopGapNet
 
-    net = TopGapNet(backbone, num_classes=2, k=None, num_maps=num_maps, fpn_channels=fpn_channels).eval()
+    net = TopGapNet(backbone, num_classes=2, k=None, num_maps=num_maps, fpn_channels=fpn_channels,
+                    last_stage=last_stage).eval()
     with torch.no_grad():
         h, w = net.class_maps(torch.zeros(1, 3, size, size)).shape[-2:]
     return h * w
@@ -60,7 +61,9 @@ def commands(args: argparse.Namespace, p: float, seed: int, run: Path, ks: dict[
     train = topgap + ["train", "--data", str(data), "--backbone", args.backbone, "--fpn-channels",
                       str(args.fpn_channels), "--num-maps", str(args.num_maps), "--image-size", str(args.size),
                       "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                      "--seed", str(seed), "--workers", str(args.workers), *shlex.split(args.train_extra)]
+                      "--seed", str(seed), "--workers", str(args.workers),
+                      *(["--last-stage", str(args.last_stage)] if args.last_stage is not None else []),
+                      *shlex.split(args.train_extra)]
     out["train"] = train + ["--out", str(run / "family"), "--baseline", "--k", str(ks["topgap_matched"]),
                             str(ks["topgap_mismatched"])]
     out["train_control"] = train + ["--out", str(run / "control"), "--k", str(ks["fpn_only"]), "--lam", "0"]
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default="regnetx_002")
     g.add_argument("--fpn-channels", type=int, default=64)
     g.add_argument("--num-maps", type=int, default=4)
+    g.add_argument("--last-stage", type=int, help="cut the backbones after this feature stage (topgap train)")
     g.add_argument("--mismatch", type=float, default=8.0, help="mismatched k = this times the matched k")
     g.add_argument("--epochs", type=int, default=8)
     g.add_argument("--batch-size", type=int, default=32)
@@ -184,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     work, t0 = Path(args.work), time.perf_counter()
-    hw = class_map_pixels(args.backbone, args.num_maps, args.fpn_channels, args.size)
+    hw = class_map_pixels(args.backbone, args.num_maps, args.fpn_channels, args.size, args.last_stage)
     runs = []
     for prob in args.ps:
         for seed in args.seeds:

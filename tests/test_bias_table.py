@@ -21,10 +21,13 @@ def test_k_per_role():
 
 def test_class_map_pixels():
     assert bias_table.class_map_pixels("regnetx_002", 4, 8, 96) == 24 * 24  # stride 4
+    assert bias_table.class_map_pixels("tf_efficientnet_lite0", 3, 8, 96) == 12 * 12  # stages 2-4: stride 8
+    assert bias_table.class_map_pixels("tf_efficientnet_lite0", 3, 8, 96, last_stage=3) == 24 * 24  # stages 1-3
 
 
 def test_commands_use_the_current_cli(tmp_path):
-    args = bias_table.build_parser().parse_args(["--epochs", "3", "--train-extra", "--augment none"])
+    args = bias_table.build_parser().parse_args(["--epochs", "3", "--last-stage", "3",
+                                                 "--train-extra", "--augment none"])
     run = tmp_path / "p0.9-seed1"
     ks = {"topgap_matched": 20, "topgap_mismatched": 160, "fpn_only": 576}
     cmds = bias_table.commands(args, 0.9, 1, run, ks)
@@ -36,6 +39,7 @@ def test_commands_use_the_current_cli(tmp_path):
     assert train.augment == "none" and train.out == str(run / "family") and train.lam == 1.0
     control = parser.parse_args(cmds["train_control"][3:])
     assert control.k == [576] and control.lam == 0.0 and not control.baseline and control.out == str(run / "control")
+    assert train.last_stage == control.last_stage == 3
     for fam in ("family", "control"):  # --shift-splits is the flag the extended topgap evaluate takes
         cmd = cmds[f"evaluate_{fam}"]
         assert cmd[cmd.index("--shift-splits") + 1] == "test_shifted,only_bg" and str(run / fam) in cmd

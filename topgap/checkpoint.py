@@ -31,9 +31,10 @@ class CheckpointError(ValueError):
 def build_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     """An untrained TopGapNet or baseline as `cfg` describes it."""
     if cfg.kind == "baseline":
-        return create_baseline(cfg.backbone, cfg.num_classes, dropout=cfg.dropout, pretrained=pretrained)
+        return create_baseline(cfg.backbone, cfg.num_classes, dropout=cfg.dropout, pretrained=pretrained,
+                               last_stage=cfg.last_stage)
     return TopGapNet(cfg.backbone, cfg.num_classes, cfg.k, num_maps=cfg.num_maps, fpn_channels=cfg.fpn_channels,
-                     dropout=cfg.dropout, fpn=cfg.fpn, pretrained=pretrained)
+                     dropout=cfg.dropout, fpn=cfg.fpn, pretrained=pretrained, last_stage=cfg.last_stage)
 
 
 def _sha256(path: Path) -> str:
@@ -102,7 +103,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not fit a {cfg.kind} {cfg.backbone} model: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]}; is config.json's backbone/num_maps/fpn right?")
+                              f"unexpected {unexpected[:4]}; is config.json's backbone/num_maps/fpn/last_stage right?")
     for name, t in own.items():
         if state[name].shape != t.shape:
             raise CheckpointError(f"{weights}: {name} has shape {tuple(state[name].shape)} but config.json "

