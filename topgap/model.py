@@ -148,7 +148,6 @@ class TopGapNet(nn.Module):
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(channels[-1], num_classes, 1))
         self.backbone_name, self.num_classes, self.num_maps, self.fpn = backbone, num_classes, num_maps, fpn
-        self.last_stage = last_stage
         self.reduction = min(self.backbone.feature_info.reduction())  # input pixels per class-map pixel
 
     @property
