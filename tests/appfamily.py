@@ -16,19 +16,19 @@ import torch
 from topgap import ModelConfig, build_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
+CARD = Path(__file__).resolve().parent / "fixtures" / "synthetic-card"  # a card as `topgap card` writes it (k 4/16/64)
 CLASSES = ["circle", "square", "triangle", "star"]
 KS = (4, 16, 64)
 
 
 def make_family(root: Path, name: str = "fam", ks: tuple[int, ...] = KS, card: bool = False) -> Path:
-    """Write the family to root/name and return that folder; card=True copies the bundled synthetic-shapes card
-    (card.json as `topgap card` writes it, and its plots)."""
+    """Write the family to root/name and return that folder; card=True copies CARD
+    (card.json as `topgap card` wrote it for a synthetic family of these KS, and its plots)."""
     torch.manual_seed(0)
     folder = Path(root) / name
     if card:
-        src = ROOT / "models" / "synthetic-shapes"
-        shutil.copytree(src / "plots", folder / "plots")
-        shutil.copyfile(src / "card.json", folder / "card.json")
+        shutil.copytree(CARD / "plots", folder / "plots")
+        shutil.copyfile(CARD / "card.json", folder / "card.json")
     for k in ks:
         cfg = ModelConfig("resnet18", CLASSES, k=k, fpn_channels=16, input_size=(64, 64))
         save_model(build_model(cfg), cfg, folder / f"k{k}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from appfamily import KS, make_family, served_app
+from appfamily import CARD, KS, make_family, served_app
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -169,13 +169,13 @@ def test_trimap_shown_visibly(page, files):
 def test_model_card_from_schema_with_plots(page):
     page.get_by_role("tab", name="Card").click()
     card = page.locator("#card")
-    title = json.loads((ROOT / "models" / "synthetic-shapes" / "card.json").read_text())["title"]
+    title = json.loads((CARD / "card.json").read_text())["title"]
     expect(card).to_contain_text(title, timeout=LONG)
     expect(card.locator("table").first.locator("th").first).to_have_text("model")
     assert "white-box" in card.locator("table").first.inner_text()
     imgs = page.locator("#card_plots img")
     expect(imgs.first).to_be_visible(timeout=LONG)
-    n_plots = len(json.loads((ROOT / "models" / "synthetic-shapes" / "card.json").read_text())["plots"])
+    n_plots = len(json.loads((CARD / "card.json").read_text())["plots"])
     assert imgs.count() == n_plots  # every plot the card lists, none broken
     for i in range(n_plots):
         imgs.nth(i).scroll_into_view_if_needed()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from appfamily import KS, ROOT, make_family
+from appfamily import CARD, KS, make_family
 from topgap.explorer.api import explain_payload, families_payload
 from topgap.explorer.explain import FamilyStore, explain_all
 from topgap.metrics import PxAP
@@ -31,7 +31,7 @@ def test_families_read_without_loading(store):
     assert "card.json is not valid JSON" in info["broken"]["card_error"] and info["broken"]["card"] is None
     k16 = info["carded"]["card"]["models"]["k16"]
     assert k16["kind"] == "topgap" and k16["k"] == 16
-    bundled = json.loads((ROOT / "models" / "synthetic-shapes" / "card.json").read_text())
+    bundled = json.loads((CARD / "card.json").read_text())
     for key in ("pxap", "iou", "l1"):  # the card's own figures, passed through
         assert k16[key] == bundled["evaluation"]["models"]["k16"][key]
     assert k16["accuracy"] == bundled["evaluation"]["models"]["k16"]["clean"]["accuracy"]

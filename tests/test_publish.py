@@ -145,7 +145,7 @@ def test_this_repository_deploys(capsys):
     plan = _plan(capsys, "--root", str(ROOT))
     paths = {f["path"] for f in plan["files"]}
     assert {"app.py", "README.md", "requirements.txt", ".gitattributes", "assets/LICENSES.json",
-            "topgap/explorer/hub.py", "models/synthetic-shapes/k64/model.safetensors",
+            "topgap/explorer/hub.py", "models/synthetic-shapes/baseline/model.safetensors",
             "models/synthetic-shapes/card.json", "models/synthetic-shapes/plots/iou.png"} <= paths
     examples = [p for d in ("images", "masks") for p in (ROOT / "assets" / d).glob("*.png")]
     assert examples and {f"assets/{p.parent.name}/{p.name}" for p in examples} <= paths  # the app's examples
