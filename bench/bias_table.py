@@ -27,6 +27,8 @@ import numpy as np
 ROLES = {"baseline": "baseline", "fpn_only": "FPN only (GAP, lam 0)", "topgap_matched": "Top-GAP, k matched",
          "topgap_mismatched": "Top-GAP, k mismatched"}
 SPLITS = {"clean": "test", "shifted": "test_shifted", "only_bg": "only_bg"}
+COMPARISONS = [("topgap_matched", "baseline"), ("topgap_matched", "fpn_only"), ("topgap_mismatched", "baseline"),
+               ("fpn_only", "baseline")]
 
 
 def class_map_pixels(backbone: str, num_maps: int, fpn_channels: int, size: int, last_stage: int | None = None) -> int:
@@ -89,7 +91,7 @@ def split_accuracy(results: dict, model: dict, split: str) -> float:
 
 
 def measure(run: Path, ks: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Role -> {clean, shifted, only_bg, iou, mass_in_mask} from the two reports of one (p, seed)."""
+    """Role -> {clean, shifted, only_bg, iou, mass_in_mask, k, converged} from the two reports of one (p, seed)."""
     names = {"baseline": ("family", "baseline"), "topgap_matched": ("family", f"k{ks['topgap_matched']}"),
              "topgap_mismatched": ("family", f"k{ks['topgap_mismatched']}"), "fpn_only": ("control", f"k{ks['fpn_only']}")}
     out = {}
@@ -97,21 +99,48 @@ def measure(run: Path, ks: dict[str, int]) -> dict[str, dict[str, float]]:
         results = json.loads((run / f"report-{fam}" / "results.json").read_text())
         m = results["models"][name]
         out[role] = {key: split_accuracy(results, m, split) for key, split in SPLITS.items()}
-        out[role] |= {"iou": m["iou"], "mass_in_mask": m["mass_in_mask"], "k": m["k"]}
+        out[role] |= {"iou": m["iou"], "mass_in_mask": m["mass_in_mask"], "k": m["k"],
+                      "converged": m.get("converged", True) is not False}
     return out
 
 
 def summarise(runs: list[dict]) -> dict:
-    """{p: {role: {metric: [mean, std, n]}}} over seeds (std with ddof 1; 0 for one seed)."""
+    """{p: {role: {metric: [mean, std, n]}}} over seeds (std with ddof 1; 0 for one seed).
+
+    A model whose training did not converge in a seed is left out of that seed (flagged, never averaged in).
+    """
     table: dict = {}
     for r in runs:
         for role, metrics in r["metrics"].items():
+            if not metrics.get("converged", True):
+                continue
             for key, value in metrics.items():
-                if key != "k" and value is not None:
+                if key not in ("k", "converged") and value is not None:
                     table.setdefault(r["p"], {}).setdefault(role, {}).setdefault(key, []).append(value)
     return {p: {role: {key: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)]
                        for key, v in metrics.items()} for role, metrics in roles.items()}
             for p, roles in sorted(table.items())}
+
+
+def differences(runs: list[dict], metrics=("shifted", "only_bg", "clean", "iou")) -> list[dict]:
+    """Paired by seed: each COMPARISONS pair's difference per p and metric, mean with a 95% Student-t interval.
+
+    Seeds where either model did not converge are left out of that pair. Higher is better for every metric here
+    except only_bg (accuracy without the object: lower means less reliance on the background).
+    """
+    from topgap.eval.stats import t_interval, verdict
+
+    rows = []
+    for p in sorted({r["p"] for r in runs}):
+        at_p = [r["metrics"] for r in runs if r["p"] == p]
+        for a, b in COMPARISONS:
+            pairs = [(m[a], m[b]) for m in at_p if m[a].get("converged", True) and m[b].get("converged", True)]
+            for metric in metrics:
+                ci = t_interval([x[metric] - y[metric] for x, y in pairs if x[metric] is not None
+                                 and y[metric] is not None])
+                rows.append({"p": p, "model": a, "reference": b, "metric": metric, **ci,
+                             "verdict": verdict(ci, higher_is_better=metric != "only_bg")})
+    return rows
 
 
 def markdown(summary: dict) -> str:
@@ -124,6 +153,18 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {p} | {label} | " + " | ".join(cells) + " |")
     n = max((m["clean"][2] for roles in summary.values() for m in roles.values()), default=0)
     return "\n".join(lines) + f"\n\nMean ± std over {n} seeds (data and training seeded alike).\n"
+
+
+def markdown_differences(rows: list[dict]) -> str:
+    """The paired differences as a table: p, comparison, metric, mean [95% interval], verdict, seeds."""
+    lines = ["| p | comparison | metric | difference [95% CI] | verdict | seeds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = f"{r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]" if r["low"] is not None else (
+            f"{r['diff']:+.3f}" if r["diff"] is not None else "–")
+        lines.append(f"| {r['p']} | {ROLES[r['model']]} − {ROLES[r['reference']]} | {r['metric']} | {ci} | "
+                     f"{r['verdict']} | {r['n']} |")
+    return "\n".join(lines) + ("\n\nPaired by seed, Student-t over seeds; only_bg: lower is better (less "
+                               "reliance on the background alone).\n")
 
 
 def plot(summary: dict, path: Path) -> Path:
@@ -202,12 +243,15 @@ def main() -> None:
             for fam in ("family", "control"):
                 _call(cmds[f"evaluate_{fam}"], (run / f"report-{fam}" / "results.json").is_file())
             runs.append({"p": prob, "seed": seed, "ks": ks, "metrics": measure(run, ks)})
-    summary = summarise(runs)
+    summary, diffs = summarise(runs), differences(runs)
     from topgap.io import atomic_write, write_json
 
     write_json(work / "summary.json", {"class_map_pixels": hw, "args": vars(args), "runs": runs,
-                                       "summary": {str(k): v for k, v in summary.items()}})
-    table = markdown(summary)
+                                       "summary": {str(k): v for k, v in summary.items()}, "differences": diffs})
+    flagged = [f"p = {r['p']}, seed {r['seed']}: {ROLES[role]}" for r in runs
+               for role, m in r["metrics"].items() if not m.get("converged", True)]
+    table = markdown(summary) + "\n" + markdown_differences(diffs) + (
+        "\nDid not converge (left out of the means and differences): " + "; ".join(flagged) + "\n" if flagged else "")
     atomic_write(work / "bias_table.md", lambda tmp: Path(tmp).write_text(table))
     print(table, f"plot: {plot(summary, work / 'shifted_vs_p.png')}",
           f"{(time.perf_counter() - t0) / 60:.1f} min", sep="\n")

@@ -85,3 +85,30 @@ def test_split_accuracy_reads_old_reports_and_says_what_is_missing():
     assert bias_table.split_accuracy(results, model, "test_shifted") == 0.3
     with pytest.raises(KeyError, match="evaluate with --shift-splits test_shifted,only_bg"):
         bias_table.split_accuracy(results, model, "only_bg")
+
+
+def test_differences_are_paired_by_seed_with_t_intervals_and_skip_unconverged(tmp_path):
+    def metrics(base, matched, control, converged=True):
+        row = lambda shifted, only_bg: {"clean": 0.9, "shifted": shifted, "only_bg": only_bg, "iou": 0.5,  # noqa: E731
+                                        "mass_in_mask": 0.5, "k": 1, "converged": True}
+        out = {"baseline": row(*base), "topgap_matched": row(*matched), "topgap_mismatched": row(*base),
+               "fpn_only": row(*control)}
+        out["topgap_matched"]["converged"] = converged
+        return out
+    runs = [{"p": 0.9, "seed": s, "metrics": metrics((b, 0.8), (b + d, 0.5), (b, 0.9))}
+            for s, (b, d) in enumerate([(0.2, 0.01), (0.4, 0.02), (0.6, 0.03)])]
+    rows = {(r["model"], r["reference"], r["metric"]): r for r in bias_table.differences(runs)}
+    shifted = rows[("topgap_matched", "baseline", "shifted")]  # diffs 0.01, 0.02, 0.03: 0.02 ± 4.303 * 0.01 / sqrt 3
+    assert shifted["diff"] == pytest.approx(0.02) and shifted["n"] == 3
+    assert shifted["low"] == pytest.approx(0.02 - 4.3027 * 0.01 / 3 ** 0.5, abs=1e-4)
+    assert shifted["verdict"] == "no clear difference"  # the interval [-0.0048, 0.0448] holds 0
+    only_bg = rows[("topgap_matched", "fpn_only", "only_bg")]  # -0.4 in every seed: lower is better
+    assert only_bg["diff"] == pytest.approx(-0.4) and only_bg["verdict"] == "better"
+    assert rows[("fpn_only", "baseline", "only_bg")]["verdict"] == "worse"  # +0.1 every seed
+    runs[1]["metrics"] = metrics((0.4, 0.8), (0.9, 0.5), (0.4, 0.9), converged=False)
+    rows = {(r["model"], r["reference"], r["metric"]): r for r in bias_table.differences(runs)}
+    assert rows[("topgap_matched", "baseline", "shifted")]["n"] == 2  # seed 1's Top-GAP left out, not averaged in
+    assert rows[("topgap_mismatched", "baseline", "shifted")]["n"] == 3
+    assert bias_table.summarise(runs)[0.9]["topgap_matched"]["shifted"][2] == 2
+    assert "| 0.9 | Top-GAP, k matched − baseline | shifted |" in bias_table.markdown_differences(
+        bias_table.differences(runs))
