@@ -192,3 +192,22 @@ def test_eps_curve_falls_to_zero_and_autoattack_stays_in_the_ball():
             y = m(x).argmax(1)
         adv = run_attack(m, x, y, "autoattack", 4 / 255)
         assert (adv - x).abs().max() <= 4 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_eps_curve_steps_cross_the_ball():
+    """A linear 2-class model whose margin needs 0.9 eps against every pixel: the curve's 10 steps of 2.5 eps / 10
+    flip it; Foolbox's rule (eps/30 per step: 1/3 eps beyond the random start) does not, and would overstate it."""
+    from topgap.eval.attacks import eps_curve, run_attack
+
+    torch.manual_seed(0)
+    eps, n = 8 / 255, 3 * 8 * 8
+    w = torch.sign(torch.randn(n))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(n, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([w, -w]) / 2)  # logit gap (class 0 minus class 1) = w . x
+    t = (0.9 * eps * n - 0.5 * w.sum()) / n  # x = 0.5 + t w has gap 0.9 eps n: moving every pixel eps flips it
+    x, y = (0.5 + t * w).reshape(1, 3, 8, 8), torch.zeros(1, dtype=torch.long)
+    assert model(x).argmax(1).item() == 0 and 0 < x.min() and x.max() < 1
+    weak = run_attack(model, x, y, "pgd", eps, steps=10, rule="foolbox")
+    assert model(weak).argmax(1).item() == 0  # 10 Foolbox steps cannot cross the ball
+    assert eps_curve(model, x, y, [eps], steps=10)[0]["accuracy"] == 0.0

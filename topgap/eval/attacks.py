@@ -31,11 +31,12 @@ from torch import nn
 from ..model import Normalize
 from ..modes import eval_mode
 
-__all__ = ["KINDS", "PGD_RULES", "wrap01", "run_attack", "robustness", "with_rates", "transfer_robustness",
+__all__ = ["KINDS", "PGD_RULES", "CURVE_RULE", "wrap01", "run_attack", "robustness", "with_rates", "transfer_robustness",
            "gradient_masking_flag", "eps_curve"]
 
 KINDS = ("fgsm", "pgd", "square", "autoattack")
 PGD_RULES = {"foolbox": lambda eps, steps: eps * 0.01 / 0.3, "2.5eps/steps": lambda eps, steps: 2.5 * eps / steps}
+CURVE_RULE = "2.5eps/steps"  # the eps curve's few steps must cross the ball: Foolbox's eps/30 covers steps/30 of eps
 
 
 def wrap01(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
@@ -121,7 +122,10 @@ def _autoattack(model01: nn.Module, eps: float, n_classes: int, seed: int) -> to
 
 def eps_curve(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps_values: list[float], steps: int = 20,
               seed: int = 0) -> list[dict]:
-    """Accuracy under PGD (Foolbox rule) at each eps: ``[{"eps", "n", "robust_correct", "accuracy"}]``.
+    """Accuracy under PGD at each eps: ``[{"eps", "n", "robust_correct", "accuracy"}]``.
+
+    The step rule is :data:`CURVE_RULE` (alpha = 2.5 eps / steps): with Foolbox's eps/30 per step, the curve's
+    few steps would travel only steps/30 of eps and the curve would overstate robustness.
 
     An attack whose budget covers the whole image range must reach 0%; a curve that stays above 0 at
     its largest eps is the classic sign of masked gradients (Carlini et al., 2019, "On evaluating
@@ -129,7 +133,7 @@ def eps_curve(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps_values
     """
     out = []
     for eps in eps_values:
-        adv = run_attack(model01, x01, y, "pgd", eps, steps=steps, seed=seed)
+        adv = run_attack(model01, x01, y, "pgd", eps, steps=steps, seed=seed, rule=CURVE_RULE)
         c = robustness(model01, x01, y, adv)
         out.append({"eps": eps, "n": c["n"], "robust_correct": c["robust_correct"], "accuracy": c["robust_correct_rate"]})
     return out

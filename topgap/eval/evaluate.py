@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from ..cam import METHODS, POSTPROCESSING, baseline_cam, cam_size, postprocess, topgap_cam
 from ..config import ModelConfig
 from ..metrics import PxAP, best_iou, box_hits, l1_sparsity, mass_in_mask, maxboxacc_v2, pxap_from_histograms
-from .attacks import PGD_RULES, gradient_masking_flag, robustness, run_attack, with_rates, wrap01
+from .attacks import CURVE_RULE, PGD_RULES, gradient_masking_flag, robustness, run_attack, with_rates, wrap01
 from .faithfulness import IMPUTERS, ROAD_PERCENTILES, road_scores
 from .stats import BOOTSTRAP_SAMPLES, higher_is_better, over_runs, paired_bootstrap, verdict
 
@@ -172,7 +172,7 @@ def evaluate_family(models: dict[str, tuple[nn.Module, ModelConfig]], dataset, *
         eps: Linf budget on [0, 1] images (paper: 1/255, CIFAR-10 8/255).
         pgd_steps: one PGD run per value (paper: 40; Table 4: 20 and 50); pgd_rule: a key of PGD_RULES.
         square_queries: Square's query budget (>= 1000 for a meaningful masking check).
-        eps_curve: budgets of the accuracy-vs-eps curve (PGD, `curve_steps` steps); () to skip.
+        eps_curve: budgets of the accuracy-vs-eps curve (PGD, `curve_steps` steps of 2.5 eps / steps); () to skip.
         faithfulness_images: ROAD on the first this many images (0 to skip); imputer: "blur" or "linear".
         postprocessing: :data:`topgap.cam.POSTPROCESSING` switch, applied to every map alike.
         cam_method: the post-hoc CAM (:data:`topgap.cam.METHODS`) for the baseline and "*_gradcam".
@@ -240,6 +240,7 @@ def evaluate_family(models: dict[str, tuple[nn.Module, ModelConfig]], dataset, *
         "dataset": name, "split": split, "n_images": n_images, "eps": eps,
         "pgd_steps": [int(s) for s in pgd_steps], "pgd_rule": pgd_rule, "attacks": list(attacks),
         "attack_images": n_attack, "square_queries": square_queries, "eps_curve": [float(e) for e in eps_curve],
+        "eps_curve_pgd": {"steps": curve_steps, "rule": CURVE_RULE},
         "cam_method": cam_method, "postprocessing": postprocessing, "l1_resolution": list(l1_size),
         "localisation_resolution": list(input_size),
         "faithfulness": {"metric": "ROAD combined (LeRF - MoRF) / 2, softmax of the predicted class",
@@ -302,7 +303,8 @@ def _evaluate_batch(t: _Tally, net01: nn.Module, model: nn.Module, cfg: ModelCon
         for e in sorted(eps_curve):
             idx = alive.nonzero().flatten()
             if len(idx):
-                adv = run_attack(net01, x[:sub][idx], y[:sub][idx], "pgd", e, steps=curve_steps, seed=seed)
+                adv = run_attack(net01, x[:sub][idx], y[:sub][idx], "pgd", e, steps=curve_steps, seed=seed,
+                                 rule=CURVE_RULE)
                 alive[idx] = _predict(net01, adv) == y[:sub][idx]
             t.curve.setdefault(float(e), []).extend(alive.tolist())
 

@@ -178,7 +178,9 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
         eps = results["eps_curve"]
         rows = [[_name(n, m)] + [c["accuracy"] for c in m["eps_curve"]] + [m["eps_curve_reaches_zero"]]
                 for n, m in results["models"].items()]
-        out += ["## Accuracy against eps (PGD, each image counted broken from the smallest eps that breaks it)", "",
+        pgd = results.get("eps_curve_pgd")  # absent in reports written before the curve had its own step rule
+        how = f"PGD-{pgd['steps']}, step {pgd['rule']}" if pgd else "PGD"
+        out += [f"## Accuracy against eps ({how}; each image counted broken from the smallest eps that breaks it)", "",
                 _table(["model", *(f"{e * 255:.3g}/255" for e in eps), "reaches 0?"], rows),
                 "", "A curve that does not reach 0 at the largest budget is flagged as gradient masking.", ""]
 
