@@ -694,7 +694,7 @@ def _bundled_examples() -> list[tuple[ExampleSet, str]]:
     sets = []
     for kind, folder, masks, glob, label, name in (
             ("synthetic", ASSETS / "images", ASSETS / "masks", "*.png",
-             "Examples from the synthetic-shapes data (each with its mask)", caption),
+             "Examples from the synthetic-shapes data (with the mask, where there is an object)", caption),
             ("photo", ASSETS / "photos", ASSETS / "photos" / "masks", "*.jpg",
              "CC0 photo from scikit-image, with a mask made by assets/make_photo_masks.py (see assets/LICENSES.md)",
              lambda stem: f"{stem} (CC0 photo from scikit-image)")):

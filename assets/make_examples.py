@@ -55,9 +55,10 @@ def main() -> None:
     base = probs.get("baseline")
     files = [str(Path(it.source).relative_to(data)) for it in shifted.items]
     for name, pr in probs.items():
-        wrong = (pr.argmax(1) != labels).nonzero().flatten()
-        if len(wrong):
-            picks[f"misclassified-by-{name}"] = files[int(wrong[0])]
+        wrong = [files[i] for i in (pr.argmax(1) != labels).nonzero().flatten().tolist()]
+        fresh = [f for f in wrong if f not in picks.values()]  # one image per model where there is one
+        if fresh:
+            picks[f"misclassified-by-{name}"] = fresh[0]
     if base is not None:
         order = base[torch.arange(len(labels)), labels].argsort().tolist()  # least sure of the true class first
         picks["baseline-least-sure"] = next(files[i] for i in order if files[i] not in picks.values())
