@@ -33,7 +33,7 @@ def test_commands_use_the_current_cli(tmp_path):
     cmds = bias_table.commands(args, 0.9, 1, run, ks)
     parser = build_parser()
     synth = parser.parse_args(cmds["synth"][3:])
-    assert (synth.bg_agreement, synth.seed, synth.object_area, synth.size) == (0.9, 1, [0.02, 0.05], 96)
+    assert (synth.bg_agreement, synth.seed, synth.object_area, synth.size) == (0.9, 1, [0.04, 0.10], 96)
     train = parser.parse_args(cmds["train"][3:])
     assert train.k == [20, 160] and train.baseline and train.seed == 1 and train.epochs == 3
     assert train.augment == "none" and train.out == str(run / "family") and train.lam == 1.0
@@ -112,3 +112,28 @@ def test_differences_are_paired_by_seed_with_t_intervals_and_skip_unconverged(tm
     assert bias_table.summarise(runs)[0.9]["topgap_matched"]["shifted"][2] == 2
     assert "| 0.9 | Top-GAP, k matched − baseline | shifted |" in bias_table.markdown_differences(
         bias_table.differences(runs))
+
+
+def test_default_recipe_and_table_only(tmp_path, monkeypatch, capsys):
+    args = bias_table.build_parser().parse_args([])
+    train = build_parser().parse_args(bias_table.commands(args, 0.9, 0, tmp_path, {
+        "topgap_matched": 41, "topgap_mismatched": 288, "fpn_only": 576})["train"][3:])
+    assert train.pretrained is True and train.last_stage == 3 and train.num_maps == 3 and train.lam_warmup == 1
+    assert train.augment == "none" and train.backbone == "tf_efficientnet_lite0" and train.epochs == 3
+    done = tmp_path / "p0.9-seed0"  # evaluated; p0.9-seed1 has only its data: left out, nothing runs
+    (done / "data").mkdir(parents=True)
+    (done / "data" / "synth.json").write_text(json.dumps({"object_area_fraction_mean": 0.0712}))  # * 576 = 41
+    _report(done / "report-family", {"baseline": _model(None, 1.0, 0.96, 0.7, 0.46),
+                                     "k41": _model(41, 1.0, 0.98, 0.4, 0.41), "k288": _model(288, 1.0, 0.94, 0.7, 0.6)})
+    _report(done / "report-control", {"k576": _model(576, 1.0, 0.97, 0.8, 0.43)})
+    (tmp_path / "p0.9-seed1" / "data").mkdir(parents=True)
+    monkeypatch.setattr("sys.argv", ["bias_table.py", "--work", str(tmp_path), "--ps", "0.9", "--seeds", "0", "1",
+                                     "--table-only"])
+    monkeypatch.setattr(bias_table.subprocess, "run", lambda *a, **k: pytest.fail("--table-only must run nothing"))
+    bias_table.main()
+    out = capsys.readouterr().out
+    assert "not run yet, left out of the table: p = 0.9, seed 1" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["seed"] for r in summary["runs"]] == [0] and summary["runs"][0]["ks"]["topgap_matched"] == 41
+    assert "| 0.9 | Top-GAP, k matched | 1.000 ± 0.000 | 0.980 ± 0.000 | 0.400 ± 0.000 |" in (
+        tmp_path / "bias_table.md").read_text()
