@@ -40,3 +40,13 @@ def test_custom_statistic_and_bad_input():
 
 def test_mean_std():
     assert mean_std([1.0, 3.0, None]) == {"mean": 2.0, "std": 1.0, "n": 2}
+
+
+def test_direction_of_each_metric():
+    from topgap.eval.stats import higher_is_better
+
+    assert higher_is_better("accuracy") and higher_is_better("iou_gradcam") and higher_is_better("test_shifted_accuracy")
+    assert higher_is_better("mixed_rand_accuracy") and higher_is_better("only_fg_accuracy")
+    # without the object, a correct answer can only come from the background: less is better
+    for m in ("l1", "l1_gradcam", "bg_gap", "only_bg_accuracy", "only_bg_t_accuracy", "no_fg_accuracy"):
+        assert not higher_is_better(m), m

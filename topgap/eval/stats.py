@@ -17,11 +17,17 @@ __all__ = ["BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "higher_is_better", "paired_b
 
 BOOTSTRAP_SAMPLES = 2000
 LOWER_IS_BETTER = ("l1", "bg_gap")  # sparser maps; less reliance on the background
+OBJECT_FREE_SPLITS = ("only_bg", "no_fg")  # shift splits without the object (synth's only_bg; only_bg_t, no_fg)
 
 
 def higher_is_better(metric: str) -> bool:
-    """False for l1 (also "l1_gradcam") and bg_gap, True for every accuracy, localisation and faithfulness metric."""
-    return metric.removesuffix("_gradcam") not in LOWER_IS_BETTER
+    """False for l1 (also "l1_gradcam"), bg_gap and the accuracy on splits without the object ("only_bg*",
+    "no_fg": how far the background alone predicts); True for every other accuracy, localisation and faithfulness
+    metric."""
+    name = metric.removesuffix("_gradcam")
+    if name.endswith("_accuracy") and name.removesuffix("_accuracy").startswith(OBJECT_FREE_SPLITS):
+        return False
+    return name not in LOWER_IS_BETTER
 
 
 def _mean(a: np.ndarray) -> float:
