@@ -311,3 +311,15 @@ def test_app_and_evaluate_give_the_same_l1_and_iou(fam):
         assert m.l1 == pytest.approx(ev["models"][m.name]["l1"], abs=1e-6), m.name
         assert m.iou == pytest.approx(ev["models"][m.name]["iou"], abs=1e-6), m.name
         assert m.mass == pytest.approx(ev["models"][m.name]["mass_in_mask"], abs=1e-6), m.name
+
+
+def test_card_view_shows_the_seeds_of_a_carded_family():
+    """The bundled pets card carries `topgap seeds`' tables; the app's Card tab shows them as seeds.md has them."""
+    from topgap.explorer.card_view import render_card
+
+    root = Path(__file__).resolve().parents[1]
+    text, _ = render_card(root / "models" / "oxford-pet-lite0")
+    seeds_md = (root / "reports" / "oxford-pet-lite0" / "seeds" / "seeds.md").read_text()
+    table = [line for line in seeds_md.splitlines() if line.startswith("| k1024 | 3 |")]
+    assert "### Across seeds (mean ± std)" in text and table and table[0] in text
+    assert text.index("### Across seeds") < text.index("### Top-GAP against the baseline")

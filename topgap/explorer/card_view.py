@@ -86,6 +86,10 @@ def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
         return f"No model card yet for **{folder.name}**: run `topgap evaluate` then `topgap card` on it.", []
     ev = card.get("evaluation") or {}
     parts = [f"## {card.get('title') or folder.name}", "", str(card.get("data") or "")]
+    if card.get("seeds"):  # `topgap card --seeds-report`: the recipe over seeds first, then one seed's report
+        from ..eval.seeds import seeds_markdown  # imported here: the evaluation stack stays out of the app's start
+
+        parts += ["", "### Across seeds (mean ± std)", "", *seeds_markdown(card["seeds"])]
     if card.get("verdicts"):
         chosen = (ev.get("selection") or {}).get("by") or {}
         picked = ", ".join(f"{v.get('model')} by {c}" for c, v in chosen.items())
