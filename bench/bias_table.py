@@ -150,15 +150,15 @@ def differences(runs: list[dict], metrics=("shifted", "only_bg", "clean", "iou")
 
 
 def markdown(summary: dict) -> str:
+    """Mean ± std per p and model; the last column counts the seeds (std is 0 for one seed: no spread measured)."""
     cols = ["clean", "shifted", "only_bg", "iou", "mass_in_mask"]
-    lines = ["| p | model | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    lines = ["| p | model | " + " | ".join(cols) + " | seeds |", "|---|---|" + "---|" * (len(cols) + 1)]
     for p, roles in summary.items():
         for role, label in ROLES.items():
             m = roles.get(role, {})
             cells = [f"{m[c][0]:.3f} ± {m[c][1]:.3f}" if c in m else "" for c in cols]
-            lines.append(f"| {p} | {label} | " + " | ".join(cells) + " |")
-    n = max((m["clean"][2] for roles in summary.values() for m in roles.values()), default=0)
-    return "\n".join(lines) + f"\n\nMean ± std over {n} seeds (data and training seeded alike).\n"
+            lines.append(f"| {p} | {label} | " + " | ".join(cells) + f" | {m['clean'][2] if m else 0} |")
+    return "\n".join(lines) + "\n\nMean ± std over the seeds of each row (data and training seeded alike).\n"
 
 
 def markdown_differences(rows: list[dict]) -> str:

@@ -73,7 +73,7 @@ def test_measure_summarise_and_plot(tmp_path):
     assert summary[0.9]["topgap_mismatched"]["mass_in_mask"] == pytest.approx([0.1, 0.0, 3])
     table = bias_table.markdown(summary)
     assert "| 0.9 | Top-GAP, k matched | 0.900 ± 0.000 | 0.500 ± 0.200 | 0.500 ± 0.000 |" in table
-    assert "over 3 seeds" in table
+    assert "| 0.9 | baseline | 0.900 ± 0.000 | 0.400 ± 0.200 | 0.800 ± 0.000 | 0.300 ± 0.000 | 0.150 ± 0.000 | 3 |" in table
     path = bias_table.plot(summary, tmp_path / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
