@@ -679,6 +679,8 @@ def mcp_enabled() -> bool:
 def caption(name: str) -> str:
     """An example's caption from its file name: 'usual-background-circle' -> 'circle, usual background'."""
     words = name.split("-")
+    if len(words) == 3 and words[:2] == ["background", "only"]:
+        return f"{words[2]}'s background, no object"
     if len(words) == 3 and words[1] == "background":
         return f"{words[2]}, {words[0]} background"
     return {"misclassified-by-baseline": "misclassified by the baseline",
@@ -686,6 +688,12 @@ def caption(name: str) -> str:
 
 
 SHAPES = set(SYNTH_VARIANTS["shapes"]["classes"])  # the synthetic examples' classes
+
+
+def _example_order(path: Path) -> tuple[int, str]:
+    """The shortcut test first: usual background, another background, the background alone, then the rest."""
+    kinds = ("usual-background", "other-background", "background-only")
+    return next((i for i, k in enumerate(kinds) if path.stem.startswith(k)), len(kinds)), path.stem
 
 
 def _bundled_examples() -> list[tuple[ExampleSet, str]]:
@@ -698,7 +706,7 @@ def _bundled_examples() -> list[tuple[ExampleSet, str]]:
             ("photo", ASSETS / "photos", ASSETS / "photos" / "masks", "*.jpg",
              "CC0 photo from scikit-image, with a mask made by assets/make_photo_masks.py (see assets/LICENSES.md)",
              lambda stem: f"{stem} (CC0 photo from scikit-image)")):
-        images = sorted(folder.glob(glob)) if folder.is_dir() else []
+        images = sorted(folder.glob(glob), key=_example_order) if folder.is_dir() else []
         rows = [[str(p), str(masks / f"{p.stem}.png") if (masks / f"{p.stem}.png").is_file() else None]
                 for p in images]
         if rows:
@@ -784,7 +792,7 @@ def build_demo(dataset: ExampleSet | None = None, hub: ExampleSet | None = None)
                     for ex, kind in example_sets:  # shown when they suit the family (examples_fit)
                         with gr.Column(visible=examples_fit(kind, DEFAULT), min_width=300) as col:
                             gr.Examples(ex.rows, [image_in, mask_in], example_labels=ex.captions, label=ex.label,
-                                        cache_examples=False, examples_per_page=10)
+                                        cache_examples=False, examples_per_page=20)
                         example_cols.append(col)
                 with gr.Column(min_width=300, scale=2):
                     hint_md = gr.Markdown(elem_id="hint")

@@ -449,7 +449,10 @@ def test_examples_suit_the_family_and_come_from_a_dataset(app_module, tmp_path, 
     sets = dict((kind, s) for s, kind in app_module._bundled_examples())
     assert sets["photo"].rows == [[str(ROOT / "assets/photos/chelsea.jpg"), str(ROOT / "assets/photos/masks/chelsea.png")]]
     assert sets["photo"].captions == ["chelsea (CC0 photo from scikit-image)"]
-    assert "circle, usual background" in sets["synthetic"].captions
+    captions = sets["synthetic"].captions  # the shortcut test first: usual, other background, background alone
+    assert captions[:4] == [f"{c}, usual background" for c in ("circle", "square", "star", "triangle")]
+    assert captions[8:12] == [f"{c}'s background, no object" for c in ("circle", "square", "star", "triangle")]
+    assert all(mask is None for _, mask in sets["synthetic"].rows[8:12])  # no object, no mask
     monkeypatch.setenv("TOPGAP_EXAMPLES", str(tmp_path / "nothing"))
     assert app_module.env_examples() is None  # logged; the bundled examples stay
     image = tmp_path / "data" / "test" / "cat" / "a.png"
