@@ -6,7 +6,7 @@ the map); a second ``topgap train`` of the FPN-only control (FPN head, plain GAP
 "fpn" row); ``topgap evaluate`` of both on test with ``--shift-splits test_shifted,only_bg``. Then
 ``summary.json``, ``bias_table.md`` (mean +- std over seeds) and ``shifted_vs_p.png`` in --work.
 
-    python bench/bias_table.py --work runs/bias                 # p = 0.5 0.9 0.99, seeds 0 1 2 (~2.5 h on 2 cores)
+    python bench/bias_table.py --work runs/bias                 # p = 0.5 0.9 0.99, seeds 0 1 2 (~1.5 h on 2 cores)
     python bench/bias_table.py --work runs/bias --ps 0.9 --seeds 0
     python bench/bias_table.py --work runs/bias --table-only    # the table of what has run so far
 
