@@ -123,8 +123,13 @@ def summarise(runs: list[dict]) -> dict:
             for key, value in metrics.items():
                 if key not in ("k", "converged") and value is not None:
                     table.setdefault(r["p"], {}).setdefault(role, {}).setdefault(key, []).append(value)
-    return {p: {role: {key: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)]
-                       for key, v in metrics.items()} for role, metrics in roles.items()}
+    from topgap.eval.stats import mean_std
+
+    def cell(values: list[float]) -> list:
+        m = mean_std(values, ddof=1)
+        return [m["mean"], m["std"] or 0.0, m["n"]]
+
+    return {p: {role: {key: cell(v) for key, v in metrics.items()} for role, metrics in roles.items()}
             for p, roles in sorted(table.items())}
 
 
