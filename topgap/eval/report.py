@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..io import atomic_write, write_json
+from .stats import higher_is_better
 
 __all__ = ["markdown_report", "write_report", "write_cv_report", "headline"]
 
@@ -134,7 +135,8 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
     if results.get("shifts"):
         header, rows = ["model", "k"], []
         for s in results["shifts"]:
-            header += [f"{s} acc ↑", "Δ vs baseline [95% CI]", f"{s} IOU"]
+            arrow = "↑" if higher_is_better(f"{s}_accuracy") else "↓ (background alone)"
+            header += [f"{s} acc {arrow}", "Δ vs baseline [95% CI]", f"{s} IOU"]
         for n, m in ([(base, b)] if b else []) + list(ours.items()):
             row = [_name(n, m), m["k"]]
             for s in results["shifts"]:
