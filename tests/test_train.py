@@ -49,6 +49,8 @@ def test_train_writes_a_loadable_model_folder_with_log(tmp_path):
     log = record["epochs"]
     assert [e["epoch"] for e in log] == [1, 2, 3] and all(e["loss"] > e["ce_loss"] > 0 for e in log)  # + l1 term
     assert record["num_classes"] == 2 and (record["converged"], record["reason"]) == convergence(record)
+    assert record["environment"]["device"].startswith("cpu (") and record["environment"]["processes"] == 1
+    assert record["environment"]["torch"] == torch.__version__
     assert cfg.recipe["lam_warmup_epochs"] == 1.0 and [e["lam"] for e in log] == [0.5, 1.0, 1.0]  # 2 steps/epoch
     # a second identical call skips, a different recipe refuses
     assert train_model(tiny_cfg(), RECIPE, data, tmp_path / "k4") == cfg.metrics

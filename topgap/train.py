@@ -178,6 +178,19 @@ class _Trainable(nn.Module):
         return self.model(x), None
 
 
+def environment(acc: Accelerator) -> dict[str, Any]:
+    """Where a model was trained (written to train_log.json): device, processes and library versions, so that runs
+    on different hardware can be told apart when they are compared."""
+    import platform
+
+    import timm
+
+    dev = acc.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
+    return {"device": f"{dev.type} ({name})", "processes": acc.num_processes, "torch": torch.__version__,
+            "timm": timm.__version__, "python": platform.python_version()}
+
+
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norms
@@ -340,7 +353,7 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
         if acc.is_main_process:
             _save_resume(out, raw.model, opt, {"identity": identity, "epoch": epoch, "log": log})
         acc.wait_for_everyone()
-    record = {"num_classes": cfg.num_classes, "epochs": log}
+    record = {"num_classes": cfg.num_classes, "epochs": log, "environment": environment(acc)}
     converged, reason = convergence(record)
     metrics = {"train_seconds": round(sum(e["seconds"] for e in log), 1), "epochs": recipe.epochs,
                "converged": converged}
