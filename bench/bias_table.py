@@ -4,7 +4,8 @@ For each p and seed: ``topgap synth`` (seeded, --bg-agreement p); ``topgap train
 matched to the objects' mean area in class-map pixels and at a mismatched k (factor --mismatch, capped at half
 the map); a second ``topgap train`` of the FPN-only control (FPN head, plain GAP: k = h*w, lam = 0; Table 8's
 "fpn" row); ``topgap evaluate`` of both on test with ``--shift-splits test_shifted,only_bg``. Then
-``summary.json``, ``bias_table.md`` (mean +- std over seeds) and ``shifted_vs_p.png`` in --work.
+``summary.json``, ``bias_table.md`` (mean +- std over seeds), ``shifted_vs_p.png`` and ``differences.png`` (each
+seed's paired difference) in --work.
 
     python bench/bias_table.py --work runs/bias                 # p = 0.5 0.9 0.99, seeds 0 1 2 (~1.5 h on 2 cores)
     python bench/bias_table.py --work runs/bias --ps 0.9 --seeds 0
@@ -133,6 +134,17 @@ def summarise(runs: list[dict]) -> dict:
             for p, roles in sorted(table.items())}
 
 
+def paired(runs: list[dict], a: str, b: str, metric: str, p: float) -> list[tuple[int, float]]:
+    """(seed, a - b) of `metric` at `p` for each seed where both models converged and were measured."""
+    out = []
+    for r in runs:
+        x, y = r["metrics"].get(a), r["metrics"].get(b)
+        if r["p"] == p and x and y and x.get("converged", True) and y.get("converged", True) \
+                and x[metric] is not None and y[metric] is not None:
+            out.append((r["seed"], x[metric] - y[metric]))
+    return out
+
+
 def differences(runs: list[dict], metrics=("shifted", "only_bg", "clean", "iou")) -> list[dict]:
     """Paired by seed: each COMPARISONS pair's difference per p and metric, mean with a 95% Student-t interval.
 
@@ -143,12 +155,9 @@ def differences(runs: list[dict], metrics=("shifted", "only_bg", "clean", "iou")
 
     rows = []
     for p in sorted({r["p"] for r in runs}):
-        at_p = [r["metrics"] for r in runs if r["p"] == p]
         for a, b in COMPARISONS:
-            pairs = [(m[a], m[b]) for m in at_p if m[a].get("converged", True) and m[b].get("converged", True)]
             for metric in metrics:
-                ci = t_interval([x[metric] - y[metric] for x, y in pairs if x[metric] is not None
-                                 and y[metric] is not None])
+                ci = t_interval([d for _, d in paired(runs, a, b, metric, p)])
                 rows.append({"p": p, "model": a, "reference": b, "metric": metric, **ci,
                              "verdict": verdict(ci, higher_is_better=metric != "only_bg")})
     return rows
@@ -200,6 +209,41 @@ def plot(summary: dict, path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_differences(runs: list[dict], rows: list[dict], path: Path, metrics=("shifted", "only_bg")) -> Path:
+    """One panel per metric: every seed's paired difference (a dot) and the mean with its 95% interval (a bar),
+    per p and comparison: how much of a mean difference one seed carries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from topgap.io import atomic_write
+
+    ps = sorted({r["p"] for r in runs})
+    ci = {(r["p"], r["model"], r["reference"], r["metric"]): r for r in rows}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (a, b) in enumerate(COMPARISONS):
+            dx = (i - (len(COMPARISONS) - 1) / 2) * 0.18
+            for j, p in enumerate(ps):
+                d = [v for _, v in paired(runs, a, b, metric, p)]
+                ax.scatter([j + dx] * len(d), d, s=10, alpha=0.6, color=f"C{i}",
+                           label=f"{ROLES[a]} − {ROLES[b]}" if j == 0 else None)
+                c = ci.get((p, a, b, metric))
+                if c and c["low"] is not None:
+                    ax.errorbar(j + dx + 0.05, c["diff"], yerr=[[c["diff"] - c["low"]], [c["high"] - c["diff"]]],
+                                color=f"C{i}", marker="_", capsize=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(ps)), [f"p = {p}" for p in ps])
+        ax.set_ylabel(f"Δ {metric} accuracy " + ("(lower: less background)" if metric == "only_bg" else "(higher)"))
+    axes[0][0].legend(fontsize=6, loc="lower left")
+    fig.suptitle("Paired by seed: dots are seeds, bars the mean with its 95% t interval", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
@@ -275,6 +319,7 @@ def main() -> None:
         "\nDid not converge (left out of the means and differences): " + "; ".join(flagged) + "\n" if flagged else "")
     atomic_write(work / "bias_table.md", lambda tmp: Path(tmp).write_text(table))
     print(table, f"plot: {plot(summary, work / 'shifted_vs_p.png')}",
+          f"plot: {plot_differences(runs, diffs, work / 'differences.png')}",
           f"{(time.perf_counter() - t0) / 60:.1f} min", sep="\n")
 
 

@@ -108,6 +108,11 @@ def test_differences_are_paired_by_seed_with_t_intervals_and_skip_unconverged(tm
     runs[1]["metrics"] = metrics((0.4, 0.8), (0.9, 0.5), (0.4, 0.9), converged=False)
     rows = {(r["model"], r["reference"], r["metric"]): r for r in bias_table.differences(runs)}
     assert rows[("topgap_matched", "baseline", "shifted")]["n"] == 2  # seed 1's Top-GAP left out, not averaged in
+    seeds, diffs = zip(*bias_table.paired(runs, "topgap_matched", "baseline", "shifted", 0.9))
+    assert seeds == (0, 2) and diffs == pytest.approx([0.01, 0.03])
+    assert bias_table.paired(runs, "topgap_matched", "baseline", "shifted", 0.5) == []
+    png = bias_table.plot_differences(runs, bias_table.differences(runs), tmp_path / "differences.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rows[("topgap_mismatched", "baseline", "shifted")]["n"] == 3
     assert bias_table.summarise(runs)[0.9]["topgap_matched"]["shifted"][2] == 2
     assert "| 0.9 | Top-GAP, k matched − baseline | shifted |" in bias_table.markdown_differences(
@@ -135,5 +140,6 @@ def test_default_recipe_and_table_only(tmp_path, monkeypatch, capsys):
     assert "not run yet, left out of the table: p = 0.9, seed 1" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["seed"] for r in summary["runs"]] == [0] and summary["runs"][0]["ks"]["topgap_matched"] == 41
+    assert (tmp_path / "differences.png").is_file() and (tmp_path / "shifted_vs_p.png").is_file()
     assert "| 0.9 | Top-GAP, k matched | 1.000 ± 0.000 | 0.980 ± 0.000 | 0.400 ± 0.000 |" in (
         tmp_path / "bias_table.md").read_text()
