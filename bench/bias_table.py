@@ -52,10 +52,22 @@ def class_map_pixels(backbone: str, num_maps: int, fpn_channels: int, size: int,
 
 
 def ks_for(meta: dict, hw: int, mismatch: float) -> dict[str, int]:
-    """k per role: matched = objects' mean area fraction * h*w; mismatched = `mismatch` times that, <= h*w / 2."""
-    matched = max(1, round(meta["object_area_fraction_mean"] * hw))
+    """k per role: matched = the train split's mean object area (a fraction of the image) * h*w, so that no test
+    mask sets it; mismatched = `mismatch` times that, <= h*w / 2; the control pools all h*w."""
+    area = meta["splits"]["train"]["object_pixels_mean"] / meta["size"] ** 2
+    matched = max(1, round(area * hw))
     return {"topgap_matched": matched, "topgap_mismatched": max(1, min(hw // 2, round(mismatch * matched))),
             "fpn_only": hw}
+
+
+def trained_ks(run: Path, ks: dict[str, int]) -> dict[str, int]:
+    """The k the family of `run` was trained with (its train_args.json: matched, mismatched), else `ks`: a table
+    reads what ran, even where the rule that picks k changed since."""
+    args = run / "family" / "train_args.json"
+    if not args.is_file():
+        return ks
+    matched, mismatched = json.loads(args.read_text())["k"]
+    return ks | {"topgap_matched": int(matched), "topgap_mismatched": int(mismatched)}
 
 
 def commands(args: argparse.Namespace, p: float, seed: int, run: Path, ks: dict[str, int] | None) -> dict[str, list]:
@@ -297,7 +309,7 @@ def main() -> None:
                 continue
             if not args.table_only:
                 _call(commands(args, prob, seed, run, None)["synth"], (run / "data" / "synth.json").is_file())
-            ks = ks_for(json.loads((run / "data" / "synth.json").read_text()), hw, args.mismatch)
+            ks = trained_ks(run, ks_for(json.loads((run / "data" / "synth.json").read_text()), hw, args.mismatch))
             if not args.table_only:
                 cmds = commands(args, prob, seed, run, ks)
                 _call(cmds["train"], all((run / "family" / n / "model.safetensors").is_file() for n in

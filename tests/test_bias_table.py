@@ -12,11 +12,22 @@ bias_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bias_table)
 
 
-def test_k_per_role():
-    assert bias_table.ks_for({"object_area_fraction_mean": 0.035}, 576, 8) == {
-        "topgap_matched": 20, "topgap_mismatched": 160, "fpn_only": 576}  # 0.035 * 576 = 20.2
-    assert bias_table.ks_for({"object_area_fraction_mean": 0.2}, 576, 8)["topgap_mismatched"] == 288  # half the map
-    assert bias_table.ks_for({"object_area_fraction_mean": 0.0001}, 64, 8)["topgap_matched"] == 1
+def _meta(train_px: float, size: int = 96, all_px: float | None = None) -> dict:
+    """synth.json's fields that set k: the train split's mean object pixels (and another mean over all splits)."""
+    return {"size": size, "splits": {"train": {"object_pixels_mean": train_px}},
+            "object_area_fraction_mean": (all_px or train_px) / size ** 2}
+
+
+def test_k_per_role_comes_from_the_train_split(tmp_path):
+    assert bias_table.ks_for(_meta(0.035 * 96 ** 2, all_px=0.09 * 96 ** 2), 576, 8) == {
+        "topgap_matched": 20, "topgap_mismatched": 160, "fpn_only": 576}  # 0.035 * 576 = 20.2; test areas unused
+    assert bias_table.ks_for(_meta(0.2 * 96 ** 2), 576, 8)["topgap_mismatched"] == 288  # half the map
+    assert bias_table.ks_for(_meta(0.0001 * 96 ** 2), 64, 8)["topgap_matched"] == 1
+    ks = bias_table.ks_for(_meta(0.035 * 96 ** 2), 576, 8)
+    assert bias_table.trained_ks(tmp_path, ks) == ks  # nothing trained yet
+    (tmp_path / "family").mkdir()
+    (tmp_path / "family" / "train_args.json").write_text(json.dumps({"k": [21, 168]}))
+    assert bias_table.trained_ks(tmp_path, ks) == {"topgap_matched": 21, "topgap_mismatched": 168, "fpn_only": 576}
 
 
 def test_class_map_pixels():
@@ -127,7 +138,7 @@ def test_default_recipe_and_table_only(tmp_path, monkeypatch, capsys):
     assert train.augment == "none" and train.backbone == "tf_efficientnet_lite0" and train.epochs == 3
     done = tmp_path / "p0.9-seed0"  # evaluated; p0.9-seed1 has only its data: left out, nothing runs
     (done / "data").mkdir(parents=True)
-    (done / "data" / "synth.json").write_text(json.dumps({"object_area_fraction_mean": 0.0712}))  # * 576 = 41
+    (done / "data" / "synth.json").write_text(json.dumps(_meta(0.0712 * 96 ** 2)))  # * 576 = 41
     _report(done / "report-family", {"baseline": _model(None, 1.0, 0.96, 0.7, 0.46),
                                      "k41": _model(41, 1.0, 0.98, 0.4, 0.41), "k288": _model(288, 1.0, 0.94, 0.7, 0.6)})
     _report(done / "report-control", {"k576": _model(576, 1.0, 0.97, 0.8, 0.43)})
