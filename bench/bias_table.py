@@ -1,13 +1,13 @@
 """The bias table with one command: shifted accuracy against the background-class agreement p (Table 5's idea).
 
 For each p and seed: ``topgap synth`` (seeded, --bg-agreement p); ``topgap train`` of the baseline and Top-GAP at k
-matched to the objects' mean area in class-map pixels and at a mismatched k (factor --mismatch, capped at half
-the map); a second ``topgap train`` of the FPN-only control (FPN head, plain GAP: k = h*w, lam = 0; Table 8's
+matched to the train split's mean object area in class-map pixels and at a mismatched k (factor --mismatch, capped
+at half the map); a second ``topgap train`` of the FPN-only control (FPN head, plain GAP: k = h*w, lam = 0; Table 8's
 "fpn" row); ``topgap evaluate`` of both on test with ``--shift-splits test_shifted,only_bg``. Then
 ``summary.json``, ``bias_table.md`` (mean +- std over seeds), ``shifted_vs_p.png`` and ``differences.png`` (each
 seed's paired difference) in --work.
 
-    python bench/bias_table.py --work runs/bias                 # p = 0.5 0.9 0.99, seeds 0 1 2 (~1.5 h on 2 cores)
+    python bench/bias_table.py --work runs/bias                 # p = 0.5 0.9 0.99, seeds 0 1 2 (~1.2 h on 2 cores)
     python bench/bias_table.py --work runs/bias --ps 0.9 --seeds 0
     python bench/bias_table.py --work runs/bias --table-only    # the table of what has run so far
 

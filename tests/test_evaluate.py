@@ -178,7 +178,6 @@ def test_write_report(results, tmp_path):
     assert "k32 ⚠ not converged" in md and "**k32** did not converge" in md
 
 
-
 def test_report_arrows_follow_the_split(results):
     """A split without the object (only_bg) is lower-is-better: its Table 5 column says so, test_shifted's does not."""
     from topgap.eval.report import markdown_report
@@ -189,6 +188,7 @@ def test_report_arrows_follow_the_split(results):
         m["shifts"] = {"test_shifted": m["shifts"]["shifted"], "only_bg": m["shifts"]["shifted"]}
     header = next(line for line in markdown_report(r).splitlines() if line.startswith("| model | k | test_shifted"))
     assert "test_shifted acc ↑" in header and "only_bg acc ↓ (background alone)" in header
+
 
 def test_aggregate_folds(results):
     other = json.loads(json.dumps(results))
