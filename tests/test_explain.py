@@ -1,6 +1,8 @@
 """Decoding of unusual uploads, masks, and the compute-once / switch-only logic of topgap.explorer.explain."""
 import dataclasses
 import io
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -313,7 +315,7 @@ def test_app_and_evaluate_give_the_same_l1_and_iou(fam):
         assert m.mass == pytest.approx(ev["models"][m.name]["mass_in_mask"], abs=1e-6), m.name
 
 
-def test_card_view_shows_the_seeds_of_a_carded_family():
+def test_card_view_shows_the_seeds_of_a_carded_family(tmp_path):
     """The bundled pets card carries `topgap seeds`' tables; the app's Card tab shows them as seeds.md has them."""
     from topgap.explorer.card_view import render_card
 
@@ -323,3 +325,13 @@ def test_card_view_shows_the_seeds_of_a_carded_family():
     table = [line for line in seeds_md.splitlines() if line.startswith("| k1024 | 3 |")]
     assert "### Across seeds (mean ± std)" in text and table and table[0] in text
     assert text.index("### Across seeds") < text.index("### Top-GAP against the baseline")
+    assert "Dataset **bg60** (split original), 3 seeds" in text  # the backgrounds benchmark's seeds follow
+    # cards written before --seeds-report took several folders hold one dict: shown like a list of that one
+    folder = tmp_path / "card"
+    shutil.copytree(root / "models" / "oxford-pet-lite0", folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    card = json.loads((folder / "card.json").read_text())
+    shown = []
+    for seeds in ([card["seeds"][0]], card["seeds"][0]):
+        (folder / "card.json").write_text(json.dumps(card | {"seeds": seeds}))
+        shown.append(render_card(folder)[0])
+    assert shown[0] == shown[1] and table[0] in shown[1] and "Dataset **bg60**" not in shown[1]

@@ -54,14 +54,15 @@ def _read_seeds(folder: str | Path | None) -> dict | None:
 
 
 def write_card(family: str | Path, report: str | Path, *, title: str, data_note: str, commands: list[str],
-               hardware: str | None = None, seeds_report: str | Path | None = None) -> list[Path]:
+               hardware: str | None = None, seeds_reports: list[str | Path] = ()) -> list[Path]:
     """Write README.md, card.json and plots/ into the family folder from the evaluation `report` folder.
 
-    `seeds_report`: a folder written by ``topgap seeds``; adds "Across seeds (mean ± std)" and card.json["seeds"].
+    `seeds_reports`: folders written by ``topgap seeds`` (e.g. the test split and a shifted benchmark); each adds
+    its tables under "Across seeds (mean ± std)" and its seeds.json to the list card.json["seeds"].
     """
     family, report = Path(family), Path(report)
     results = json.loads((report / "results.json").read_text())
-    seeds = _read_seeds(seeds_report)
+    seeds = [_read_seeds(folder) for folder in seeds_reports]
     training = {}
     for folder in family_members(family):
         cfg = read_config(folder)
@@ -74,7 +75,7 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
     card = {"title": title, "data": data_note, "commands": commands, "hardware": hardware, "training": training,
             "verdicts": judged, "evaluation": results,
             "plots": [f"plots/{p.name}" for p in sorted((family / "plots").glob("*.png"))]}
-    if seeds is not None:
+    if seeds:
         card["seeds"] = seeds
     total = sum(t.get("train_seconds", 0) for t in training.values())
     rows = "\n".join(f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
@@ -84,7 +85,8 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
     text = "\n".join([
         f"# {title}", "",
         "## Data", "", data_note, "",
-        *(["## Across seeds (mean ± std)", "", *seeds_markdown(seeds), ""] if seeds is not None else []),
+        *(["## Across seeds (mean ± std)", "", *[line for s in seeds for line in (*seeds_markdown(s), "")]]
+          if seeds else []),
         "## How Top-GAP compares with the baseline", "",
         *headline(results), "",
         "## Reproduce", "", "```", *commands, "```", "",
@@ -99,7 +101,7 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
 
 def run(args: argparse.Namespace) -> dict:
     paths = write_card(args.family, args.report, title=args.title, data_note=args.data_note, commands=args.command,
-                       hardware=args.hardware, seeds_report=args.seeds_report)
+                       hardware=args.hardware, seeds_reports=args.seeds_report)
     return {"written": [str(p) for p in paths]}
 
 
@@ -113,6 +115,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-note", required=True, help="data provenance and terms, one paragraph of Markdown")
     p.add_argument("--command", action="append", default=[], help="a command that reproduces the family (repeat)")
     p.add_argument("--hardware", default=None, help="where it was trained (default: this machine)")
-    p.add_argument("--seeds-report", default=None, help="a folder written by topgap seeds (seeds.json): adds the "
-                                                        "recipe's mean ± std across seeds to the card")
+    p.add_argument("--seeds-report", nargs="+", default=[], metavar="DIR",
+                   help="folders written by topgap seeds (seeds.json), e.g. the test split's and a shifted "
+                        "benchmark's: each adds the recipe's mean ± std across seeds to the card")
     p.set_defaults(func=run)

@@ -89,7 +89,8 @@ def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     if card.get("seeds"):  # `topgap card --seeds-report`: the recipe over seeds first, then one seed's report
         from ..eval.seeds import seeds_markdown  # imported here: the evaluation stack stays out of the app's start
 
-        parts += ["", "### Across seeds (mean ± std)", "", *seeds_markdown(card["seeds"])]
+        seeds = card["seeds"] if isinstance(card["seeds"], list) else [card["seeds"]]  # one dict in older cards
+        parts += ["", "### Across seeds (mean ± std)", "", *[line for s in seeds for line in (*seeds_markdown(s), "")]]
     if card.get("verdicts"):
         chosen = (ev.get("selection") or {}).get("by") or {}
         picked = ", ".join(f"{v.get('model')} by {c}" for c, v in chosen.items())
