@@ -44,9 +44,7 @@ def verdicts(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_seeds(folder: str | Path | None) -> dict | None:
-    if folder is None:
-        return None
+def _read_seeds(folder: str | Path) -> dict:
     path = Path(folder) / "seeds.json"
     if not path.is_file():
         raise ValueError(f"{folder} has no seeds.json; run topgap seeds REPORT REPORT ... --out {folder} first")
