@@ -146,6 +146,14 @@ def summarise(runs: list[dict]) -> dict:
             for p, roles in sorted(table.items())}
 
 
+def higher_is_better(metric: str) -> bool:
+    """topgap's one rule (topgap.eval.stats.higher_is_better) for a column of the table: an accuracy column is
+    named by its split (only_bg, without the object: lower is better)."""
+    from topgap.eval.stats import higher_is_better as rule
+
+    return rule(f"{SPLITS[metric]}_accuracy" if metric in SPLITS else metric)
+
+
 def paired(runs: list[dict], a: str, b: str, metric: str, p: float) -> list[tuple[int, float]]:
     """(seed, a - b) of `metric` at `p` for each seed where both models converged and were measured."""
     out = []
@@ -171,7 +179,7 @@ def differences(runs: list[dict], metrics=("shifted", "only_bg", "clean", "iou")
             for metric in metrics:
                 ci = t_interval([d for _, d in paired(runs, a, b, metric, p)])
                 rows.append({"p": p, "model": a, "reference": b, "metric": metric, **ci,
-                             "verdict": verdict(ci, higher_is_better=metric != "only_bg")})
+                             "verdict": verdict(ci, higher_is_better=higher_is_better(metric))})
     return rows
 
 
@@ -252,7 +260,8 @@ def plot_differences(runs: list[dict], rows: list[dict], path: Path, metrics=("s
                                 color=f"C{i}", marker="_", capsize=3)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(len(ps)), [f"p = {p}" for p in ps])
-        ax.set_ylabel(f"Δ {metric} accuracy " + ("(lower: less background)" if metric == "only_bg" else "(higher)"))
+        better = "(higher)" if higher_is_better(metric) else "(lower: less background)"
+        ax.set_ylabel(f"Δ {metric} accuracy {better}")
     axes[0][0].legend(fontsize=6, loc="lower left")
     fig.suptitle("Paired by seed: dots are seeds, bars the mean with its 95% t interval", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))

@@ -30,6 +30,11 @@ def test_k_per_role_comes_from_the_train_split(tmp_path):
     assert bias_table.trained_ks(tmp_path, ks) == {"topgap_matched": 21, "topgap_mismatched": 168, "fpn_only": 576}
 
 
+def test_direction_of_each_column_is_topgaps_rule():
+    assert [bias_table.higher_is_better(m) for m in ("clean", "shifted", "only_bg", "iou", "mass_in_mask")] == [
+        True, True, False, True, True]
+
+
 def test_class_map_pixels():
     assert bias_table.class_map_pixels("regnetx_002", 4, 8, 96) == 24 * 24  # stride 4
     assert bias_table.class_map_pixels("tf_efficientnet_lite0", 3, 8, 96) == 12 * 12  # stages 2-4: stride 8
