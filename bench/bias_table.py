@@ -91,7 +91,7 @@ def commands(args: argparse.Namespace, p: float, seed: int, run: Path, ks: dict[
     for fam in ("family", "control"):
         out[f"evaluate_{fam}"] = topgap + [
             "evaluate", str(run / fam), "--data", str(data), "--split", "test",
-            "--shift-splits", "test_shifted,only_bg", "--attacks", "fgsm", "--eps-curve", "--faithfulness-images", "0",
+            "--shift-splits", "test_shifted,only_bg", "--attacks", "fgsm", "--eps-curve", "none", "--faithfulness-images", "0",
             "--out", str(run / f"report-{fam}"),
             *shlex.split(args.eval_extra)]
     return out

@@ -16,7 +16,7 @@ def flow(tmp_path_factory):
                  "--backbone", "regnetx_002", "--image-size", "32", "--k", "2", "8", "--baseline",
                  "--augment", "none", "--half"]) == 0
     assert main(["evaluate", str(fam), "--data", str(data), "--split", "test", "--shift-splits", "test_shifted",
-                 "--attacks", "fgsm", "pgd", "--pgd-steps", "1", "2", "--eps", "8/255", "--eps-curve",
+                 "--attacks", "fgsm", "pgd", "--pgd-steps", "1", "2", "--eps", "8/255", "--eps-curve", "none",
                  "--faithfulness-images", "4", "--bootstrap", "50", "--out", str(report)]) == 0
     return root, data, fam, report
 
@@ -54,3 +54,89 @@ def test_bad_input_is_one_clear_line(flow, tmp_path, capsys):
     assert "--out are required" in capsys.readouterr().err
     assert main(["describe", "resnet81"]) == 2
     assert "unknown backbone 'resnet81'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--attacks", "--eps-curve", "--shift-splits"])
+def test_a_list_flag_without_values_is_an_error_that_names_it(flow, flag, capsys):
+    _, data, fam, _ = flow
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(fam), "--data", str(data), flag])
+    assert f"argument {flag}: expected at least one argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(data), "--out", str(fam), "--k"])
+    assert "argument --k: expected at least one argument" in capsys.readouterr().err
+    assert main(["evaluate", str(fam), "--data", str(data), "--attacks", "fgsm", "none"]) == 2
+    assert "--attacks: 'none' cannot be combined with other values (got fgsm none)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split, message", [
+    ("test", "--select-split test is the split being reported"),
+    ("./Test/", "is the split being reported"),
+    ("test_shifted", "--select-split test_shifted is a test split"),
+    ("TEST_shifted", "is a test split"),
+    ("holdout", "has no such split (it has "),
+])
+def test_k_is_never_chosen_on_a_test_split(flow, split, message, capsys):
+    _, data, fam, _ = flow
+    assert main(["evaluate", str(fam), "--data", str(data), "--split", "test", "--select-split", split]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["evaluate", str(fam), "--data", str(data), "--split", "val", "--select-split", "test"]) == 2
+    assert "is a test split" in capsys.readouterr().err
+
+
+def test_without_a_selection_no_verdict_is_printed(flow, tmp_path):
+    _, data, fam, _ = flow
+    out = tmp_path / "report"
+    assert main(["evaluate", str(fam), "--data", str(data), "--split", "test", "--select-split", "none", "--attacks",
+                 "none", "--eps-curve", "none", "--faithfulness-images", "0", "--bootstrap", "20", "--out",
+                 str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["selection"] is None
+    verdicts = {c["verdict"] for m in results["models"].values() for ref in (m.get("comparisons") or {}).values()
+                for c in ref.values()}
+    assert verdicts == {"no k chosen on validation data: descriptive only, no verdict"}
+
+
+def test_k_is_chosen_on_val_by_one_rule(flow):
+    from topgap.eval.evaluate import SELECTION_RULE, select_models
+
+    _, _, _, report = flow
+    selection = json.loads((report / "results.json").read_text())["selection"]
+    assert selection["split"] == "val" and selection["rule"] == SELECTION_RULE[1]  # the default --select-split
+
+    def model(k, accuracy, iou, **kw):
+        return {"kind": "topgap", "k": k, "clean": {"accuracy": accuracy}, "iou": iou, **kw}
+
+    results = {"split": "val", "dataset": "d", "models": {
+        "baseline": {"kind": "baseline", "k": None, "clean": {"accuracy": 0.99}, "iou": 0.9},
+        "k8": model(8, 0.90, 0.50), "k16": model(16, 0.90, 0.60), "k32": model(32, 0.85, 0.90),
+        "k64": model(64, 0.95, 0.70, converged=False), "k128": model(128, 0.97, 0.70, collapsed={"flag": True}),
+        "fpn-gap": model(None, 0.99, 0.99)}}
+    assert select_models(results)["by"] == {"accuracy, then IOU": {"model": "k16", "value": 0.90, "iou": 0.60}}
+    results["models"]["k16"]["iou"] = 0.50  # a full tie: the smaller k
+    assert select_models(results)["by"]["accuracy, then IOU"]["model"] == "k8"
+
+
+def _tiny_oxford(root):
+    """The Oxford-IIIT Pet layout with 2 breeds x 5 images: trainval holds all, val every 5th of each breed."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    rows = []
+    for cid, breed in enumerate(("Abyssinian", "beagle"), 1):
+        for i in range(1, 6):
+            Image.new("RGB", (40, 30), (cid * 60, i * 20, 90)).save(root / "images" / f"{breed}_{i}.jpg")
+            Image.new("L", (40, 30), 1).save(root / "annotations" / "trimaps" / f"{breed}_{i}.png")
+            rows.append(f"{breed}_{i} {cid} {1 if breed[0].isupper() else 2} {cid}")
+    (root / "annotations" / "trainval.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_training_on_the_validation_images_is_refused(tmp_path, capsys):
+    data = _tiny_oxford(tmp_path / "pets")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "fam"), "--train-split", "trainval",
+                 "--val-split", "val", "--image-size", "32", "--epochs", "1", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "the training and validation sets share 2 images (e.g. images/" in err and "--train-split train" in err
+    assert not (tmp_path / "fam" / "k64").exists()

@@ -207,6 +207,7 @@ def test_cifar_style_tar(tmp_path):
         open_dataset(root, "test")
     ds = open_dataset(root, "test", input_size=(32, 32), on_error="skip")
     assert ds.class_names == ["bird", "cat", "dog"] and ds.labels == [1, 2] and len(ds.skipped) == 1
+    assert ds.ids == ["test/cat/0001.jpg", "test/dog/0001.jpg"]  # the tar member names
     item = ds[1]
     assert item["image"].shape == (3, 32, 32) and item["image"][0].mean() > 0.35 and not item["has_mask"]
     assert _snapshot(root) == before
@@ -224,6 +225,7 @@ def test_oxford_pet_subset():
     tv = open_dataset(PETS, "trainval", input_size=(64, 64))
     test = open_dataset(PETS, "test", input_size=(64, 64))
     assert (len(tv), len(test)) == (300, 298) and tv.split == "trainval"
+    assert all(i.startswith("images/") and i.endswith(".jpg") for i in tv.ids) and len(set(tv.ids)) == 300
     assert tv.class_names == test.class_names == ["Abyssinian", "american_bulldog", "Bengal"]
     assert sorted(set(tv.labels)) == [0, 1, 2] and tv.has_masks and not tv.skipped
     assert all(it.source.suffix == ".jpg" for it in tv.items)  # the .mat files are no items

@@ -28,9 +28,9 @@ from topgap.checkpoint import build_model
 from topgap.train import Recipe, _resume_meta, train_model
 
 TESTS = Path(__file__).parent
-RUN = Recipe(epochs=3, batch_size=4, lr=0.01, workers=0, warmup_epochs=0)  # 16 images: 2 global batches of 2 x 4
+RUN = Recipe(epochs=3, batch_size=4, lr=0.01, workers=0, warmup_epochs=0, keep="last")  # 16 images: 2 global batches of 2 x 4
 STEP = Recipe(epochs=1, batch_size=4, lr=0.05, workers=0, warmup_epochs=0, lam_warmup_epochs=0, grad_clip=0,
-              schedule="constant", weight_decay=0.0)
+              schedule="constant", weight_decay=0.0, keep="last")
 
 
 @register_model

@@ -271,7 +271,7 @@ def test_cross_validation_is_evaluated_fold_by_fold_and_aggregated(tmp_path):
     _write_folder_dataset(root, "train", FakeSet(6))
     sub = ArgumentParser().add_subparsers()
     register(sub)
-    args = sub.choices["evaluate"].parse_args([str(fam), "--data", str(root), "--attacks", "fgsm", "--eps-curve",
+    args = sub.choices["evaluate"].parse_args([str(fam), "--data", str(root), "--attacks", "fgsm", "--eps-curve", "none",
                                                "--faithfulness-images", "0", "--bootstrap", "50", "--out",
                                                str(tmp_path / "out")])
     summary = args.func(args)

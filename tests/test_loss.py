@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
 from topgap import topgap_loss
+from topgap.loss import loss_terms
 
 
 def test_lam_zero_is_cross_entropy():
@@ -29,3 +32,28 @@ def test_bad_arguments():
         topgap_loss(torch.zeros(1, 2), torch.zeros(1, 2, 1, 1), torch.tensor([0]), lam=-1)
     with pytest.raises(ValueError, match="disagree"):
         topgap_loss(torch.zeros(1, 2), torch.zeros(1, 3, 1, 1), torch.tensor([0]))
+
+
+def test_label_smoothing_is_the_same_for_baseline_and_topgap():
+    # logits (2, 0), label 0, smoothing 0.2 over 2 classes: target (0.9, 0.1), L = ln(1 + e^2);
+    # CE = -(0.9 (2 - L) + 0.1 (-L)) = L - 1.8
+    logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    ce = math.log(1 + math.e ** 2) - 1.8
+    maps = torch.full((1, 2, 3, 3), -0.5)  # mean |X| = 0.5
+    assert float(topgap_loss(logits, None, y, lam=0.0, label_smoothing=0.2)) == pytest.approx(ce)  # the baseline
+    assert float(topgap_loss(logits, maps, y, lam=0.4, label_smoothing=0.2)) == pytest.approx(ce + 0.4 * 0.5)
+    assert float(topgap_loss(logits, maps, y, lam=0.4)) == pytest.approx(ce - 0.2 + 0.4 * 0.5)  # no smoothing: L - 2
+    assert [float(t) for t in loss_terms(logits, maps, y, 0.2)] == pytest.approx([ce, 0.5])
+    assert float(loss_terms(logits, None, y)[1]) == 0.0
+
+
+def test_loss_is_float32_under_bfloat16():
+    logits, maps = torch.randn(2, 3).bfloat16(), torch.randn(2, 3, 4, 4).bfloat16()
+    ce, l1 = loss_terms(logits, maps, torch.tensor([0, 1]))
+    assert ce.dtype == l1.dtype == torch.float32
+    assert_close(l1, maps.float().abs().mean())
+
+
+def test_label_smoothing_out_of_range():
+    with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\) \(got 1.0\)"):
+        topgap_loss(torch.zeros(1, 2), None, torch.tensor([0]), lam=0.0, label_smoothing=1.0)

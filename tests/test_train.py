@@ -12,8 +12,8 @@ import torch
 from fakes import SquaresDataset
 
 from topgap import ModelConfig, load_model
-from topgap.train import (Recipe, _check_global_batch, _check_launch, _loss, _resume_meta, convergence, family_configs,
-                          train_family, train_model, training_record)
+from topgap.train import (KEEP_RULES, Recipe, _check_global_batch, _check_launch, _resume_meta, check_disjoint,
+                          convergence, family_configs, select_epoch, train_family, train_model, training_record)
 
 TESTS = Path(__file__).parent
 
@@ -22,7 +22,7 @@ def tiny_cfg(**kw):
     return ModelConfig("resnet18", ["quadrant0", "quadrant1"], k=4, fpn_channels=8, input_size=(32, 32), **kw)
 
 
-RECIPE = Recipe(epochs=3, batch_size=8, lr=0.01, workers=0, warmup_epochs=0)
+RECIPE = Recipe(epochs=3, batch_size=8, lr=0.01, workers=0, warmup_epochs=0, keep="last")
 
 
 def weights(folder):
@@ -39,8 +39,8 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_train_writes_a_loadable_model_folder_with_log(tmp_path):
-    data = SquaresDataset()
-    metrics = train_model(tiny_cfg(), RECIPE, data, tmp_path / "k4", val_set=SquaresDataset(8, seed=1))
+    data, val = SquaresDataset(), SquaresDataset(8, seed=1)
+    metrics = train_model(tiny_cfg(), RECIPE, data, tmp_path / "k4", val_set=val)
     names = sorted(p.name for p in (tmp_path / "k4").iterdir())
     assert names == ["config.json", "model.safetensors", "train_log.json"]  # resume files removed at the end
     model, cfg = load_model(tmp_path / "k4")
@@ -52,15 +52,18 @@ def test_train_writes_a_loadable_model_folder_with_log(tmp_path):
     assert record["environment"]["device"].startswith("cpu (") and record["environment"]["processes"] == 1
     assert record["environment"]["torch"] == torch.__version__
     assert cfg.recipe["lam_warmup_epochs"] == 1.0 and [e["lam"] for e in log] == [0.5, 1.0, 1.0]  # 2 steps/epoch
-    # a second identical call skips, a different recipe refuses
-    assert train_model(tiny_cfg(), RECIPE, data, tmp_path / "k4") == cfg.metrics
-    with pytest.raises(ValueError, match="another config or recipe"):
-        train_model(tiny_cfg(), Recipe(epochs=4, batch_size=8, workers=0), data, tmp_path / "k4")
+    assert record["selection"] == {"rule": KEEP_RULES["last"], "epoch": 3} and metrics["kept_epoch"] == 3
+    assert all(0.5 <= e["val_majority_share"] <= 1 for e in log)
+    # a second identical call skips, a different recipe refuses and names the field
+    assert train_model(tiny_cfg(), RECIPE, data, tmp_path / "k4", val_set=val) == cfg.metrics
+    with pytest.raises(ValueError, match=r"recipe\.epochs: 3 in the folder, 4 asked"):
+        train_model(tiny_cfg(), Recipe(epochs=4, batch_size=8, workers=0, keep="last"), data, tmp_path / "k4",
+                    val_set=val)
 
 
 def test_training_learns_the_squares(tmp_path):
     data = SquaresDataset(32)
-    recipe = Recipe(epochs=8, batch_size=8, lr=0.02, workers=0, warmup_epochs=0)
+    recipe = Recipe(epochs=8, batch_size=8, lr=0.02, workers=0, warmup_epochs=0, keep="last")
     metrics = train_model(tiny_cfg(), recipe, data, tmp_path / "k4", val_set=data)
     assert metrics["val_accuracy"] >= 0.9
 
@@ -103,7 +106,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 def test_family_with_baseline_and_cross_validation(tmp_path):
     configs = family_configs(tiny_cfg(), [2, 4], baseline=True)
     assert list(configs) == ["k2", "k4", "baseline"] and configs["baseline"].kind == "baseline"
-    recipe = Recipe(epochs=1, batch_size=8, lr=0.01, workers=0, warmup_epochs=0)
+    recipe = Recipe(epochs=1, batch_size=8, lr=0.01, workers=0, warmup_epochs=0)  # best-val on the held-out fold
     summary = train_family(configs, recipe, SquaresDataset(12), tmp_path, folds=3)
     cv = json.loads((tmp_path / "cv.json").read_text())
     assert cv["folds"] == 3 and set(cv["models"]) == {"k2", "k4", "baseline"}
@@ -134,19 +137,6 @@ def test_lam_warms_up_linearly_per_step():
     assert [Recipe(epochs=4, lam_warmup_epochs=0).lam_at(2.0, s, 8) for s in (0, 7)] == [2.0, 2.0]
     with pytest.raises(ValueError, match="lam-warmup"):
         Recipe(lam_warmup_epochs=-1)
-
-
-def test_label_smoothing_is_the_same_for_baseline_and_topgap():
-    # logits (2, 0), label 0, smoothing 0.2 over 2 classes: target (0.9, 0.1), L = ln(1 + e^2);
-    # CE = -(0.9 (2 - L) + 0.1 (-L)) = L - 1.8
-    logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
-    ce = math.log(1 + math.e ** 2) - 1.8
-    base_loss, base_ce = _loss(logits, None, y, lam=0.0, label_smoothing=0.2)
-    maps = torch.full((1, 2, 3, 3), -0.5)  # mean |X| = 0.5
-    ours_loss, ours_ce = _loss(logits, maps, y, lam=0.4, label_smoothing=0.2)
-    assert float(base_ce) == pytest.approx(ce) and float(ours_ce) == pytest.approx(ce)
-    assert float(base_loss) == pytest.approx(ce) and float(ours_loss) == pytest.approx(ce + 0.4 * 0.5)
-    assert float(_loss(logits, maps, y, lam=0.4, label_smoothing=0.0)[1]) == pytest.approx(ce - 0.2)
 
 
 def record(ce, accuracy, classes=4):
@@ -183,3 +173,145 @@ def test_a_launch_too_large_for_the_data_or_not_distributed_is_refused():
     _check_launch(1, 1)
     with pytest.raises(ValueError, match="launcher started 2 processes but accelerate sees 1.*ACCELERATE_USE_CPU=1"):
         _check_launch(2, 1)
+
+
+# ---- exact resume: a folder of other options is refused, naming the field
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished tiny model (1 epoch) and the arguments that made it."""
+    out = tmp_path_factory.mktemp("resume") / "k4"
+    recipe = Recipe(epochs=1, batch_size=8, lr=0.01, workers=0, warmup_epochs=0, keep="last")
+    train_model(tiny_cfg(), recipe, SquaresDataset(8), out)
+    return out, recipe
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(lam=7.0), r"config\.lam: 1\.0 in the folder, 7\.0 asked"),
+    (dict(fpn_channels=16), r"config\.fpn_channels: 8 in the folder, 16 asked"),
+    (dict(num_maps=3), r"config\.num_maps: 4 in the folder, 3 asked"),
+    (dict(backbone="resnet10t"), r'config\.backbone: "resnet18" in the folder, "resnet10t" asked'),
+    (dict(k=8), r"config\.k: 4 in the folder, 8 asked"),
+    (dict(dropout=0.1), r"config\.dropout: 0\.0 in the folder, 0\.1 asked"),
+])
+def test_a_finished_folder_of_other_model_options_is_refused(trained, change, field):
+    out, recipe = trained
+    cfg = ModelConfig(**{**tiny_cfg().to_dict(), **change})
+    with pytest.raises(ValueError, match=field + r".*choose another --out or delete the folder"):
+        train_model(cfg, recipe, SquaresDataset(8), out)
+
+
+def test_a_finished_folder_of_other_data_is_refused(trained):
+    out, recipe = trained
+    with pytest.raises(ValueError, match=r"data\.train\.n: 8 in the folder, 12 asked"):
+        train_model(tiny_cfg(), recipe, SquaresDataset(12), out)
+    with pytest.raises(ValueError, match=r'data\.class_names: \["quadrant0", "quadrant1"\] in the folder, '
+                                         r'\["quadrant0", "quadrant1", "quadrant2"\] asked'):
+        train_model(ModelConfig(**{**tiny_cfg().to_dict(), "class_names": ["quadrant0", "quadrant1", "quadrant2"]}),
+                    recipe, SquaresDataset(8, num_classes=3), out)
+    with pytest.raises(ValueError, match=r"data\.val: null in the folder"):
+        train_model(tiny_cfg(), recipe, SquaresDataset(8), out, val_set=SquaresDataset(4, seed=1))
+    with pytest.raises(ValueError, match=r'dtype: null in the folder, "torch\.float16" asked'):
+        train_model(tiny_cfg(), recipe, SquaresDataset(8), out, dtype=torch.float16)
+    assert train_model(tiny_cfg(), recipe, SquaresDataset(8), out)["epochs"] == 1  # the same command still skips
+
+
+def test_data_fingerprint_sees_a_relabelled_image(trained):
+    out, recipe = trained
+    data = SquaresDataset(8)
+    data.labels = [1 - c for c in data.labels]
+    with pytest.raises(ValueError, match=r"data\.train\.sha256"):
+        train_model(tiny_cfg(), recipe, data, out)
+
+
+def test_an_interrupted_run_of_other_options_is_refused(trained, tmp_path):
+    out, recipe = trained
+    killed = tmp_path / "k4"
+    killed.mkdir()
+    (killed / "resume.safetensors").write_bytes((out / "model.safetensors").read_bytes())  # a header without meta
+    from safetensors.torch import save_file
+    meta = {"identity": {"config": {"lam": 1.0}}, "epoch": 0, "log": []}
+    save_file({"x": torch.zeros(1)}, killed / "resume.safetensors", metadata={"meta": json.dumps(meta)})
+    with pytest.raises(ValueError, match=r"interrupted run with other options \(config\.backbone: "
+                                         r'"<not recorded>" in the folder, "resnet18" asked'):
+        train_model(tiny_cfg(), recipe, SquaresDataset(8), killed)
+
+
+# ---- the kept epoch is chosen on validation data
+
+def _log(*vals, lams=None):
+    lams = lams or [1.0] * len(vals)
+    return [{"epoch": i + 1, "val_accuracy": v, "lam": lam} for i, (v, lam) in enumerate(zip(vals, lams))]
+
+
+def test_select_epoch_rule():
+    assert select_epoch(_log(0.5, 0.83, 0.33), 1.0, "best-val")["epoch"] == 2  # a collapse in the last epoch
+    assert select_epoch(_log(0.5, 0.8, 0.8), 1.0, "best-val")["epoch"] == 3  # ties: the later epoch
+    # epochs still in the l1 warm-up are not eligible
+    assert select_epoch(_log(0.9, 0.6, 0.7, lams=[0.5, 1.0, 1.0]), 1.0, "best-val")["epoch"] == 3
+    assert select_epoch(_log(0.9, 0.6, lams=[0.2, 0.6]), 1.0, "best-val") == {
+        "rule": KEEP_RULES["best-val"], "epoch": 2, "val_accuracy": 0.6, "eligible_from": 2}  # none at full lam
+    assert select_epoch(_log(0.5, 0.83, 0.33), 1.0, "last") == {"rule": "the last epoch", "epoch": 3}
+
+
+class _Inverted(SquaresDataset):
+    """Validation labels the other way round: the better the model learns the squares, the lower its val accuracy."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return item | {"label": 1 - item["label"]}
+
+
+def test_the_folder_keeps_the_best_validation_epochs_weights(tmp_path):
+    recipe = Recipe(epochs=3, batch_size=8, lr=0.05, workers=0, warmup_epochs=0, schedule="constant",
+                    lam_warmup_epochs=0, keep="best-val")
+    val = _Inverted(16, seed=1)
+    metrics = train_model(tiny_cfg(), recipe, SquaresDataset(16), tmp_path / "best", val_set=val)
+    record = training_record(tmp_path / "best")
+    kept = record["selection"]["epoch"]
+    accuracies = [e["val_accuracy"] for e in record["epochs"]]
+    assert kept == max(range(1, 4), key=lambda e: (accuracies[e - 1], e)) and metrics["kept_epoch"] == kept
+    assert metrics["val_accuracy"] == accuracies[kept - 1]
+    assert not (tmp_path / "best" / "best.safetensors").exists()
+    # a constant schedule: the kept epoch's weights are those of a run that stops there
+    short = Recipe(**{**recipe.__dict__, "epochs": kept, "keep": "last"})
+    train_model(tiny_cfg(), short, SquaresDataset(16), tmp_path / "short", val_set=val)
+    a, b = weights(tmp_path / "best"), weights(tmp_path / "short")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_best_val_needs_validation_data(tmp_path):
+    with pytest.raises(ValueError, match="give a validation split \\(--val-split\\) or keep the last epoch"):
+        train_model(tiny_cfg(), Recipe(epochs=1, workers=0), SquaresDataset(8), tmp_path / "x")
+    with pytest.raises(ValueError, match="keep must be one of best-val, last"):
+        Recipe(keep="first")
+
+
+def test_convergence_flags_a_model_that_predicts_one_class():
+    rec = record(0.5, 0.8) | {"selection": {"epoch": None}}
+    rec["epochs"][-1]["val_majority_share"] = 0.95
+    ok, reason = convergence(rec)
+    assert not ok and "predicts one class for 95.0% of the validation images (more than 90%)" in reason
+    rec["epochs"][-1]["val_majority_share"] = 0.9
+    assert convergence(rec)[0] is True
+    # the kept epoch is judged, not the last one: epoch 1 learned, epoch 2 collapsed
+    rec = {"num_classes": 4, "selection": {"epoch": 1},
+           "epochs": [{"epoch": 1, "loss": 0.5, "ce_loss": 0.4, "train_accuracy": 0.9, "val_majority_share": 0.3},
+                      {"epoch": 2, "loss": 9.0, "ce_loss": 1.38, "train_accuracy": 0.25, "val_majority_share": 1.0}]}
+    ok, reason = convergence(rec)
+    assert ok and reason.startswith("kept epoch 1's train CE 0.400")
+
+
+class _WithIds(SquaresDataset):
+    def __init__(self, ids, **kw):
+        super().__init__(len(ids), **kw)
+        self.ids = ids
+
+
+def test_training_and_validation_sets_must_not_share_images(tmp_path):
+    check_disjoint(_WithIds(["a.png", "b.png"]), _WithIds(["c.png", "d.png"]))
+    check_disjoint(SquaresDataset(4), SquaresDataset(4))  # no ids: positions say nothing
+    with pytest.raises(ValueError, match=r"share 1 images \(e\.g\. b\.png\).*--train-split train --val-split val"):
+        train_model(tiny_cfg(), Recipe(epochs=1, workers=0), _WithIds(["a.png", "b.png"]), tmp_path / "x",
+                    val_set=_WithIds(["b.png", "c.png"]))
+    assert not (tmp_path / "x").exists()  # refused before anything is written

@@ -1,5 +1,7 @@
 """CAM metrics: l1 sparsity (paper section 4.1), best IOU over thresholds (section 4.4), mass on the object,
-and the dataset-level localisation scores of Choe et al. (CVPR 2020): PxAP and MaxBoxAccV2.
+and the dataset-level localisation scores of Choe et al. (CVPR 2020): PxAP and MaxBoxAccV2, with the conventions
+of their code (clovaai/wsolevaluation, evaluation.py at b98c7d1: MaskEvaluator, compute_bboxes_from_scoremaps,
+BoxEvaluator with multi_contour_eval and IoU levels 30/50/70).
 
 CAMs are [0, 1] maps of shape (H, W) (or batches (..., H, W) for :func:`l1_sparsity`); masks are
 binary (nonzero = object) with an optional `ignore` map of pixels left out of the count (the
@@ -21,7 +23,8 @@ def _array(a) -> np.ndarray:
 
 
 def _check_cam(cam: np.ndarray) -> np.ndarray:
-    cam = cam.astype(np.float32, copy=False)
+    # float64 maps stay float64 (the reference scores float64 maps): a float32 cast could move a value across a bin edge
+    cam = cam.astype(np.float64 if cam.dtype == np.float64 else np.float32, copy=False)
     if cam.ndim < 2:
         raise ValueError(f"a CAM needs at least 2 dims (H, W), got shape {cam.shape}")
     if not np.isfinite(cam).all():
@@ -99,24 +102,28 @@ PXAP_BINS = np.append(np.arange(0, 1, 0.001), [1.0, 2.0, 3.0])  # Choe et al.'s 
 
 
 def pxap_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Average precision of "cam >= t" over thresholds t, from histograms of object / background pixel scores.
+    """PxAP from histograms over :data:`PXAP_BINS` of object (``pos``) and background (``neg``) pixel scores.
 
-    AP = sum_l P_l (R_l - R_{l-1}) with thresholds swept from high to low (Choe et al., PxAP).
+    The bins' left edges, high to low, are the thresholds t_0 = 2 > t_1 = 1 > t_2 = 0.999 > ... > t_1001 = 0;
+    TP_l, FP_l = object, background pixels with score >= t_l; P_l = TP_l / (TP_l + FP_l), R_l = TP_l / TP_1001:
+    PxAP = sum_{l >= 1} P_l (R_l - R_{l-1}), terms with TP_l + FP_l = 0 left out (they have R_l = R_{l-1} = 0).
+    That is ``MaskEvaluator.compute`` of Choe et al. (CVPR 2020; clovaai/wsolevaluation), as a fraction.
+    NaN without object pixels.
     """
     tp, fp = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])
     if tp[-1] == 0:
         return float("nan")
-    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
-    recall = tp / tp[-1]
-    return float((precision[1:] * np.diff(recall)).sum() + precision[0] * recall[0])
+    precision = tp / np.maximum(tp + fp, 1)
+    return float((precision[1:] * np.diff(tp / tp[-1])).sum())
 
 
 class PxAP:
     """Pixel average precision over a whole split (Choe et al., "Evaluating WSOL Right", CVPR 2020).
 
     Every pixel of every image is one sample (object = positive), scored by its CAM value; precision
-    and recall are pooled over the split before the AP, so a single threshold serves all images.
-    ``update`` keeps one histogram pair per image (1000 bins), so intervals can resample images.
+    and recall are pooled over the split before the AP, so a single threshold serves all images; ignore pixels
+    are left out (the reference's mask value 255). ``update`` keeps one histogram pair per image (the 1002 bins of
+    :data:`PXAP_BINS`), so intervals can resample images; :func:`pxap_from_histograms` gives the formula.
 
     Example:
         >>> m = PxAP(); m.update(cam, mask, ignore); m.summary()
@@ -152,12 +159,18 @@ BOX_THRESHOLDS = np.arange(0, 1, 0.01)  # CAM thresholds tau (Choe et al.'s cam_
 
 
 def tight_box(mask) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), inclusive, tight around the mask's object pixels; None for an empty mask."""
+    """(x0, y0, x1, y1), inclusive, tight around the mask's object pixels; None for an empty mask.
+
+    Inclusive like the reference's ground-truth boxes (its tests assert x1 <= W - 1): with the +1 IoU convention
+    the box's area is its pixel count. Predicted boxes end one past the contour (x + w), so a map equal to an
+    interior w x h box object scores IoU wh / ((w + 1)(h + 1)), as in the reference.
+    """
     ys, xs = np.nonzero(_array(mask))
     return None if len(xs) == 0 else (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
 
 
 def _box_iou(a, b) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes with the +1 pixel convention: area = (x1 - x0 + 1) (y1 - y0 + 1)."""
     iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
     ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
     if iw <= 0 or ih <= 0:
@@ -167,11 +180,25 @@ def _box_iou(a, b) -> float:
     return inter / (area(a) + area(b) - inter)
 
 
-def box_hits(cam, mask) -> np.ndarray:
-    """(thresholds, deltas) booleans: does some box of ``cam >= tau`` overlap the mask's tight box by IoU >= delta.
+def _contour_boxes(binary: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(x, y, min(x + w, W - 1), min(y + h, H - 1)) of every contour, outer and hole (RETR_TREE), of a binary map.
 
-    MaxBoxAccV2's per-image term: every contour of the thresholded CAM proposes a box (multi-contour),
-    the best one counts; the ground-truth box is tight around the mask (the pets' xml boxes are heads only).
+    x + w is one past the contour's last column, as in the reference; [(0, 0, 0, 0)] when there is no contour.
+    """
+    height, width = binary.shape
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    rects = map(cv2.boundingRect, contours)
+    return [(x, y, min(x + w, width - 1), min(y + h, height - 1)) for x, y, w, h in rects] or [(0, 0, 0, 0)]
+
+
+def box_hits(cam, mask) -> np.ndarray:
+    """(thresholds, deltas) booleans: IoU(best box at tau, gt) >= delta, MaxBoxAccV2's per-image term.
+
+    As ``compute_bboxes_from_scoremaps(multi_contour_eval=True)`` and ``BoxEvaluator.accumulate`` of Choe et al.
+    (CVPR 2020; clovaai/wsolevaluation): the map becomes 8-bit, u = uint8(255 cam) (truncated); at tau the kept
+    pixels are u > int(tau max(u)) (cv2.THRESH_BINARY); every contour proposes a box (:func:`_contour_boxes`), the
+    best IoU (:func:`_box_iou`) with the ground truth counts. The ground truth is :func:`tight_box` of the mask (the
+    pets' xml boxes are heads only). A CAM is resized to the mask first.
     """
     cam = _check_cam(_array(cam))
     mask = _array(mask) != 0
@@ -180,19 +207,22 @@ def box_hits(cam, mask) -> np.ndarray:
     gt = tight_box(mask)
     if gt is None:
         raise ValueError("the mask marks no object pixel: a box accuracy needs an object")
+    image = (np.clip(cam.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    peak, best = int(image.max()), {}
     hits = np.zeros((len(BOX_THRESHOLDS), len(BOX_IOU_LEVELS)), dtype=bool)
     for i, tau in enumerate(BOX_THRESHOLDS):
-        binary = (cam >= tau).astype(np.uint8)
-        contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        if not contours:
-            continue
-        best = max(_box_iou(gt, (x, y, x + w - 1, y + h - 1)) for x, y, w, h in map(cv2.boundingRect, contours))
-        hits[i] = best >= np.array(BOX_IOU_LEVELS)
+        level = int(tau * peak)
+        if level not in best:
+            binary = cv2.threshold(image, level, 255, cv2.THRESH_BINARY)[1]
+            best[level] = max(_box_iou(gt, box) for box in _contour_boxes(binary))
+        hits[i] = best[level] >= np.array(BOX_IOU_LEVELS)
     return hits
 
 
 def maxboxacc_v2(hits: np.ndarray) -> float | None:
     """MaxBoxAccV2 = mean over delta in (0.3, 0.5, 0.7) of max over tau of the share of images hit.
+
+    ``BoxEvaluator.compute`` averaged over the IoU levels (``multi_iou_eval``), as a fraction.
 
     Args:
         hits: (n_images, thresholds, deltas) from :func:`box_hits`.

@@ -12,6 +12,13 @@ launcher every step takes one global batch of ``batch_size x processes`` images,
 processes (disjoint, no padding), DDP averages the gradients, only the main process writes files,
 and the main process decides the epoch to resume from; so N processes train like one process with
 an N-times larger batch (exactly so for models without batch norm).
+
+Resume is exact: a model folder counts as done only when its whole config, recipe, data (class names,
+augmentation, sha256 of the train and val (id, label) lists) and saved dtype equal what the command asks
+for. Otherwise the command stops, naming each differing field, and overwrites nothing: choose another
+--out or delete the folder. The folder keeps the epoch chosen on the validation split (--keep), and
+train_log.json records the rule, the epoch and the convergence check (which also flags a model that
+predicts one class for more than 90% of the validation images).
 """
 from __future__ import annotations
 
@@ -26,11 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hashlib
+from typing import TYPE_CHECKING
+
 import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import broadcast_object_list
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -39,13 +45,22 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CONFIG, build_model, save_model
 from .config import ModelConfig, ablation_configs
+from .eval.subsets import base_dataset, dataset_ids, dataset_labels
 from .io import atomic_write, write_json
+from .loss import loss_terms
 from .model import Normalize, TopGapNet
 
-__all__ = ["Recipe", "train_model", "family_configs", "train_family", "make_accelerator", "convergence",
-           "training_record", "register"]
+if TYPE_CHECKING:  # accelerate is imported where it is used, so that `topgap --help` stays light
+    from accelerate import Accelerator
 
-RESUME, LOG = "resume.safetensors", "train_log.json"
+__all__ = ["Recipe", "train_model", "family_configs", "train_family", "make_accelerator", "convergence",
+           "training_record", "data_fingerprint", "register", "KEEP_RULES", "COLLAPSE_SHARE"]
+
+RESUME, BEST, LOG = "resume.safetensors", "best.safetensors", "train_log.json"
+KEEP_RULES = {"best-val": "the epoch of highest validation accuracy among those trained at the full lam (after the "
+                          "l1 warm-up; the last epoch if none is), the later one on ties",
+              "last": "the last epoch"}
+COLLAPSE_SHARE = 0.9  # a model predicting one class for more than this share of the validation images has collapsed
 
 
 @dataclass
@@ -66,8 +81,11 @@ class Recipe:
     bf16: bool = False  # forward and loss under bfloat16 autocast (GPUs with bf16, recent CPUs)
     channels_last: bool = False  # NHWC memory layout for model and inputs (faster convs on tensor cores)
     compile: bool = False  # torch.compile the model (first steps slower, later ones faster)
+    keep: str = "best-val"  # which epoch's weights the model folder keeps: a key of KEEP_RULES
 
     def __post_init__(self):
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"keep must be one of {', '.join(KEEP_RULES)} (got {self.keep!r})")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be sgd or adamw (got {self.optimizer!r})")
         if self.schedule not in ("cosine", "constant"):
@@ -101,6 +119,8 @@ def make_accelerator() -> Accelerator:
     told to use the CPU; there is no other backend there, so it is told (gloo). A launch that still
     does not give one process per launched worker is refused.
     """
+    from accelerate import Accelerator
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     acc = Accelerator(cpu=world > 1 and not torch.cuda.is_available())
     _check_launch(world, acc.num_processes)
@@ -122,33 +142,44 @@ def _check_global_batch(n_images: int, batch_size: int, processes: int) -> None:
                          "fewer processes")
 
 
-def _loss(logits: torch.Tensor, maps: torch.Tensor | None, y: torch.Tensor, lam: float,
-          label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, CE part): CE with label smoothing, plus lam * mean|X| for Top-GAP models (eq. 3).
-
-    The same smoothed CE for the baseline (`maps` None) and Top-GAP, so the two differ only by the l1 term.
-    """
-    ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-    if maps is None or not lam:
-        return ce, ce
-    return ce + lam * maps.float().abs().mean(), ce
-
-
 def convergence(record: dict[str, Any]) -> tuple[bool, str]:
     """Whether a training record (see :func:`training_record`) shows a model that learned.
 
-    Not converged: the final epoch's train cross-entropy is above 0.9 ln(C) (within 10% of chance
-    level, or worse), or its train accuracy is at most 1.5 / C (within 1.5x of chance).
+    Judged on the kept epoch (``record["selection"]["epoch"]``; the last one in older records). Not
+    converged: its train cross-entropy is above 0.9 ln(C) (within 10% of chance level, or worse), its
+    train accuracy is at most 1.5 / C (within 1.5x of chance), or it predicts one class for more than
+    COLLAPSE_SHARE (90%) of the validation images.
     """
-    c, last = record["num_classes"], record["epochs"][-1]
-    ce, accuracy = last.get("ce_loss", last["loss"]), last["train_accuracy"]
+    c, epochs = record["num_classes"], record["epochs"]
+    kept = (record.get("selection") or {}).get("epoch")
+    entry = next((e for e in epochs if kept is not None and e.get("epoch") == kept), epochs[-1])
+    ce, accuracy, when = entry.get("ce_loss", entry["loss"]), entry["train_accuracy"], _which(entry, epochs)
     if c < 2:
         return True, "one class: nothing to learn"
     if ce >= 0.9 * math.log(c):
-        return False, f"final train CE {ce:.3f} is within 10% of chance level ln({c}) = {math.log(c):.3f} or above"
+        return False, f"{when} train CE {ce:.3f} is within 10% of chance level ln({c}) = {math.log(c):.3f} or above"
     if accuracy <= 1.5 / c:
-        return False, f"final train accuracy {accuracy:.3f} is within 1.5x of chance (1/{c} = {1 / c:.3f})"
-    return True, f"final train CE {ce:.3f} < 0.9 ln({c}) and train accuracy {accuracy:.3f} > 1.5/{c}"
+        return False, f"{when} train accuracy {accuracy:.3f} is within 1.5x of chance (1/{c} = {1 / c:.3f})"
+    share = entry.get("val_majority_share")
+    if share is not None and share > COLLAPSE_SHARE:
+        return False, (f"{when} predicts one class for {share:.1%} of the validation images "
+                       f"(more than {COLLAPSE_SHARE:.0%}): collapsed")
+    return True, f"{when} train CE {ce:.3f} < 0.9 ln({c}) and train accuracy {accuracy:.3f} > 1.5/{c}" + (
+        "" if share is None else f"; at most {share:.1%} of the validation images in one predicted class")
+
+
+def _which(entry: dict, epochs: list[dict]) -> str:
+    return "final" if entry is epochs[-1] else f"kept epoch {entry.get('epoch')}'s"
+
+
+def select_epoch(log: list[dict], lam: float, rule: str) -> dict[str, Any]:
+    """The epoch whose weights the model keeps, by `rule` (a key of :data:`KEEP_RULES`): {"rule", "epoch", ...}."""
+    if rule == "last" or not log or "val_accuracy" not in log[-1]:
+        return {"rule": KEEP_RULES["last"], "epoch": log[-1]["epoch"] if log else None}
+    full = [e for e in log if e["lam"] >= lam] or log[-1:]
+    best = max(full, key=lambda e: (e["val_accuracy"], e["epoch"]))
+    return {"rule": KEEP_RULES[rule], "epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+            "eligible_from": full[0]["epoch"]}
 
 
 def training_record(folder: str | Path) -> dict[str, Any]:
@@ -216,19 +247,83 @@ def _resume_meta(folder: Path) -> dict:
         return json.loads(f.metadata()["meta"])
 
 
+def data_fingerprint(train_set: Dataset, val_set: Dataset | None) -> dict[str, Any]:
+    """What the data of a run is: class names, augmentation, and per split the image count and the sha256 of
+    its (id, label) list (ids as :func:`topgap.eval.subsets.dataset_ids`: paths relative to the root)."""
+    def split(ds):
+        if ds is None:
+            return None
+        ids = dataset_ids(ds)
+        labels = dataset_labels(ds) if hasattr(base_dataset(ds), "labels") else [""] * len(ids)
+        text = "\n".join(f"{i}\t{label}" for i, label in zip(ids, labels))
+        return {"n": len(ids), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+    base = base_dataset(train_set)
+    return {"class_names": list(getattr(base, "class_names", [])), "augment": getattr(base, "train", None),
+            "train": split(train_set), "val": split(val_set)}
+
+
+def check_disjoint(train_set: Dataset, val_set: Dataset | None) -> None:
+    """Refuse a validation set that shares images with the training set (by id; datasets with real ids only)."""
+    if val_set is None or not all(hasattr(base_dataset(d), "ids") for d in (train_set, val_set)):
+        return
+    shared = sorted(set(dataset_ids(train_set)) & set(dataset_ids(val_set)))
+    if shared:
+        raise ValueError(f"the training and validation sets share {len(shared)} images (e.g. {shared[0]}): a model "
+                         "chosen on them is chosen on its own training data; use splits that do not overlap (for "
+                         "Oxford-IIIT Pet: --train-split train --val-split val)")
+
+
+def _identity(cfg: ModelConfig, recipe: Recipe, data: dict, dtype: torch.dtype | None) -> dict[str, Any]:
+    """Everything a finished model folder must match to count as done: config, recipe, data, saved dtype."""
+    return {"config": _config_fields(cfg.to_dict()), "recipe": dataclasses.asdict(recipe), "data": data,
+            "dtype": str(dtype) if dtype else None}
+
+
+def _config_fields(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("recipe", "metrics", "weights_sha256")}
+
+
+def _differences(stored: Any, asked: Any, path: str = "") -> list[str]:
+    """'field: folder X, asked Y' for every leaf where two JSON-like values differ."""
+    if isinstance(stored, dict) and isinstance(asked, dict):
+        return [d for key in sorted(set(stored) | set(asked), key=str)
+                for d in _differences(stored.get(key, "<not recorded>"), asked.get(key, "<not recorded>"),
+                                      f"{path}.{key}" if path else str(key))]
+    stored, asked = json.loads(json.dumps(stored)), json.loads(json.dumps(asked))  # tuples and lists alike
+    return [] if stored == asked else [f"{path}: {_short(stored)} in the folder, {_short(asked)} asked"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _finished_identity(out: Path) -> dict[str, Any]:
+    config = json.loads((out / CONFIG).read_text())
+    record = json.loads((out / LOG).read_text()) if (out / LOG).is_file() else {}
+    record = record if isinstance(record, dict) else {}
+    return {"config": _config_fields(config), "recipe": config.get("recipe", {}),
+            "data": record.get("data", "<not recorded>"), "dtype": record.get("dtype", "<not recorded>")}
+
+
 def _start(out: Path, identity: dict) -> dict[str, Any]:
-    """The main process's decision: {"done": metrics}, {"epoch": last finished epoch or -1} or {"error": ...}."""
+    """The main process's decision: {"done": metrics}, {"epoch": last finished epoch or -1} or {"error": ...}.
+
+    A folder is done only when its config, recipe, data fingerprint and saved dtype all equal the ones asked
+    for; any difference stops the run with the differing fields named (nothing is overwritten)."""
     if (out / CONFIG).is_file():
-        done = json.loads((out / CONFIG).read_text())
-        if done.get("recipe") == identity["recipe"] and done.get("k") == identity["config"]["k"] \
-                and done.get("kind") == identity["config"]["kind"]:
-            return {"done": done.get("metrics", {})}
-        return {"error": f"{out} holds a model trained with another config or recipe; choose another --out"}
+        diff = _differences(_finished_identity(out), identity)
+        if not diff:
+            return {"done": json.loads((out / CONFIG).read_text()).get("metrics", {})}
+        return {"error": f"{out} holds a model trained with other options ({'; '.join(diff[:6])}"
+                         f"{'; ...' if len(diff) > 6 else ''}); choose another --out or delete the folder to retrain"}
     if (out / RESUME).is_file():
         meta = _resume_meta(out)
-        if meta["identity"] != identity:
-            return {"error": f"{out} holds an interrupted run of another config or recipe; choose another --out "
-                             f"or delete {out / RESUME} to start over"}
+        diff = _differences(meta.get("identity", {}), identity)
+        if diff:
+            return {"error": f"{out} holds an interrupted run with other options ({'; '.join(diff[:6])}); choose "
+                             f"another --out or delete {out / RESUME} to start over"}
         return {"epoch": meta["epoch"]}
     return {"epoch": -1}
 
@@ -251,16 +346,19 @@ def _load_resume(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, epo
     return meta
 
 
-def _evaluate(acc: Accelerator, net: nn.Module, loader: DataLoader) -> float:
+def _evaluate(acc: Accelerator, net: nn.Module, loader: DataLoader, num_classes: int) -> dict[str, float]:
+    """{"val_accuracy", "val_majority_share": the largest share of the images predicted as one class}."""
     net.eval()
-    correct = total = 0
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    correct = 0
     with torch.no_grad():
         for batch in loader:
             logits, _ = net(batch["image"])
             pred, y = acc.gather_for_metrics((logits.argmax(1), batch["label"]))
             correct += int((pred == y).sum())
-            total += len(y)
-    return correct / max(1, total)
+            counts += torch.bincount(pred.cpu(), minlength=num_classes)
+    total = max(1, int(counts.sum()))
+    return {"val_accuracy": correct / total, "val_majority_share": int(counts.max()) / total}
 
 
 def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str | Path, *,
@@ -268,13 +366,21 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
                 dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Train one model into `out` (resuming if a previous run stopped there); return its metrics.
 
-    Loss: :func:`_loss`, CE (label-smoothed as the recipe says) + lam_t * mean|X| for Top-GAP models
-    (eq. 3, lam_t warming up as :meth:`Recipe.lam_at`), the same CE for the baseline. The final epoch
-    decides :func:`convergence`, written to train_log.json and the metrics.
+    Loss: :func:`topgap.loss.loss_terms`, CE (label-smoothed as the recipe says) + lam_t * mean|X| for
+    Top-GAP models (eq. 3, lam_t warming up as :meth:`Recipe.lam_at`), the same CE for the baseline. The
+    folder keeps the epoch :func:`select_epoch` picks by ``recipe.keep`` on `val_set`; that epoch decides
+    :func:`convergence`, written to train_log.json and the metrics. A folder that holds a model of other
+    options (config, recipe, data, dtype) is refused with the differing fields named.
     """
+    from accelerate.utils import broadcast_object_list
+
     out = Path(out)
     acc = accelerator or make_accelerator()
-    identity = {"config": cfg.to_dict() | {"metrics": {}}, "recipe": dataclasses.asdict(recipe)}
+    if recipe.keep != "last" and (val_set is None or not len(val_set)):
+        raise ValueError(f"keep={recipe.keep!r} chooses the epoch on validation data, and there is none: give a "
+                         "validation split (--val-split) or keep the last epoch (--keep last)")
+    check_disjoint(train_set, val_set)
+    identity = _identity(cfg, recipe, data_fingerprint(train_set, val_set), dtype)
     decision = [_start(out, identity) if acc.is_main_process else None]
     decision = broadcast_object_list(decision)[0]  # every process resumes from the main process's epoch
     if "error" in decision:
@@ -282,6 +388,8 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
     if "done" in decision:
         acc.print(f"{out}: already trained, skipping (delete the folder to retrain)")
         return decision["done"]
+    from accelerate.data_loader import prepare_data_loader
+
     _check_global_batch(len(train_set), recipe.batch_size, acc.num_processes)
     torch.manual_seed(recipe.seed)
     model = build_model(cfg, pretrained=recipe.pretrained)
@@ -322,7 +430,8 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
             x, y = batch["image"].contiguous(memory_format=memory), batch["label"]
             with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 logits, maps = net(x)
-                loss, ce = _loss(logits, maps, y, lam, recipe.label_smoothing)
+                ce, l1 = loss_terms(logits, maps, y, recipe.label_smoothing)
+                loss = ce + lam * l1 if lam else ce
             # sums over all processes of (loss, CE, correct, images): one all-reduce, the same on every process
             n = loss.new_tensor(len(y), dtype=torch.float64)
             step_sums = acc.reduce(torch.stack([loss.detach().double() * n, ce.detach().double() * n,
@@ -345,27 +454,46 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
                  "lam": recipe.lam_at(cfg.lam, (epoch + 1) * steps_per_epoch - 1, total), "lr": opt.param_groups[0]["lr"],
                  "seconds": round(time.perf_counter() - t0, 2)}
         if val_set is not None and len(val_set):
-            entry["val_accuracy"] = _evaluate(acc, net, acc.prepare_data_loader(
-                DataLoader(val_set, batch_size=recipe.batch_size, num_workers=recipe.workers)))
+            entry |= _evaluate(acc, net, acc.prepare_data_loader(
+                DataLoader(val_set, batch_size=recipe.batch_size, num_workers=recipe.workers)), cfg.num_classes)
         log.append(entry)
         acc.print(f"{out.name} {label} epoch {epoch + 1}: " + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k != "epoch"))
         if acc.is_main_process:
+            if recipe.keep != "last" and select_epoch(log, cfg.lam, recipe.keep)["epoch"] == entry["epoch"]:
+                _save_weights(out / BEST, raw.model)  # the best so far; written before the resume point moves
             _save_resume(out, raw.model, opt, {"identity": identity, "epoch": epoch, "log": log})
         acc.wait_for_everyone()
-    record = {"num_classes": cfg.num_classes, "epochs": log, "environment": environment(acc)}
+    return _finish(out, raw.model, cfg, recipe, identity, log, acc, dtype)
+
+
+def _save_weights(path: Path, model: nn.Module) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+
+
+def _finish(out: Path, model: nn.Module, cfg: ModelConfig, recipe: Recipe, identity: dict, log: list[dict],
+            acc: Accelerator, dtype: torch.dtype | None) -> dict[str, Any]:
+    """Load the kept epoch's weights, judge convergence on it, write the model folder; return its metrics."""
+    selection = select_epoch(log, cfg.lam, recipe.keep)
+    record = {"num_classes": cfg.num_classes, "epochs": log, "selection": selection, "data": identity["data"],
+              "dtype": identity["dtype"], "environment": environment(acc)}
     converged, reason = convergence(record)
+    kept = next(e for e in log if e["epoch"] == selection["epoch"])
     metrics = {"train_seconds": round(sum(e["seconds"] for e in log), 1), "epochs": recipe.epochs,
-               "converged": converged}
-    if log and "val_accuracy" in log[-1]:
-        metrics["val_accuracy"] = log[-1]["val_accuracy"]
+               "kept_epoch": selection["epoch"], "converged": converged}
+    if "val_accuracy" in kept:
+        metrics["val_accuracy"] = kept["val_accuracy"]
     if acc.is_main_process:
+        if selection["epoch"] != log[-1]["epoch"]:
+            model.load_state_dict(load_file(out / BEST))
         if not converged:
             print(f"warning: {out} did not converge: {reason}", file=sys.stderr)
         final = dataclasses.replace(cfg, recipe=identity["recipe"], metrics=metrics)
         write_json(out / LOG, record | {"converged": converged, "reason": reason})
-        save_model(raw.model, final, out, dtype=dtype)
+        save_model(model, final, out, dtype=dtype)
         (out / RESUME).unlink(missing_ok=True)
+        (out / BEST).unlink(missing_ok=True)
     acc.wait_for_everyone()
     return metrics
 
@@ -457,7 +585,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                     lam_warmup_epochs=args.lam_warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
                     seed=args.seed, workers=args.workers, pretrained=args.pretrained, bf16=args.bf16,
-                    channels_last=args.channels_last, compile=args.compile)
+                    channels_last=args.channels_last, compile=args.compile, keep=args.keep)
     out, acc = Path(args.out), make_accelerator()
     if acc.is_main_process:
         write_json(out / "train_args.json", {k: v for k, v in vars(args).items() if k != "func" and k[0] != "_"})
@@ -478,7 +606,8 @@ def register(subparsers) -> None:
     d.add_argument("--fmt", default="auto", choices=["auto", "folder", "oxford-pet", "cifar10"])
     d.add_argument("--labels", default="breed", choices=["breed", "species"], help="Oxford-IIIT Pet labels")
     d.add_argument("--train-split", default="train")
-    d.add_argument("--val-split", default="val", help="used when the dataset has it")
+    d.add_argument("--val-split", default="val", help="chooses the kept epoch (--keep best-val) when the dataset "
+                                                      "has it; must share no image with --train-split")
     d.add_argument("--on-error", default="stop", choices=["stop", "skip"], help="unreadable files: stop or skip")
     d.add_argument("--image-size", default="224", help="input size, 224 or HxW")
     d.add_argument("--augment", default="standard", choices=["standard", "none"],
@@ -489,7 +618,7 @@ def register(subparsers) -> None:
     m = p.add_argument_group("models")
     m.add_argument("--out", help="family folder: one model folder per k, baseline, ablation; required")
     m.add_argument("--backbone", default="resnet18", help="any timm CNN with features_only, or preact_resnet18")
-    m.add_argument("--k", type=int, nargs="*", default=[64], help="Top-GAP k values, one model each")
+    m.add_argument("--k", type=int, nargs="+", default=[64], help="Top-GAP k values, one model each")
     m.add_argument("--baseline", action="store_true", help="also train the unmodified timm model")
     m.add_argument("--control", action="store_true", help="also train fpn-gap: the same FPN head with plain GAP, "
                                                            "no l1 (separates high-resolution maps from Top-GAP)")
@@ -519,5 +648,7 @@ def register(subparsers) -> None:
     r.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and loss")
     r.add_argument("--channels-last", action="store_true", help="NHWC memory layout (tensor-core GPUs)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--keep", default=defaults.keep, choices=list(KEEP_RULES),
+                   help="which epoch the model folder keeps: " + "; ".join(f"{k}: {v}" for k, v in KEEP_RULES.items()))
     r.add_argument("--folds", type=int, default=0, help="stratified cross-validation folds (0 = none)")
     p.set_defaults(func=run, _parser=p)

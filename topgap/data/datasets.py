@@ -103,6 +103,7 @@ class _Item:
     source: Path | int  # a file, or a row of the in-memory array
     label: int
     mask: Path | None = None
+    name: str | None = None  # a row's id: its tar member name, or "<split>/<row>" in the CIFAR-10 batches
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -154,6 +155,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def ids(self) -> list[str]:
+        """Each item's id, stable across runs and models: its file's path relative to the root (POSIX), or its
+        tar member name; reports store these to name the images they were computed on."""
+        return [it.name if isinstance(it.source, int) else it.source.relative_to(self.root).as_posix()
+                for it in self.items]
 
     def __repr__(self) -> str:
         return (f"ImageDataset({self.fmt}, {str(self.root)!r}, split={self.split!r}, {len(self)} items, "
@@ -446,7 +454,7 @@ def _open_cifar_tar(root: Path, split: str, on_error: str, **kw) -> ImageDataset
     class_names = sorted(names | {d[0] for d in decoded})
     index = {c: i for i, c in enumerate(class_names)}
     array = np.stack([d[2] for d in decoded])
-    items = [_Item(i, index[d[0]]) for i, d in enumerate(decoded)]
+    items = [_Item(i, index[d[0]], name=d[1]) for i, d in enumerate(decoded)]
     return ImageDataset(root, split, class_names, items, fmt="cifar10", skipped=skipped, array=array, **kw)
 
 
@@ -457,7 +465,7 @@ def _open_cifar_batches(root: Path, split: str, **kw) -> ImageDataset:
         raise _unknown_split(split, root, ["train", "test"])
     base = _cifar_batches(root)
     ds = CIFAR10(str(base), train=split == "train", download=False)
-    items = [_Item(i, int(t)) for i, t in enumerate(ds.targets)]
+    items = [_Item(i, int(t), name=f"{split}/{i}") for i, t in enumerate(ds.targets)]
     return ImageDataset(base, split, list(ds.classes), items, fmt="cifar10", array=np.asarray(ds.data), **kw)
 
 

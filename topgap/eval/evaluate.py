@@ -84,6 +84,19 @@ def parse_eps(text: str | float) -> float:
     return eps
 
 
+def _eps_or_none(text: str) -> float | str:
+    return "none" if text.strip().lower() == "none" else parse_eps(text)
+
+
+def none_means_empty(values: list, flag: str) -> list:
+    """A list option's values, [] for the single value 'none'; 'none' beside other values is refused."""
+    if "none" not in values:
+        return values
+    if len(values) > 1:
+        raise ValueError(f"{flag}: 'none' cannot be combined with other values (got {' '.join(map(str, values))})")
+    return []
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(values)) if values else None
@@ -420,19 +433,59 @@ def compare(models: dict, tallies: dict[str, _Tally], convergence: dict, samples
     return out
 
 
-def select_models(results: dict, criteria=("accuracy", "iou")) -> dict:
-    """Pick, per criterion, the converged Top-GAP model (k set) that is best on these (validation) results."""
-    chosen = {}
-    for criterion in criteria:
-        get = (lambda m: m["clean"]["accuracy"]) if criterion == "accuracy" else (lambda m, c=criterion: m.get(c))
-        lower = not higher_is_better(criterion)
-        pool = [(get(m), n) for n, m in results["models"].items()
-                if m["kind"] == "topgap" and m["k"] is not None and m.get("converged") is not False
-                and get(m) is not None]
-        if pool:
-            value, name = (min if lower else max)(pool)
-            chosen[criterion] = {"model": name, "value": value}
-    return {"split": results["split"], "dataset": results["dataset"], "by": chosen}
+SELECTION_RULE = ("accuracy, then IOU", "the converged Top-GAP model (k set) of highest validation accuracy; "
+                  "ties broken by the higher validation IOU, then by the smaller k")
+
+
+def select_models(results: dict) -> dict:
+    """The one Top-GAP model chosen on these (validation) results by :data:`SELECTION_RULE`."""
+    key, rule = SELECTION_RULE
+    pool = [((m["clean"]["accuracy"], m.get("iou") if m.get("iou") is not None else -math.inf, -m["k"]), n)
+            for n, m in results["models"].items()
+            if m["kind"] == "topgap" and m["k"] is not None and m.get("converged") is not False
+            and not (m.get("collapsed") or {}).get("flag")]
+    by = {}
+    if pool:
+        (accuracy, iou, _), name = max(pool)
+        by[key] = {"model": name, "value": accuracy, "iou": iou if math.isfinite(iou) else None}
+    return {"split": results["split"], "dataset": results["dataset"], "rule": rule, "by": by}
+
+
+NO_SELECTION = "no k chosen on validation data: descriptive only, no verdict"
+TEST_LIKE = ("test",)  # a split whose name holds one of these is never used to choose
+
+
+def check_selection_split(select: str | None, evaluated: str) -> str | None:
+    """The validation split that chooses k (None: --select-split none), refusing the evaluated or a test split."""
+    if select is None or select.strip().lower() == "none":
+        return None
+    spelled = select.strip().strip("/\\").removeprefix("./").lower()
+    if spelled == evaluated.strip().strip("/\\").removeprefix("./").lower():
+        raise ValueError(f"--select-split {select} is the split being reported: choose k on a validation split")
+    if any(word in spelled for word in TEST_LIKE):
+        raise ValueError(f"--select-split {select} is a test split: choose k on a validation split (e.g. val) or "
+                         "on folds of the training data (topgap train --folds)")
+    return select
+
+
+def check_no_shared_images(evaluated, select) -> None:
+    """Refuse a selection split that shares images with the split being reported (by image id)."""
+    from .subsets import base_dataset, dataset_ids
+
+    if not all(hasattr(base_dataset(d), "ids") for d in (evaluated, select)):
+        return  # in-memory data without ids: positions say nothing
+    shared = sorted(set(dataset_ids(evaluated)) & set(dataset_ids(select)))
+    if shared:
+        raise ValueError(f"the selection split and the reported split share {len(shared)} images (e.g. {shared[0]}); "
+                         "choose k on images that are not reported")
+
+
+def withhold_verdicts(results: dict, why: str = NO_SELECTION) -> None:
+    """Replace every comparison's verdict by `why` (the intervals stay, as description)."""
+    for m in results["models"].values():
+        for per_ref in (m.get("comparisons") or {}).values():
+            for c in per_ref.values():
+                c["verdict"] = why
 
 
 def aggregate_folds(results_list: list[dict]) -> dict:
@@ -473,20 +526,24 @@ def register(subparsers) -> None:
     p.add_argument("family", help="a family folder: one model folder per k plus baseline/ (or fold*/ from --folds)")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="test")
-    p.add_argument("--shift-splits", nargs="*", default=[], help="distribution-shifted splits (Table 5), e.g. "
+    p.add_argument("--shift-splits", nargs="+", default=[], help="distribution-shifted splits (Table 5), e.g. "
                                                                  "test_shifted only_bg (or comma-separated)")
-    p.add_argument("--select-split", default=None, help="validation split on which k is chosen (never the test split)")
+    p.add_argument("--select-split", default="val",
+                   help="validation split on which k is chosen by " + SELECTION_RULE[0] + "; never the reported or a "
+                        "test split; 'none': no k is chosen and no verdict is printed")
     p.add_argument("--fmt", default="auto", help="dataset format (see topgap.data.open_dataset)")
     p.add_argument("--labels", default="breed", choices=["breed", "species"], help="Oxford-IIIT Pet labels")
     p.add_argument("--eps", type=parse_eps, default="1/255", help="Linf budget on [0, 1] images, e.g. 1/255, 8/255")
     p.add_argument("--pgd-steps", type=int, nargs="+", default=[40])
     p.add_argument("--pgd-rule", default="foolbox", choices=list(PGD_RULES))
-    p.add_argument("--attacks", nargs="*", choices=ATTACKS, default=["fgsm", "pgd", "autoattack", "square"])
+    p.add_argument("--attacks", nargs="+", choices=[*ATTACKS, "none"], default=["fgsm", "pgd", "autoattack", "square"],
+                   help="attacks to run, or none")
     p.add_argument("--surrogate", default=None, help="model folder of an independently trained model (another seed) "
                                                      "for the transfer attack; adds 'transfer'")
     p.add_argument("--square-queries", type=int, default=1000)
     p.add_argument("--attack-images", type=int, default=100, help="every attack and the eps curve on the first N images")
-    p.add_argument("--eps-curve", type=parse_eps, nargs="*", default=list(EPS_CURVE))
+    p.add_argument("--eps-curve", type=_eps_or_none, nargs="+", default=list(EPS_CURVE),
+                   help="budgets of the accuracy-vs-eps curve, or none")
     p.add_argument("--faithfulness-images", type=int, default=50, help="ROAD on the first N images (0: skip)")
     p.add_argument("--imputer", default="blur", choices=list(IMPUTERS), help="ROAD imputation")
     p.add_argument("--postprocessing", default="relu-minmax", choices=list(POSTPROCESSING))
@@ -535,9 +592,9 @@ def run(args: argparse.Namespace) -> dict:
     from .report import write_report
 
     family = Path(args.family)
-    if args.select_split and args.select_split == args.split:
-        raise ValueError(f"--select-split {args.select_split} is the split being reported: choose k on a validation "
-                         "split, never on the test split")
+    args.attacks, args.eps_curve = none_means_empty(args.attacks, "--attacks"), none_means_empty(args.eps_curve,
+                                                                                                  "--eps-curve")
+    select = check_selection_split(args.select_split, args.split)
     folds = sorted(p for p in family.glob("fold*") if p.is_dir())
     members = family_members(folds[0] if folds else family)
     cfg = json.loads((members[0] / "config.json").read_text())
@@ -550,18 +607,36 @@ def run(args: argparse.Namespace) -> dict:
     dataset = open_dataset(args.data, args.split, **common)
     names = [s for text in args.shift_splits for s in text.split(",") if s]
     shifts = {s: open_dataset(args.data, s, **common) for s in names}
+    val_set = _selection_set(args, select, common, dataset)
     results = _evaluate_folder(family, dataset, args, surrogate=surrogate, shifts=shifts, split=args.split)
-    if args.select_split:
+    if val_set is None:
+        results["selection"] = None
+        withhold_verdicts(results)
+    else:
         val_args = argparse.Namespace(**{**vars(args), "attacks": [], "eps_curve": [], "faithfulness_images": 0,
                                          "bootstrap": 0})
-        val = _evaluate_folder(family, open_dataset(args.data, args.select_split, **common), val_args,
-                               surrogate=None, shifts={}, split=args.select_split)
+        val = _evaluate_folder(family, val_set, val_args, surrogate=None, shifts={}, split=select)
         results["selection"] = select_models(val)
     paths = write_report(results, out, title=title)
     return {"out": str(out), "files": [str(p) for p in paths], "n_images": results["n_images"],
             "models": {n: {"accuracy": m["clean"]["accuracy"], "l1": m["l1"], "iou": m["iou"],
                            "converged": m["converged"], "gradient_masking_suspected": m["gradient_masking_suspected"]}
                        for n, m in results["models"].items()}}
+
+
+def _selection_set(args, select: str | None, common: dict, evaluated):
+    """The opened validation split that chooses k, checked before the long evaluation starts (None: no selection)."""
+    from ..data import list_splits, open_dataset
+
+    if select is None:
+        return None
+    available = list_splits(args.data, fmt=args.fmt)
+    if select not in available:
+        raise ValueError(f"--select-split {select}: {args.data} has no such split (it has {', '.join(available)}); "
+                         "name its validation split, or give --select-split none to report every k without verdicts")
+    val_set = open_dataset(args.data, select, **common)
+    check_no_shared_images(evaluated, val_set)
+    return val_set
 
 
 def _run_folds(family: Path, folds: list[Path], args, common, surrogate, out: Path, title: str) -> dict:
