@@ -47,8 +47,8 @@ from topgap.explorer.api import ExplainReport, FamiliesReport, explain_payload, 
 from topgap.explorer.audit import BOUNDS, COLUMNS, IMAGE_SUFFIXES, collect, run_audit, write_csv
 from topgap.explorer.card_view import CardError, render_card
 from topgap.explorer.examples import ExampleSet, dataset_examples, hub_examples
-from topgap.explorer.explain import (ATTACKS, Family, InputError, Result, attack_view, explain_all, family_hint,
-                                     k_info, mask_overlay, nearest_k, own_mask)
+from topgap.explorer.explain import (ATTACKS, PGD_HELP, PGD_RULE, PGD_RULE_NAMES, PGD_STEPS, Family, InputError, Result,
+                                     attack_view, explain_all, family_hint, k_info, mask_overlay, nearest_k, own_mask)
 from topgap.explorer.faith import road_curves
 from topgap.explorer.hub import store_from_env
 from topgap.explorer.sizeprior import SizeAdvice, advise, k_curves, mask_fraction, parse_fraction, picture_share
@@ -490,14 +490,14 @@ def faithfulness_view(sess: Session | None, k):
 
 
 @gpu
-def robustness(fam_name, sess, k, kind, eps255):
-    """FGSM / PGD on this image against Top-GAP at the chosen k and the baseline."""
+def robustness(fam_name, sess, k, kind, eps255, rule):
+    """FGSM / PGD (with the chosen step rule) on this image against Top-GAP at the chosen k and the baseline."""
     if sess is None or sess.result is None:
         return gr.skip(), "⚠️ Upload an image (or pick an example) on the Explain tab first, then run the attack."
     result = sess.result
     index = _index(result, k)
     try:
-        adv = attack_view(load_family(result.family), result, index, kind, float(eps255) / 255)
+        adv, setup = attack_view(load_family(result.family), result, index, kind, float(eps255) / 255, rule)
     except USER_ERRORS as e:
         log.info("user error (attack): %s", e)
         return gr.skip(), f"⚠️ {e}."
@@ -508,10 +508,8 @@ def robustness(fam_name, sess, k, kind, eps255):
         gallery += [(png(m.overlay), f"{m.name} clean: {m.label}"), (png(a.overlay), f"{m.name} attacked: {a.label}")]
         lines.append(f"| {m.name} | {m.label} ({m.probability:.1%}) | {a.label} ({a.probability:.1%}) | "
                      f"{'yes' if a.label != m.label else 'no'} |")
-    steps = " (PGD: 10 steps, random start)" if kind == "pgd" else ""
     bound_storage()
-    return gallery, "\n".join(lines) + (f"\n\nWhite-box {kind.upper()}{steps} at eps = {eps255:g}/255 on each "
-                                        "model's own prediction.")
+    return gallery, "\n".join(lines) + "\n\n" + setup.text()
 
 
 def downloads(sess, k):
@@ -835,8 +833,12 @@ def build_demo(dataset: ExampleSet | None = None, hub: ExampleSet | None = None)
             faith_plot = gr.Plot(label="ROAD per share of pixels removed", elem_id="faith_plot")
             faith_md = gr.Markdown(elem_id="faith_md")
         with gr.Tab("Attack"):
+            gr.Markdown(PGD_HELP, elem_id="attack_help")
             with gr.Row():
                 attack_kind = gr.Radio(list(ATTACKS), value="fgsm", label="Attack")
+                pgd_rule = gr.Radio([(name, key) for key, name in PGD_RULE_NAMES.items()], value=PGD_RULE,
+                                    label="PGD step rule", info=f"{PGD_STEPS} steps; FGSM takes one step of eps",
+                                    elem_id="pgd_rule")
                 eps = gr.Slider(1, 16, value=1, step=1, label="eps (x/255)")
                 attack_btn = gr.Button("Attack this image", variant="primary")
             attack_gallery = gr.Gallery(label="Before / after", columns=2, format="png", object_fit="contain",
@@ -889,8 +891,8 @@ def build_demo(dataset: ExampleSet | None = None, hub: ExampleSet | None = None)
         faith_btn.click(faithfulness_view, [sess_state, k_radio], [faith_plot, faith_md], concurrency_id=GROUP,
                         concurrency_limit=1, **private)
         dl_btn.click(downloads, [sess_state, k_radio], [dl_files, dl_msg], **private)
-        attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps], [attack_gallery, attack_md],
-                         concurrency_id=GROUP, concurrency_limit=1, **private)
+        attack_btn.click(robustness, [fam_dd, sess_state, k_radio, attack_kind, eps, pgd_rule],
+                         [attack_gallery, attack_md], concurrency_id=GROUP, concurrency_limit=1, **private)
         audit_btn.click(audit, [fam_dd, method_dd, audit_files], [audit_table, audit_csv, audit_md],
                         concurrency_id=GROUP, concurrency_limit=1, **private)
         gr.on([demo.load, fam_dd.change], model_card, fam_dd, [card_md, card_plots], **private)

@@ -118,8 +118,11 @@ def measure(run: Path, ks: dict[str, int]) -> dict[str, dict[str, float]]:
         results = json.loads((run / f"report-{fam}" / "results.json").read_text())
         m = results["models"][name]
         out[role] = {key: split_accuracy(results, m, split) for key, split in SPLITS.items()}
-        out[role] |= {"iou": m["iou"], "mass_in_mask": m["mass_in_mask"], "k": m["k"],
-                      "converged": m.get("converged", True) is not False}
+        # the relu protocol's maps: the post-processing older reports used for every map (unsuffixed keys)
+        out[role] |= {"iou": m.get("iou_relu", m.get("iou")), "mass_in_mask": m.get("mass_in_mask_relu",
+                                                                                     m.get("mass_in_mask")),
+                      "k": m["k"], "converged": m.get("converged", True) is not False
+                      and not (m.get("collapsed") or {}).get("flag")}  # a collapsed model is left out alike
     return out
 
 

@@ -390,6 +390,24 @@ def test_faithfulness_view_plots_the_evaluations_road(app_module, files, monkeyp
     assert f"| k{KS[0]} | {curves[f'k{KS[0]}']['road']:.3f} |" in text and "| model | ROAD | 20% | 40% |" in text
 
 
+def test_attack_tab_offers_both_pgd_rules_and_shows_steps_step_size_and_reach(app_module, files):
+    from topgap.explorer.explain import PGD_HELP, PGD_RULE, PGD_STEPS
+
+    blocks = {getattr(b, "elem_id", None): b for b in app_module.demo.blocks.values()}
+    rule = blocks["pgd_rule"]
+    assert rule.choices == [("Madry et al.: 2.5 eps / steps", "2.5eps/steps"),
+                            ("Foolbox: eps / 30 per step", "foolbox")]
+    assert rule.value == PGD_RULE and blocks["attack_help"].value == PGD_HELP
+    assert app_module.robustness("fam", None, KS[1], "pgd", 8, PGD_RULE)[1].startswith("⚠️ Upload an image")
+    sess = _image_session(app_module, files)[0]
+    gallery, text = app_module.robustness("fam", sess, KS[1], "pgd", 8, "foolbox")
+    assert len(gallery) == 4 and text.startswith("| model | clean | attacked | changed |")
+    assert f"| Foolbox: eps / 30 per step | {PGD_STEPS} | 0.267/255 = 0.00105 | 8/255 = 0.0314 |" in text
+    assert text.endswith("| no |\n\nThese steps cannot reach the edge of the eps range: the attack is weaker than its "
+                         "eps says.")
+    assert app_module.robustness("fam", sess, KS[1], "pgd", 8, "madry")[1].startswith("⚠️ unknown PGD step rule")
+
+
 def test_audit_handler_table_csv_progress_and_refusals(app_module, files, tmp_path):
     with zipfile.ZipFile(tmp_path / "batch.zip", "w") as z:
         z.write(files / "image.png", "a.png")

@@ -211,3 +211,62 @@ def test_eps_curve_steps_cross_the_ball():
     weak = run_attack(model, x, y, "pgd", eps, steps=10, rule="foolbox")
     assert model(weak).argmax(1).item() == 0  # 10 Foolbox steps cannot cross the ball
     assert eps_curve(model, x, y, [eps], steps=10)[0]["accuracy"] == 0.0
+
+
+def test_pgd_step_size_by_hand():
+    from topgap.eval.attacks import pgd_step_size, reaches_boundary
+
+    eps = 8 / 255
+    assert pgd_step_size("foolbox", eps, 10) == pytest.approx(0.0010457516)  # 8/255 / 30, whatever the steps
+    assert pgd_step_size("foolbox", eps, 40) == pytest.approx(0.0010457516)
+    assert pgd_step_size("2.5eps/steps", eps, 10) == pytest.approx(2 / 255)  # 2.5 * 8/255 / 10
+    assert pgd_step_size("2.5eps/steps", eps, 20) == pytest.approx(1 / 255)
+    assert pgd_step_size("2.5eps/steps", 1 / 255, 40) == pytest.approx(0.0002450980)  # 2.5/255 / 40
+    with pytest.raises(ValueError, match="foolbox"):
+        pgd_step_size("madry", eps, 10)
+    assert reaches_boundary(pgd_step_size("foolbox", eps, 30), eps, 30)  # 30 x eps/30 = eps, rounding aside
+    assert not reaches_boundary(pgd_step_size("foolbox", eps, 29), eps, 29)
+    assert reaches_boundary(pgd_step_size("2.5eps/steps", eps, 1), eps, 1)
+
+
+def test_run_attack_takes_alpha_from_pgd_step_size(monkeypatch):
+    """The one place a rule becomes a step size: one PGD step without random start moves every pixel by it."""
+    import topgap.eval.attacks as attacks
+
+    monkeypatch.setattr(attacks, "pgd_step_size", lambda rule, eps, steps: eps / 7)
+    model, eps = linear_model(seed=1), 8 / 255
+    x, y = torch.full((2, 3, 8, 8), 0.5), torch.tensor([0, 1])
+    moved = (run_attack(model, x, y, "pgd", eps, steps=1, random_start=False) - x).abs()
+    assert torch.allclose(moved[moved > 0], torch.full_like(moved[moved > 0], eps / 7), atol=1e-6)
+
+
+class Window(nn.Module):
+    """One-pixel images: class 0 unless x lies within (0.55, 0.65), the only place an attack from 0.5 breaks it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0]
+        return torch.stack([((v <= 0.55) | (v >= 0.65)).float(), ((v > 0.55) & (v < 0.65)).float()], 1)
+
+
+def test_eps_curve_counts_an_image_broken_at_a_smaller_budget_as_broken(monkeypatch):
+    """The one definition: robust at eps = correct clean and under every budget up to eps. A fake PGD that moves
+    the pixel by exactly +eps breaks the image at 0.1 only; an attack at 0.3 alone would find it correct again."""
+    import topgap.eval.attacks as attacks
+
+    calls = []
+
+    def shift(model01, x01, y, kind, eps, **kw):
+        calls.append((eps, len(x01)))
+        return (x01 + eps).clamp(0, 1)
+
+    monkeypatch.setattr(attacks, "run_attack", shift)
+    x, y = torch.full((2, 1, 1, 1), 0.5), torch.zeros(2, dtype=torch.long)
+    x[1] = 0.9  # moved to 1.0 and 1.2 -> 1.0: never broken
+    curve = attacks.eps_curve(Window(), x, y, [0.3, 0.1])
+    assert [(c["eps"], c["robust_correct"], c["n"]) for c in curve] == [(0.1, 1, 2), (0.3, 1, 2)]
+    assert calls == [(0.1, 2), (0.3, 1)]  # the larger budget attacks the survivors only
+    assert attacks.robustness(Window(), x[:1], y[:1], shift(None, x[:1], y[:1], "pgd", 0.3))["robust_correct"] == 1

@@ -65,3 +65,33 @@ def test_card_files(tmp_path):
     assert "![iou](plots/iou.png)" in text and (fam / "plots" / "iou.png").exists()
     card = json.loads((fam / "card.json").read_text())
     assert card["evaluation"] == RESULTS and set(card["training"]) == {"k4", "k16", "baseline"}
+
+
+def test_a_card_of_both_protocols_shows_them_side_by_side_and_flags_a_collapsed_model(tmp_path):
+    """results.json of this version (map metrics per CAM protocol, `collapsed`): the card and the app's view show
+    both protocols, and a collapsed model is marked and never judged; older reports (above) still read."""
+    from topgap.explorer.card_view import card_figures, render_card
+
+    new = json.loads(json.dumps(RESULTS))
+    del new["postprocessing"]
+    new |= {"protocols": {"paper": "own CAM: min-max", "relu": "own CAM: ReLU, min-max"}, "cam_target": "label"}
+    for n, m in new["models"].items():
+        for key in ("l1", "iou", "mass_in_mask", "pxap", "maxboxacc_v2"):
+            v = m.pop(key)
+            m[f"{key}_paper"], m[f"{key}_relu"] = v, None if v is None else v / 2
+        m["collapsed"] = {"flag": n == "k4", "reason": "predicts a for 100% of the images (> 90%)" if n == "k4" else
+                          None, "majority_share": 1.0 if n == "k4" else 0.5, "majority_class": "a"}
+    fam = tmp_path / "fam"
+    for name, kind, k in (("k4", "topgap", 4), ("k16", "topgap", 16), ("baseline", "baseline", None)):
+        cfg = ModelConfig("resnet18", ["a", "b"], kind=kind, k=k, fpn_channels=8, metrics={"train_seconds": 60.0})
+        save_model(build_model(cfg), cfg, fam / name)
+    write_json(tmp_path / "report" / "results.json", new)
+    write_card(fam, tmp_path / "report", title="Fake zoo", data_note="Made up.", commands=["topgap train ..."])
+    readme = (fam / "README.md").read_text()
+    assert "| l1 ↓ paper | Δ vs baseline, paper [95% CI] | l1 ↓ relu |" in readme
+    assert "## Collapsed predictions" in readme and "k4 ⚠ collapsed" in readme
+    text, _ = render_card(fam)
+    assert "CAM protocols paper and relu" in text and "| IOU paper | IOU relu |" in text
+    assert "| k4 ⚠ collapsed | 4 | 0.700 | 0.600 | 0.300 |" in text
+    figures = card_figures(json.loads((fam / "card.json").read_text()))["models"]["k16"]
+    assert (figures["iou_paper"], figures["iou_relu"], figures["iou"], figures["collapsed"]) == (0.5, 0.25, None, False)

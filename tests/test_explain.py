@@ -191,12 +191,68 @@ def test_attack_view_fgsm_and_pgd(fam):
 
     result = explain_all(fam, (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8))
     for kind in ("fgsm", "pgd"):
-        adv = attack_view(fam, result, 1, kind, 8 / 255)
-        assert set(adv) == {f"k{KS[1]}", "baseline"}
+        adv, setup = attack_view(fam, result, 1, kind, 8 / 255)
+        assert set(adv) == {f"k{KS[1]}", "baseline"} and setup.kind == kind
         for m in adv.values():
             assert m.overlay.shape == result.image.shape and m.label in fam.class_names
     with pytest.raises(InputError, match="eps"):
         attack_view(fam, result, 0, "fgsm", 0.0)
+    with pytest.raises(InputError, match="2.5eps/steps, foolbox"):
+        attack_view(fam, result, 0, "pgd", 8 / 255, "madry")
+
+
+def test_attack_view_passes_the_rule_and_steps_to_the_evaluations_pgd(fam, monkeypatch):
+    import topgap.eval.attacks as attacks
+    from topgap.explorer.explain import PGD_RULE, PGD_RULE_NAMES, PGD_STEPS, AttackSetup, attack_view
+
+    assert PGD_RULE == "2.5eps/steps" and set(PGD_RULE_NAMES) == set(attacks.PGD_RULES)
+    calls, run = [], attacks.run_attack
+    monkeypatch.setattr(attacks, "run_attack", lambda *a, **kw: calls.append((a[3:], kw)) or run(*a, **kw))
+    result = explain_all(fam, (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8))
+    _, setup = attack_view(fam, result, 1, "pgd", 8 / 255, "foolbox", steps=3)
+    assert setup == AttackSetup("pgd", 8 / 255, 3, pytest.approx(8 / 255 / 30), "foolbox")
+    assert not setup.reaches_boundary
+    assert calls == [(("pgd", 8 / 255), {"steps": 3, "rule": "foolbox"})] * 2  # the Top-GAP model and the baseline
+    _, setup = attack_view(fam, result, 1, "pgd", 8 / 255)
+    assert setup == AttackSetup("pgd", 8 / 255, PGD_STEPS, pytest.approx(2.5 * (8 / 255) / PGD_STEPS), PGD_RULE)
+    assert calls[2:] == [(("pgd", 8 / 255), {"steps": PGD_STEPS, "rule": PGD_RULE})] * 2 and setup.reaches_boundary
+
+
+def test_attack_setup_text_names_rule_steps_step_size_and_reach():
+    from topgap.explorer.explain import attack_setup
+
+    assert attack_setup("pgd", 8 / 255, steps=20).text() == (
+        "White-box PGD (random start) on each model's own prediction.\n\n"
+        "| step rule | steps | step size | eps | steps x step size | reaches the eps boundary |\n"
+        "|---|---|---|---|---|---|\n"
+        "| Madry et al.: 2.5 eps / steps | 20 | 1/255 = 0.00392 | 8/255 = 0.0314 | 20/255 | yes |")
+    weak = attack_setup("pgd", 8 / 255, "foolbox", steps=20).text()
+    assert "| Foolbox: eps / 30 per step | 20 | 0.267/255 = 0.00105 | 8/255 = 0.0314 | 5.33/255 | no |" in weak
+    assert weak.endswith("These steps cannot reach the edge of the eps range: the attack is weaker than its eps says.")
+    assert "| one step of eps | 1 | 2/255 = 0.00784 | 2/255 = 0.00784 | 2/255 | yes |" in attack_setup(
+        "fgsm", 2 / 255, "foolbox").text()
+
+
+def test_app_pgd_default_rule_crosses_the_ball_where_eps_over_30_does_not():
+    """A linear 2-class model: the loss gradient's sign is the same everywhere, so every PGD step pushes each pixel
+    the same way. From the random start U(-eps, eps), the default rule's 2.5 eps of travel brings every pixel to the
+    boundary (|x' - x| = eps); Foolbox's eps/30 with the same steps travels 2/3 eps and leaves most pixels inside."""
+    import torch
+
+    from topgap.explorer.explain import PGD_RULE, PGD_STEPS, attack_setup, perturb
+
+    assert PGD_STEPS < 30  # with 30 or more, eps/30 per step reaches the boundary from the clean image too
+    torch.manual_seed(1)  # not the attack's seed 0: its random start would repeat the draws behind w
+    n, eps = 3 * 8 * 8, 8 / 255
+    w = torch.sign(torch.randn(n)) / 100
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([w, -w]))
+    x, y = torch.full((1, 3, 8, 8), 0.5), torch.zeros(1, dtype=torch.long)  # mid-grey: no clipping at 0 or 1
+    strong = (perturb(model, x, y, attack_setup("pgd", eps)) - x).abs()
+    weak = (perturb(model, x, y, attack_setup("pgd", eps, "foolbox")) - x).abs()
+    assert attack_setup("pgd", eps).rule == PGD_RULE and torch.allclose(strong, torch.full_like(strong, eps))
+    assert weak.max() <= eps + 1e-6 and (weak < eps - 1e-4).float().mean() > 0.5 and weak.mean() < strong.mean()
 
 
 # ---- what the explorer tells a user (issue 12) ----
@@ -284,7 +340,8 @@ def test_card_rendered_from_its_schema(tmp_path):
 
 
 def test_app_and_evaluate_give_the_same_l1_and_iou(fam):
-    """One image at the family's input size with its mask: the app's numbers are `topgap evaluate`'s."""
+    """One image at the family's input size with its mask: the app's numbers (maps for the predicted class, the own
+    CAM ReLU-ed) are `topgap evaluate`'s under the relu protocol with --cam-target predicted."""
     import torch
 
     from topgap.eval.evaluate import evaluate_family
@@ -307,12 +364,12 @@ def test_app_and_evaluate_give_the_same_l1_and_iou(fam):
                     "mask": torch.from_numpy((mask > 0).astype(np.uint8)), "has_mask": True}
 
     models = {n: (m, c) for n, m, c in fam.topgap + [fam.baseline]}
-    ev = evaluate_family(models, One(), attacks=(), eps_curve=(), faithfulness_images=0, progress=False,
-                         bootstrap_samples=10)
+    ev = evaluate_family(models, One(), attacks=(), eps_curve=(), faithfulness_images=0, sanity_images=0,
+                         cam_target="predicted", progress=False, bootstrap_samples=10)
     for m in result.topgap + [result.baseline]:
-        assert m.l1 == pytest.approx(ev["models"][m.name]["l1"], abs=1e-6), m.name
-        assert m.iou == pytest.approx(ev["models"][m.name]["iou"], abs=1e-6), m.name
-        assert m.mass == pytest.approx(ev["models"][m.name]["mass_in_mask"], abs=1e-6), m.name
+        assert m.l1 == pytest.approx(ev["models"][m.name]["l1_relu"], abs=1e-6), m.name
+        assert m.iou == pytest.approx(ev["models"][m.name]["iou_relu"], abs=1e-6), m.name
+        assert m.mass == pytest.approx(ev["models"][m.name]["mass_in_mask_relu"], abs=1e-6), m.name
 
 
 def test_card_view_shows_the_seeds_of_a_carded_family(tmp_path):

@@ -3,7 +3,16 @@
 Every map that is compared passes one function, :func:`postprocess`: ReLU, bilinear resize to a common
 size, min-max scaling per map (``"relu-minmax"``, pytorch-grad-cam's own definition, the default), or the
 same without the ReLU (``"minmax"``). The baselines' raw maps are taken before pytorch-grad-cam's own
-ReLU and scaling, so the switch applies to both sides alike.
+ReLU and scaling and get them here.
+
+Two protocols compare the own CAM with GradCAM (:data:`PROTOCOLS`; both are reported, never one picked):
+
+- ``"paper"`` (section 3.1, Fig. 2, CAM mode): the own CAM is min-max of the raw class map X_c, no ReLU;
+- ``"relu"``: the own CAM is ReLU, then min-max.
+
+GradCAM's map is pytorch-grad-cam's standard output (ReLU, then min-max) under both
+(:data:`GRADCAM_POSTPROCESSING`). Min-max keeps the order of the pixels, and ReLU only merges every pixel
+with X_c <= 0 into one tie at 0: a ranking (ROAD) is the same under both except for that tie.
 
 Identity (tested): GradCAM taken at a Top-GAP net's class-map layer, for class c, equals
 ``postprocess(X_c)``: d logit_c / dX_c is 1/k on the top-k pixels, so the channel weights are
@@ -13,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -23,9 +33,12 @@ from torch import nn
 from .model import TopGapNet, minmax_scale
 from .modes import eval_mode
 
-__all__ = ["METHODS", "POSTPROCESSING", "postprocess", "cam_size", "topgap_cam", "baseline_cam", "FeatureTap"]
+__all__ = ["METHODS", "POSTPROCESSING", "PROTOCOLS", "GRADCAM_POSTPROCESSING", "postprocess", "cam_size", "topgap_cam",
+           "baseline_cam", "FeatureTap"]
 
-POSTPROCESSING = ("relu-minmax", "minmax")  # the one switch; None in the functions below = raw maps
+POSTPROCESSING = ("relu-minmax", "minmax")  # postprocess's modes; None in the functions below = raw maps
+PROTOCOLS = {"paper": "minmax", "relu": "relu-minmax"}  # protocol -> post-processing of the own CAM
+GRADCAM_POSTPROCESSING = "relu-minmax"  # pytorch-grad-cam's standard output, under every protocol
 
 # pytorch-grad-cam class of each method; imported on first use (it pulls in torchvision: seconds at start-up)
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM",
@@ -138,6 +151,17 @@ def _target_layer(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return wrapped, wrapped.tap
 
 
+@contextmanager
+def _backward_stops_at(layer: nn.Module) -> Iterator[None]:
+    """The layer's output A becomes a leaf of the graph: GradCAM needs d score / dA only, so the backward pass
+    skips the layers below A (the backbone). The same gradients at A, at a fraction of the cost."""
+    handle = layer.register_forward_hook(lambda _module, _inputs, out: out.detach().requires_grad_(True))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @functools.cache
 def _raw(name: str) -> type:
     """pytorch-grad-cam's `name` method returning its raw map at the layer's resolution: no ReLU, no scaling."""
@@ -183,9 +207,10 @@ def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = 
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     runner, default_layer = _target_layer(model)
+    layer = layer or default_layer
     t = None if targets is None else _check_targets(targets, len(x), model.num_classes, x.device)
-    with _HOOKS, eval_mode(runner), torch.enable_grad(), \
-            _raw(method)(model=runner, target_layers=[layer or default_layer]) as cam:
+    with _HOOKS, eval_mode(runner), torch.enable_grad(), _backward_stops_at(layer), \
+            _raw(method)(model=runner, target_layers=[layer]) as cam:
         chosen = None if t is None else [ClassifierOutputTarget(int(c)) for c in t]  # None: predicted class
         raw = torch.from_numpy(np.asarray(cam(input_tensor=x, targets=chosen), dtype=np.float32)).to(x.device)
         logits = cam.outputs.detach()

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CONFIG, build_model, save_model
 from .config import ModelConfig, ablation_configs
+from .eval.stats import COLLAPSE_SHARE
 from .eval.subsets import base_dataset, dataset_ids, dataset_labels
 from .io import atomic_write, write_json
 from .loss import loss_terms
@@ -60,7 +61,6 @@ RESUME, BEST, LOG = "resume.safetensors", "best.safetensors", "train_log.json"
 KEEP_RULES = {"best-val": "the epoch of highest validation accuracy among those trained at the full lam (after the "
                           "l1 warm-up; the last epoch if none is), the later one on ties",
               "last": "the last epoch"}
-COLLAPSE_SHARE = 0.9  # a model predicting one class for more than this share of the validation images has collapsed
 
 
 @dataclass

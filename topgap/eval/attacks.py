@@ -31,12 +31,32 @@ from torch import nn
 from ..model import Normalize
 from ..modes import eval_mode
 
-__all__ = ["KINDS", "PGD_RULES", "CURVE_RULE", "wrap01", "run_attack", "robustness", "with_rates", "transfer_robustness",
+__all__ = ["KINDS", "PGD_RULES", "CURVE_RULE", "CURVE_STEPS", "pgd_step_size", "reaches_boundary", "wrap01",
+           "run_attack", "predict", "outcomes", "robustness", "with_rates", "transfer_examples", "transfer_robustness",
            "gradient_masking_flag", "eps_curve"]
 
 KINDS = ("fgsm", "pgd", "square", "autoattack")
 PGD_RULES = {"foolbox": lambda eps, steps: eps * 0.01 / 0.3, "2.5eps/steps": lambda eps, steps: 2.5 * eps / steps}
 CURVE_RULE = "2.5eps/steps"  # the eps curve's few steps must cross the ball: Foolbox's eps/30 covers steps/30 of eps
+CURVE_STEPS = 10  # PGD steps per budget of the eps curve
+
+
+def pgd_step_size(rule: str, eps: float, steps: int) -> float:
+    """PGD's step size alpha under a named rule of :data:`PGD_RULES`.
+
+    - "foolbox": alpha = eps * 0.01 / 0.3 = eps / 30, whatever `steps` (Foolbox LinfPGD, rel_stepsize=0.01/0.3).
+    - "2.5eps/steps": alpha = 2.5 * eps / steps (Madry et al., 2018, "Towards deep learning models resistant to
+      adversarial attacks": a step budget of 2.5 eps, enough to reach the ball's boundary from any start).
+    """
+    if rule not in PGD_RULES:
+        raise ValueError(f"unknown PGD step rule {rule!r}; choose one of {', '.join(PGD_RULES)}")
+    return PGD_RULES[rule](eps, steps)
+
+
+def reaches_boundary(alpha: float, eps: float, steps: int) -> bool:
+    """Whether `steps` steps of size `alpha` can travel from the clean image to the eps ball's boundary:
+    steps * alpha >= eps (up to rounding). Foolbox's eps/30 needs 30 steps for it."""
+    return steps * alpha >= eps * (1 - 1e-9)
 
 
 def wrap01(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
@@ -88,7 +108,7 @@ def run_attack(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, kind: str
         steps = 40 if steps is None else steps
         if steps < 1:
             raise ValueError(f"PGD needs steps >= 1 (got {steps})")
-        alpha = PGD_RULES[rule](eps, steps) if alpha is None else alpha
+        alpha = pgd_step_size(rule, eps, steps) if alpha is None else alpha
     with eval_mode(model01), torch.random.fork_rng(devices=[x01.device] if x01.device.type == "cuda" else []):
         torch.manual_seed(seed)
         if kind == "fgsm":
@@ -120,29 +140,47 @@ def _autoattack(model01: nn.Module, eps: float, n_classes: int, seed: int) -> to
         torchattacks.Square(model01, norm="Linf", eps=eps, seed=seed, n_queries=5000, n_restarts=1)])
 
 
-def eps_curve(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps_values: list[float], steps: int = 20,
-              seed: int = 0) -> list[dict]:
-    """Accuracy under PGD at each eps: ``[{"eps", "n", "robust_correct", "accuracy"}]``.
+def eps_curve(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps_values: list[float],
+              steps: int = CURVE_STEPS, seed: int = 0) -> list[dict]:
+    """Robust accuracy against the budget, ``[{"eps", "n", "robust_correct", "accuracy"}]`` in increasing eps.
 
-    The step rule is :data:`CURVE_RULE` (alpha = 2.5 eps / steps): with Foolbox's eps/30 per step, the curve's
-    few steps would travel only steps/30 of eps and the curve would overstate robustness.
+    The one definition: image i is robust at eps when it is classified correctly clean and under PGD at every
+    budget e <= eps of the curve, robust_correct(eps) = #{i : pred(x_i) = y_i and pred(PGD_e(x_i)) = y_i for all
+    e <= eps}. A larger ball contains the smaller ones, so an image broken at a smaller budget stays broken and
+    only the images still standing are attacked at the next one: the curve never rises. PGD with `steps` steps
+    of :data:`CURVE_RULE` (alpha = 2.5 eps / steps): Foolbox's eps/30 would travel only steps/30 of eps.
 
     An attack whose budget covers the whole image range must reach 0%; a curve that stays above 0 at
     its largest eps is the classic sign of masked gradients (Carlini et al., 2019, "On evaluating
     adversarial robustness"), flagged by the evaluation as ``eps_curve_reaches_zero: false``.
     """
+    alive = predict(model01, x01) == y.to(x01.device)
     out = []
-    for eps in eps_values:
-        adv = run_attack(model01, x01, y, "pgd", eps, steps=steps, seed=seed, rule=CURVE_RULE)
-        c = robustness(model01, x01, y, adv)
-        out.append({"eps": eps, "n": c["n"], "robust_correct": c["robust_correct"], "accuracy": c["robust_correct_rate"]})
+    for eps in sorted(eps_values):
+        idx = alive.nonzero().flatten()
+        if len(idx):
+            adv = run_attack(model01, x01[idx], y[idx], "pgd", eps, steps=steps, seed=seed, rule=CURVE_RULE)
+            alive[idx] = predict(model01, adv) == y[idx].to(adv.device)
+        n, still = len(y), int(alive.sum())
+        out.append({"eps": float(eps), "n": n, "robust_correct": still, "accuracy": still / n if n else None})
     return out
 
 
 @torch.no_grad()
-def _predict(model01: nn.Module, x01: torch.Tensor) -> torch.Tensor:
+def predict(model01: nn.Module, x01: torch.Tensor) -> torch.Tensor:
+    """argmax of the logits, in eval mode: the one prediction of the evaluation."""
     with eval_mode(model01):
         return model01(x01).argmax(1)
+
+
+def outcomes(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, adv: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image, as bool tensors: "clean" (pred(x) = y), "unchanged" (pred(x') = pred(x), the paper's "robust",
+    section 4.2) and "correct" (pred(x') = y, correct under attack)."""
+    if adv.shape != x01.shape:
+        raise ValueError(f"adversarial batch {tuple(adv.shape)} and clean batch {tuple(x01.shape)} differ in shape")
+    clean, attacked = predict(model01, x01), predict(model01, adv)
+    y = y.to(clean.device)
+    return {"clean": clean == y, "unchanged": attacked == clean, "correct": attacked == y}
 
 
 def robustness(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, adv: torch.Tensor) -> dict:
@@ -153,13 +191,9 @@ def robustness(model01: nn.Module, x01: torch.Tensor, y: torch.Tensor, adv: torc
     correct under attack); and the rates ``clean_accuracy``, ``robust_paper_rate``,
     ``robust_correct_rate`` (count / n; None for an empty batch).
     """
-    if adv.shape != x01.shape:
-        raise ValueError(f"adversarial batch {tuple(adv.shape)} and clean batch {tuple(x01.shape)} differ in shape")
-    clean, attacked = _predict(model01, x01), _predict(model01, adv)
-    y = y.to(clean.device)
-    counts = {"n": len(y), "clean_correct": int((clean == y).sum()), "robust_paper": int((attacked == clean).sum()),
-              "robust_correct": int((attacked == y).sum())}
-    return with_rates(counts)
+    o = outcomes(model01, x01, y, adv)
+    return with_rates({"n": len(y), "clean_correct": int(o["clean"].sum()), "robust_paper": int(o["unchanged"].sum()),
+                       "robust_correct": int(o["correct"].sum())})
 
 
 def with_rates(counts: dict) -> dict:
@@ -170,8 +204,14 @@ def with_rates(counts: dict) -> dict:
             "robust_paper_rate": rate(counts["robust_paper"]), "robust_correct_rate": rate(counts["robust_correct"])}
 
 
+def transfer_examples(source01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40,
+                      alpha: float | None = None, seed: int = 0, rule: str = "foolbox") -> torch.Tensor:
+    """The transfer attack's images: PGD (`steps`, step `alpha` or `rule`) crafted on the surrogate `source01`."""
+    return run_attack(source01, x01, y, "pgd", eps, steps=steps, alpha=alpha, seed=seed, rule=rule)
+
+
 def transfer_robustness(source01: nn.Module, target01: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps: float,
-                        steps: int = 40, alpha: float | None = None, seed: int = 0) -> dict:
+                        steps: int = 40, alpha: float | None = None, seed: int = 0, rule: str = "foolbox") -> dict:
     """Transfer attack: PGD examples crafted on `source01`, an independently trained surrogate, scored on `target01`.
 
     The surrogate must not be the target itself (that would be a white-box attack): use a baseline
@@ -179,10 +219,9 @@ def transfer_robustness(source01: nn.Module, target01: nn.Module, x01: torch.Ten
 
     A model whose own white-box robustness is far above this transfer robustness has gradients
     that do not point towards its adversarial examples (see :func:`gradient_masking_flag`).
-    Returns :func:`robustness` of `target01`.
+    Returns :func:`robustness` of `target01` on :func:`transfer_examples`.
     """
-    adv = run_attack(source01, x01, y, "pgd", eps, steps=steps, alpha=alpha, seed=seed)
-    return robustness(target01, x01, y, adv)
+    return robustness(target01, x01, y, transfer_examples(source01, x01, y, eps, steps, alpha, seed, rule))
 
 
 def gradient_masking_flag(white_box_rate: float, black_box_rate: float, margin: float = 0.1) -> bool:

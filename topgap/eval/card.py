@@ -4,8 +4,8 @@ Everything on the card comes from the family's own files: each model's config.js
 time) and train_log.json, an evaluation report written by ``topgap evaluate`` (results.json and its
 plots) and, optionally, the recipe across seeds from ``topgap seeds`` (seeds.json). The card states plainly,
 metric by metric, whether a Top-GAP model (the ones chosen on validation data when the report has a selection)
-beats the baseline, with the 95% interval behind each verdict; a model whose training did not converge is flagged
-and never judged.
+beats the baseline, with the 95% interval behind each verdict, map metrics under both CAM protocols; a model whose
+training did not converge or whose predictions collapsed is flagged and never judged.
 """
 from __future__ import annotations
 

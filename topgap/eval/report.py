@@ -1,7 +1,8 @@
 """Reports of `topgap evaluate` results: results.json, results.md laid out like the paper's tables, plots/.
 
 Nothing is computed here beyond formatting: every number, interval and verdict comes from the results
-dict of :func:`topgap.eval.evaluate.evaluate_family`.
+dict of :func:`topgap.eval.evaluate.evaluate_family`. Map metrics are shown under both CAM protocols side by side
+("paper", "relu"); results written before the protocols show their one post-processing.
 """
 from __future__ import annotations
 
@@ -46,8 +47,20 @@ def _parts(results: dict) -> tuple[str | None, dict]:
     return base, {n: m for n, m in models.items() if m["kind"] == "topgap"}
 
 
+def _collapsed(m: dict) -> bool:
+    return bool((m.get("collapsed") or {}).get("flag"))
+
+
 def _name(n: str, m: dict) -> str:
-    return n if m.get("converged") is not False else f"{n} ⚠ not converged"
+    return n + " ⚠ not converged" * (m.get("converged") is False) + " ⚠ collapsed" * _collapsed(m)
+
+
+def _protocols(results: dict) -> list[tuple[str, str]]:
+    """(label, key suffix) per CAM protocol: ("paper", "_paper"), ("relu", "_relu"); for results written before the
+    protocols, their one post-processing with unsuffixed keys."""
+    if results.get("protocols"):
+        return [(p, f"_{p}") for p in results["protocols"]]
+    return [(results.get("postprocessing") or "?", "")]
 
 
 def _cmp(m: dict, ref: str | None, metric: str) -> dict | None:
@@ -62,9 +75,12 @@ def headline(results: dict) -> list[str]:
     chosen = {v["model"]: c for c, v in (results.get("selection") or {}).get("by", {}).items()}
     names = list(chosen) or [n for n, m in ours.items() if m["k"] is not None]
     names += [n for n, m in ours.items() if m.get("converged") is False]
+    names += [n for n, m in ours.items() if _collapsed(m)]
     labels = {"accuracy": "clean accuracy", "l1": "l1 sparsity (lower is better)", "iou": "IOU",
               "pxap": "PxAP", "maxboxacc_v2": "MaxBoxAccV2", "mass_in_mask": "mass in mask",
               "road": "ROAD faithfulness"}
+    label = lambda k: next((f"{labels[k.removesuffix(s)]} ({p})" for p, s in _protocols(results)  # noqa: E731
+                            if s and k.endswith(s) and k.removesuffix(s) in labels), labels.get(k, k.replace("_", " ")))
     lines = []
     for n in dict.fromkeys(names):
         m = ours.get(n)
@@ -73,11 +89,83 @@ def headline(results: dict) -> list[str]:
         if m.get("converged") is False:
             lines.append(f"- **{n}** did not converge ({m['convergence']}): left out of every verdict.")
             continue
+        if _collapsed(m):
+            lines.append(f"- **{n}**: predictions collapsed ({m['collapsed']['reason']}): left out of every verdict.")
+            continue
         why = f" (chosen on {results['selection']['split']} by {chosen[n]})" if n in chosen else ""
         cmp = (m.get("comparisons") or {}).get(base, {})
-        parts = [f"{labels.get(k, k.replace('_', ' '))}: {_ci(c)}" for k, c in cmp.items()]
+        parts = [f"{label(k)}: {_ci(c)}" for k, c in cmp.items()]
         lines.append(f"- **{n}**{why} minus baseline, 95% interval: " + "; ".join(parts))
     return lines
+
+
+def _settings_text(results: dict) -> str:
+    """The report's first paragraph: data, CAM target and protocols, attacks, samples, intervals."""
+    f, samples = results["faithfulness"], results.get("samples") or {}
+    if results.get("protocols"):
+        target = {"label": "the ground-truth class (GT-known)", "predicted": "the predicted class"}[
+            results["cam_target"]]
+        maps = (f"Maps for {target}, under both CAM protocols side by side: "
+                + "; ".join(f"**{p}**: {text}" for p, text in results["protocols"].items()) + ".")
+    else:
+        maps = (f"Maps for the predicted class, post-processing **{results['postprocessing']}** for every map (own "
+                f"CAM and {results['cam_method']} alike).")
+    where = ("a class-stratified sample of {} images (seed {}; ids in results.json, samples)" if samples
+             else "the first {} images{}")
+    seed = (samples.get("attacks") or samples.get("images") or {}).get("seed", "")
+    road = (f"ROAD ({f['imputer']} imputation, percentiles {f['percentiles']}) on {f['images']} of them"
+            + (f" ({f['map']})" if f.get("map") else "") + ".")
+    sanity = samples.get("sanity")
+    return (f"Dataset **{results['dataset']}**" + (f" (split {results['split']})" if results["split"] else "")
+            + f", {results['n_images']} images. {maps} l1 at the class-map resolution "
+            f"{'x'.join(map(str, results['l1_resolution']))}, localisation at "
+            f"{'x'.join(map(str, results['localisation_resolution']))}. "
+            f"Attacks at eps = {results['eps']:.5g} ({results['eps'] * 255:.3g}/255); PGD step rule "
+            f"**{results['pgd_rule']}**; Square with {results['square_queries']} queries; transfer surrogate: "
+            f"{results['surrogate'] or 'none'}; every attack ({', '.join(results['attacks']) or 'none'}) and the eps "
+            f"curve on {where.format(results['attack_images'], seed)}. {road} "
+            + (f"Sanity check on {sanity['n']} of them. " if sanity else "")
+            + f"Intervals: paired bootstrap, {results['bootstrap']['samples']} resamples, 95%; a verdict says better "
+            "or worse only when the interval excludes 0.")
+
+
+def _map_table(results: dict, key: str, label: str) -> str:
+    """One map metric of every model under each protocol side by side, each with its difference from the baseline,
+    and GradCAM on the Top-GAP models."""
+    base, ours = _parts(results)
+    b = results["models"].get(base) if base else None
+    protocols = _protocols(results)
+    arrow = "↑" if higher_is_better(key) else "↓"
+    header = ["model", "k", "k/(h*w)"]
+    for p, _ in protocols:
+        header += [f"{label} {arrow} {p}", f"Δ vs baseline, {p} [95% CI]"]
+    rows = []
+    for n, m in ([(base, b)] if b else []) + list(ours.items()):
+        row = [_name(n, m), m["k"], m["k_fraction"]]
+        for _, s in protocols:
+            row += [m.get(key + s), _ci(_cmp(m, base, key + s)) if m is not b else ""]
+        rows.append(row + [m.get(f"{key}_gradcam") if m["kind"] == "topgap" else None])
+    return _table(header + [f"{label} GradCAM on this model"], rows)
+
+
+def _sanity_lines(results: dict) -> list[str]:
+    """Cascading randomisation: rank correlation with the original maps once the head is random, per model."""
+    rows = []
+    for n, m in results["models"].items():
+        for p, s in (m.get("sanity") or {}).items():
+            for kind in ("own", "gradcam"):
+                stage = (s.get(kind) or {}).get("head")
+                if stage:
+                    rows.append([_name(n, m), p, "own CAM" if kind == "own" else results["cam_method"],
+                                 stage["spearman_abs"], stage["spearman"], stage["ssim"], s["flagged"][kind]])
+    if not rows:
+        return []
+    first = next(s for m in results["models"].values() for s in (m.get("sanity") or {}).values())
+    return ["## Sanity: cascading randomisation (Adebayo et al., 2018)", "",
+            f"The maps of {first['n']} images after re-initialising the head, against the original maps: Spearman "
+            "rank correlation of |M| and of M (raw maps) and SSIM (after the protocol's post-processing). "
+            f"{first['threshold']['rule']}: the map survives random weights and does not explain the model.", "",
+            _table(["model", "protocol", "map", "ρ(|M|) ↓", "ρ(M)", "SSIM", "flagged"], rows), ""]
 
 
 def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
@@ -89,34 +177,21 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
         k for k in ("autoattack", "square", "transfer") if k in results["attacks"]]
     label = {"fgsm": "FGSM", "autoattack": "AutoAttack", "square": "Square", "transfer": "Transfer",
              **{k: f"PGD-{k[3:]}" for k in pgd_keys}}
-    split = f" (split {results['split']})" if results["split"] else ""
-    f = results["faithfulness"]
-    out = [f"# {title}", "",
-           f"Dataset **{results['dataset']}**{split}, {results['n_images']} images. "
-           f"Maps for the predicted class, post-processing **{results['postprocessing']}** for every map (own CAM "
-           f"and {results['cam_method']} alike); l1 at the class-map resolution "
-           f"{'x'.join(map(str, results['l1_resolution']))}, localisation at "
-           f"{'x'.join(map(str, results['localisation_resolution']))}. "
-           f"Attacks at eps = {results['eps']:.5g} ({results['eps'] * 255:.3g}/255); PGD step rule "
-           f"**{results['pgd_rule']}**; Square with {results['square_queries']} queries; transfer surrogate: "
-           f"{results['surrogate'] or 'none'}; every attack ({', '.join(results['attacks']) or 'none'}) and the eps "
-           f"curve on the first {results['attack_images']} images. ROAD ({f['imputer']} imputation, percentiles {f['percentiles']}) on the first {f['images']}. "
-           f"Intervals: paired bootstrap, {results['bootstrap']['samples']} resamples, 95%; a verdict says better or "
-           "worse only when the interval excludes 0.", ""]
+    out = [f"# {title}", "", _settings_text(results), ""]
     flagged = [f"- {n}: {m['convergence']}" for n, m in results["models"].items() if m.get("converged") is False]
     if flagged:
         out += ["## Not converged (no verdicts)", "", *flagged, ""]
+    collapsed = [f"- {n}: {m['collapsed']['reason']}" for n, m in results["models"].items() if _collapsed(m)]
+    if collapsed:
+        out += ["## Collapsed predictions (no verdicts, never averaged in)", "", *collapsed, ""]
     if results.get("selection"):
         s = results["selection"]
         out += [f"## Model selection on {s['dataset']}/{s['split']}", "",
                 *(f"- by {c}: **{v['model']}** ({_fmt(v['value'])})" for c, v in s["by"].items()), ""]
     out += ["## Verdicts against the baseline", "", *headline(results), ""]
-
-    rows = [[_name(n, m), m["k"], m["k_fraction"], b and b["l1"], m["l1"], m["l1_gradcam"], _ci(_cmp(m, base, "l1"))]
-            for n, m in ours.items()]
     out += ["## Table 2: l1 sparsity of the CAM (lower is sparser)", "",
-            _table(["model", "k", "k/(h*w)", "l1 ↓ baseline (GradCAM)", "l1 ↓ own CAM", "l1 ↓ GradCAM on this model",
-                    "own − baseline [95% CI]"], rows), ""]
+            "The baseline's row is GradCAM" + " (the same under every protocol)." * bool(results.get("protocols")), "",
+            _map_table(results, "l1", "l1"), ""]
 
     header, rows = ["model", "k", "clean acc"], []
     for key in attack_keys:
@@ -136,12 +211,13 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
         header, rows = ["model", "k"], []
         for s in results["shifts"]:
             arrow = "↑" if higher_is_better(f"{s}_accuracy") else "↓ (background alone)"
-            header += [f"{s} acc {arrow}", "Δ vs baseline [95% CI]", f"{s} IOU"]
+            header += [f"{s} acc {arrow}", "Δ vs baseline [95% CI]", *(f"{s} IOU {p}" for p, _ in _protocols(results))]
         for n, m in ([(base, b)] if b else []) + list(ours.items()):
             row = [_name(n, m), m["k"]]
             for s in results["shifts"]:
                 v = m["shifts"].get(s, {})
-                row += [v.get("accuracy"), _ci(_cmp(m, base, f"{s}_accuracy")) if m is not b else "", v.get("iou")]
+                row += [v.get("accuracy"), _ci(_cmp(m, base, f"{s}_accuracy")) if m is not b else "",
+                        *(v.get(f"iou{sfx}") for _, sfx in _protocols(results))]
             rows.append(row)
         out += ["## Table 5: accuracy under distribution shift", "", _table(header, rows), ""]
         if any(m.get("bg_gap") is not None for m in results["models"].values()):
@@ -153,28 +229,24 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
                     _table(["model", "k", "BG-Gap ↓", "Δ vs baseline [95% CI]"], rows), ""]
 
     if any(m["n_masks"] for m in results["models"].values()):
-        header = ["model", "k", "masks"]
-        for key in ("iou", "mass_in_mask", "pxap", "maxboxacc_v2"):
-            header += [f"{key} ↑", "Δ vs baseline [95% CI]", f"{key} GradCAM on this model"]
-        rows = []
-        for n, m in ([(base, b)] if b else []) + list(ours.items()):
-            row = [_name(n, m), m["k"], m["n_masks"]]
-            for key in ("iou", "mass_in_mask", "pxap", "maxboxacc_v2"):
-                row += [m[key], _ci(_cmp(m, base, key)) if m is not b else "",
-                        m[f"{key}_gradcam"] if m["kind"] == "topgap" else None]
-            rows.append(row)
         out += ["## Table 7: localisation against the masks", "",
                 "IOU: best threshold per image (the paper's); mass in mask: share of the map's mass on the object; "
                 "PxAP and MaxBoxAccV2 (Choe et al., 2020; boxes tight around each mask's object): one threshold "
-                "for the whole split. The baseline's row is GradCAM.", "", _table(header, rows), ""]
+                "for the whole split. The baseline's row is GradCAM.", ""]
+        for key, name in (("iou", "IOU"), ("mass_in_mask", "mass in mask"), ("pxap", "PxAP"),
+                          ("maxboxacc_v2", "MaxBoxAccV2")):
+            out += [f"### {name} ({results['models'][next(iter(results['models']))]['n_masks']} masks)", "",
+                    _map_table(results, key, name), ""]
 
     if any(m["n_road"] for m in results["models"].values()):
         rows = [[_name(n, m), m["k"], m["n_road"], m["road"], _ci(_cmp(m, base, "road")) if m is not b else "",
                  m["road_gradcam"] if m["kind"] == "topgap" else None]
                 for n, m in ([(base, b)] if b else []) + list(ours.items())]
         out += ["## Faithfulness: ROAD (higher is more faithful)", "",
+                *([f"Own CAM: {results['faithfulness']['map']}.", ""] if results["faithfulness"].get("map") else []),
                 _table(["model", "k", "images", "ROAD ↑", "Δ vs baseline [95% CI]", "ROAD GradCAM on this model"],
                        rows), ""]
+    out += _sanity_lines(results)
 
     if any(m["eps_curve"] for m in results["models"].values()):
         eps = results["eps_curve"]
@@ -182,20 +254,30 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
                 for n, m in results["models"].items()]
         pgd = results.get("eps_curve_pgd")  # absent in reports written before the curve had its own step rule
         how = f"PGD-{pgd['steps']}, step {pgd['rule']}" if pgd else "PGD"
-        out += [f"## Accuracy against eps ({how}; each image counted broken from the smallest eps that breaks it)", "",
+        out += [f"## Accuracy against eps ({how}; an image counts as robust at eps when it is correct clean and "
+                "under every budget up to eps)", "",
                 _table(["model", *(f"{e * 255:.3g}/255" for e in eps), "reaches 0?"], rows),
                 "", "A curve that does not reach 0 at the largest budget is flagged as gradient masking.", ""]
 
-    header = ["model", "kind", "k", "cam size", "converged", "clean acc", "white-box correct", "black-box correct",
-              "gradient masking?"]
+    header = ["model", "kind", "k", "cam size", "converged", "collapsed (majority share)", "clean acc",
+              "white-box correct", "black-box correct", "gradient masking?"]
     rows = [[n, m["kind"], m["k"], "x".join(map(str, m["cam_size"])) if m["cam_size"] else None, m["converged"],
-             m["clean"]["accuracy"], m["white_box_rate"], m["black_box_rate"], m["gradient_masking_suspected"]]
-            for n, m in results["models"].items()]
+             _collapse_cell(m), m["clean"]["accuracy"], m["white_box_rate"], m["black_box_rate"],
+             m["gradient_masking_suspected"]] for n, m in results["models"].items()]
     out += ["## All models", "",
             "White-/black-box: share of the attack images still correct under every white-box (FGSM, PGD, AutoAttack) "
             "/ every black-box (Square, transfer) attack; gradient masking is suspected when white-box exceeds "
-            "black-box by more than 0.1, or when accuracy does not reach 0 as eps grows.", "", _table(header, rows), ""]
+            "black-box by more than 0.1, or when accuracy does not reach 0 as eps grows. Collapsed: one class for "
+            "more than 90% of the images, or clean accuracy at most 5 points above chance.", "", _table(header, rows),
+            ""]
     return "\n".join(out)
+
+
+def _collapse_cell(m: dict) -> str | None:
+    c = m.get("collapsed")
+    if not c or c.get("majority_share") is None:
+        return None
+    return f"{'yes' if c['flag'] else 'no'} ({c['majority_share']:.2f})"
 
 
 @contextmanager
@@ -223,8 +305,9 @@ def _figure(path: Path, title: str, xlabel: str, ylabel: str, legend: str = "sma
 def _plot(path: Path, results: dict, series: list[tuple[str, callable]], ylabel: str, title: str) -> Path:
     base, ours = _parts(results)
     b = results["models"].get(base) if base else None
-    points = sorted((m["k_fraction"], m) for m in ours.values()
-                    if m["k_fraction"] is not None and m.get("converged") is not False)
+    points = sorted(((m["k_fraction"], m) for m in ours.values()
+                     if m["k_fraction"] is not None and m.get("converged") is not False and not _collapsed(m)),
+                    key=lambda p: p[0])
     with _figure(path, title, "k / (h*w)", ylabel) as ax:
         for i, (label, get) in enumerate(series):
             colour = f"C{i}"
@@ -264,17 +347,19 @@ def _plot_pgd_steps(path: Path, results: dict) -> Path:
 def write_report(results: dict, out_dir: str | Path, title: str = "Top-GAP evaluation") -> list[Path]:
     """Write results.json, results.md and plots/{l1,iou,accuracy,robustness[,eps_curve,pgd_steps]}.png, atomically.
 
-    Plots show each metric against k/(h*w) for the converged Top-GAP models, the baseline as a dashed
-    line (like Figure 3); robustness is accuracy under attack (correct).
+    Plots show each metric (map metrics under each protocol) against k/(h*w) for the converged, not collapsed
+    Top-GAP models, the baseline as a dashed line (like Figure 3); robustness is accuracy under attack (correct).
     """
     out = Path(out_dir)
     paths = [write_json(out / "results.json", results)]
     text = markdown_report(results, title)
     paths.append(atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text)))
     plots = out / "plots"
-    paths.append(_plot(plots / "l1.png", results, [("l1 (own CAM) / GradCAM (baseline)", lambda m: m["l1"])],
+    per_protocol = lambda key, name: [(f"{name} {p}", lambda m, k=key + s: m.get(k))  # noqa: E731
+                                      for p, s in _protocols(results)]
+    paths.append(_plot(plots / "l1.png", results, per_protocol("l1", "l1 (own CAM) / GradCAM (baseline),"),
                        "l1 of the CAM ↓", "Sparsity (section 4.1)"))
-    paths.append(_plot(plots / "iou.png", results, [("IOU", lambda m: m["iou"]), ("PxAP", lambda m: m["pxap"])],
+    paths.append(_plot(plots / "iou.png", results, per_protocol("iou", "IOU") + per_protocol("pxap", "PxAP"),
                        "localisation ↑", "Localisation (section 4.4)"))
     acc = [("clean", lambda m: m["clean"]["accuracy"])]
     acc += [(s, lambda m, s=s: (m["shifts"].get(s) or {}).get("accuracy")) for s in results.get("shifts") or {}]

@@ -5,7 +5,9 @@ dataset and split. Per model and metric (:func:`topgap.eval.evaluate.flat_metric
 (ddof=1) and the values over seeds. Per model other than the reference: the difference model − reference
 within each seed, its mean and a 95% Student-t interval over seeds (:func:`topgap.eval.stats.t_interval`),
 with a verdict only when the interval excludes 0. A model whose training did not converge in a seed
-(``converged: false``) is left out of that seed, and the seed is listed under ``excluded``.
+(``converged: false``) or whose predictions collapsed (``collapsed.flag``) is left out of that seed, and the
+seed is listed under ``excluded``. Reports are paired only when every sample they were computed on (``samples``:
+the images, attack, ROAD and sanity subsets) holds the same ids (:func:`topgap.eval.subsets.check_same_sample`).
 
 Example::
 
@@ -21,10 +23,11 @@ from ..io import atomic_write, write_json
 from .evaluate import flat_metrics
 from .report import _table
 from .stats import higher_is_better, over_runs, t_interval, verdict
+from .subsets import check_same_sample
 
 __all__ = ["combine_seeds", "seeds_markdown", "write_seeds_report", "read_reports", "register", "run"]
 
-KEY_METRICS = ("accuracy", "l1", "iou", "mass_in_mask", "pxap")
+KEY_METRICS = ("accuracy", "l1", "iou", "mass_in_mask", "pxap")  # map metrics also per protocol: "l1_paper", ...
 
 
 def _check_same_setup(results_list: list[dict]) -> list[str]:
@@ -40,12 +43,33 @@ def _check_same_setup(results_list: list[dict]) -> list[str]:
         if sorted(r.get("shifts") or {}) != sorted(first.get("shifts") or {}):
             raise ValueError(f"seed {i} has shift splits {sorted(r.get('shifts') or {})} but seed 0 has "
                              f"{sorted(first.get('shifts') or {})}; evaluate every seed with the same --shift-splits")
+        _check_samples(first.get("samples") or {}, r.get("samples") or {}, i)
     names = list(first["models"])
     for i, r in enumerate(results_list):
         for n in dict.fromkeys([*names, *r["models"]]):
             if n not in r["models"]:
                 raise ValueError(f"model {n!r} is missing from seed {i}'s report; every seed needs the same models")
     return names
+
+
+def _check_samples(first: dict, other: dict, i: int) -> None:
+    """ValueError unless seed i's report was computed on the same samples (ids, in order) as seed 0's."""
+    if sorted(first) != sorted(other):
+        raise ValueError(f"seed {i} records samples {sorted(other) or 'none'} but seed 0 {sorted(first) or 'none'}; "
+                         "evaluate every seed with the same options and version of topgap evaluate")
+    for purpose in first:
+        try:
+            check_same_sample(first[purpose], other[purpose])
+        except ValueError as e:
+            raise ValueError(f"seed {i} against seed 0: {e}") from None
+
+
+def _exclusion(m: dict) -> str | None:
+    """Why a model's entry of one seed is left out: not converged, or collapsed predictions; None to keep it."""
+    if m.get("converged") is False:
+        return m.get("convergence") or "not converged"
+    collapsed = m.get("collapsed") or {}
+    return f"collapsed: {collapsed.get('reason')}" if collapsed.get("flag") else None
 
 
 def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict:
@@ -62,8 +86,7 @@ def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict
     kept, models = {}, {}
     for n in names:
         entries = [r["models"][n] for r in results_list]
-        excluded = [{"seed_index": i, "reason": m.get("convergence") or "not converged"}
-                    for i, m in enumerate(entries) if m.get("converged") is False]
+        excluded = [{"seed_index": i, "reason": why} for i, m in enumerate(entries) if (why := _exclusion(m))]
         kept[n] = [i for i in range(len(entries)) if i not in {e["seed_index"] for e in excluded}]
         models[n] = {"kind": entries[0]["kind"], "k": entries[0]["k"], "seeds": kept[n],
                      "metrics": over_runs([flat_metrics(entries[i]) for i in kept[n]], ddof=1),
@@ -91,11 +114,13 @@ def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict
 
 
 def _key_metrics(combined: dict) -> list[str]:
-    """accuracy, l1, iou, mass in mask, PxAP, then shift accuracies, bg_gap and attack correct rates when present."""
+    """accuracy, l1, iou, mass in mask, PxAP (each per protocol), then shift accuracies, bg_gap and attack correct
+    rates when present."""
     present = {k for m in combined["models"].values() for k in m["metrics"]}
+    key = [k + s for k in KEY_METRICS for s in ("", "_paper", "_relu")]
     extra = [f"{s}_accuracy" for s in combined["shifts"]] + ["bg_gap"]
     extra += sorted(k for k in present if k.endswith("_correct"))
-    return [k for k in (*KEY_METRICS, *extra) if k in present]
+    return [k for k in (*key, *extra) if k in present]
 
 
 def _mean_std(v: dict | None) -> str:
@@ -126,7 +151,8 @@ def seeds_markdown(combined: dict) -> list[str]:
     out += [_table(["model", "metric", "seeds", f"mean diff vs {ref}", "95% interval", "verdict"], rows), ""]
     excluded = [f"- {n}, seed {e['seed_index']}: {e['reason']}" for n, m in combined["models"].items()
                 for e in m["excluded"]]
-    out += ["Excluded (did not converge in that seed):", "", *excluded] if excluded else ["No seed was excluded."]
+    out += ["Excluded (did not converge, or predictions collapsed, in that seed):", "", *excluded] if excluded \
+        else ["No seed was excluded."]
     return out
 
 

@@ -12,27 +12,41 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "higher_is_better", "paired_bootstrap", "t_interval", "verdict",
-           "mean_std", "over_runs"]
+COLLAPSE_SHARE = 0.9  # a model predicting one class for more than this share of the images has collapsed
+
+__all__ = ["COLLAPSE_SHARE", "BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "higher_is_better", "finite_mean", "paired_bootstrap", "t_interval",
+           "verdict", "mean_std", "over_runs"]
 
 BOOTSTRAP_SAMPLES = 2000
 LOWER_IS_BETTER = ("l1", "bg_gap")  # sparser maps; less reliance on the background
 OBJECT_FREE_SPLITS = ("only_bg", "no_fg")  # shift splits without the object (synth's only_bg; only_bg_t, no_fg)
+PROTOCOL_SUFFIXES = ("_paper", "_relu")  # map metrics per CAM protocol (topgap.cam.PROTOCOLS), e.g. "l1_paper"
 
 
 def higher_is_better(metric: str) -> bool:
-    """False for l1 (also "l1_gradcam"), bg_gap and the accuracy on splits without the object ("only_bg*",
-    "no_fg": how far the background alone predicts); True for every other accuracy, localisation and faithfulness
-    metric."""
-    name = metric.removesuffix("_gradcam")
+    """False for l1 (also "l1_gradcam", "l1_paper", "l1_relu"), bg_gap and the accuracy on splits without the object
+    ("only_bg*", "no_fg": how far the background alone predicts); True for every other accuracy, localisation and
+    faithfulness metric."""
+    name = metric
+    for suffix in PROTOCOL_SUFFIXES:
+        name = name.removesuffix(suffix)
+    name = name.removesuffix("_gradcam")
     if name.endswith("_accuracy") and name.removesuffix("_accuracy").startswith(OBJECT_FREE_SPLITS):
         return False
     return name not in LOWER_IS_BETTER
 
 
+def finite_mean(values) -> float | None:
+    """Mean of the finite values (None and NaN left out); None when there is none. The one mean of every summary."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)  # None becomes NaN
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else None
+
+
 def _mean(a: np.ndarray) -> float:
-    finite = a[np.isfinite(a)]
-    return float(finite.mean()) if finite.size else float("nan")
+    """:func:`finite_mean` as a bootstrap statistic: NaN instead of None."""
+    m = finite_mean(a)
+    return float("nan") if m is None else m
 
 
 def paired_bootstrap(a, b, statistic: Callable[[np.ndarray], float] = _mean, *, samples: int = BOOTSTRAP_SAMPLES,
@@ -97,8 +111,7 @@ def mean_std(values, ddof: int = 0) -> dict:
     """{"mean", "std", "n"} of the finite values; std with `ddof` (0: population, 1: sample), None for n <= ddof."""
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     v = v[np.isfinite(v)]
-    return {"mean": float(v.mean()) if len(v) else None, "std": float(v.std(ddof=ddof)) if len(v) > ddof else None,
-            "n": int(len(v))}
+    return {"mean": finite_mean(v), "std": float(v.std(ddof=ddof)) if len(v) > ddof else None, "n": int(len(v))}
 
 
 def over_runs(runs: list[dict], ddof: int = 0) -> dict:

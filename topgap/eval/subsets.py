@@ -69,11 +69,15 @@ def dataset_ids(dataset: Dataset) -> list[str]:
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
-    """Each item's label, from the dataset's ``labels`` (without decoding an image), through Subsets."""
+    """Each item's label, from the dataset's ``labels`` (without decoding an image), through Subsets; a dataset
+    without ``labels`` (in-memory test data) is read item by item."""
     base, indices = _base(dataset)
-    if not hasattr(base, "labels"):
-        raise TypeError(f"{type(base).__name__} has no `labels`; a class-stratified sample needs each item's label")
-    labels = [int(label) for label in base.labels]
+    try:
+        labels = [int(label) for label in base.labels] if hasattr(base, "labels") else \
+            [int(base[i]["label"]) for i in range(len(base))]
+    except (TypeError, KeyError, IndexError):
+        raise TypeError(f"{type(base).__name__} has no `labels` and its items no 'label'; a class-stratified sample "
+                        "needs each item's label") from None
     return labels if indices is None else [labels[i] for i in indices]
 
 

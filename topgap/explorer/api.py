@@ -54,8 +54,9 @@ class ExplainReport(TypedDict):
 class FamilyInfo(TypedDict):
     """One family: where it comes from ("local" or "hub"), whether its models are loaded, its trained k (empty for
     a Hub family not downloaded yet), class map size and classes once loaded (else None), and the figures of its
-    card.json (None without a card): {title, models: {name: {kind, k, accuracy, iou, pxap, mass_in_mask, l1,
-    road, white_box_rate, black_box_rate}}, verdicts}."""
+    card.json (None without a card): {title, models: {name: {kind, k, accuracy, collapsed, iou_paper, iou_relu,
+    pxap_*, mass_in_mask_*, l1_* (older cards: iou, pxap, mass_in_mask, l1), road, white_box_rate,
+    black_box_rate}}, verdicts} (:func:`topgap.explorer.card_view.card_figures`)."""
     name: str
     source: str
     default: bool

@@ -2,10 +2,12 @@
 
 Schema: {title, data, commands, hardware, training: {model: {kind, k, backbone, input_size, epochs,
 val_accuracy, train_seconds, recipe}}, verdicts: [{model, reference, metric, diff, low, high, verdict}],
-evaluation: {dataset, split, n_images, eps, postprocessing, attacks, selection, models: {model: {converged,
-clean: {accuracy}, shifts: {split: {accuracy}}, iou, pxap, mass_in_mask, l1, road, white_box_rate,
-black_box_rate}}}, plots: ["plots/x.png"]}.
-Missing keys show as "–"; the plots are returned as files of the family folder that exist.
+evaluation: {dataset, split, n_images, eps, protocols, cam_target, attacks, selection, models: {model: {converged,
+collapsed: {flag}, clean: {accuracy}, shifts: {split: {accuracy}}, iou_paper, iou_relu, pxap_paper, pxap_relu,
+mass_in_mask_paper, mass_in_mask_relu, l1_paper, l1_relu, road, white_box_rate, black_box_rate}}},
+plots: ["plots/x.png"]}. Cards written before the two CAM protocols hold one ``postprocessing`` and unsuffixed map
+figures (iou, pxap, mass_in_mask, l1); they are shown as such. Missing keys show as "–"; the plots are returned as
+files of the family folder that exist.
 """
 from __future__ import annotations
 
@@ -59,18 +61,45 @@ def load_card(folder: str | Path) -> dict | None:
     return card
 
 
-FIGURES = ("iou", "pxap", "mass_in_mask", "l1", "road", "white_box_rate", "black_box_rate")
+MAP_FIGURES = ("iou", "pxap", "mass_in_mask", "l1")  # each also per CAM protocol: "iou_paper", "iou_relu"
+PROTOCOLS = ("paper", "relu")  # topgap.cam.PROTOCOLS, named here so that the app's start skips the CAM stack
+FIGURES = (*MAP_FIGURES, *(f"{f}_{p}" for f in MAP_FIGURES for p in PROTOCOLS), "road", "white_box_rate",
+           "black_box_rate")
 
 
 def card_figures(card: dict) -> dict:
-    """The card's headline figures, machine-readable: {title, models: {name: {kind, k, accuracy, iou, pxap,
-    mass_in_mask, l1, road, white_box_rate, black_box_rate}}, verdicts} (missing figures are None)."""
+    """The card's headline figures, machine-readable: {title, models: {name: {kind, k, accuracy, collapsed, iou,
+    pxap, mass_in_mask, l1 (older cards), iou_paper, iou_relu, ..., l1_relu, road, white_box_rate, black_box_rate}},
+    verdicts} (missing figures are None)."""
     models = _get(card, "evaluation", "models") or {}
     num = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
     return {"title": card.get("title"),
             "models": {n: {"kind": m.get("kind"), "k": m.get("k"), "accuracy": num(_get(m, "clean", "accuracy")),
-                           **{f: num(m.get(f)) for f in FIGURES}} for n, m in models.items() if isinstance(m, dict)},
+                           "collapsed": bool(_get(m, "collapsed", "flag")), **{f: num(m.get(f)) for f in FIGURES}}
+                       for n, m in models.items() if isinstance(m, dict)},
             "verdicts": [v for v in card.get("verdicts") or [] if isinstance(v, dict)]}
+
+
+def _evaluation_table(ev: dict) -> list[str]:
+    """The card's evaluation table: accuracy, shifted accuracy, the map figures (under both CAM protocols side by
+    side, or an older card's one post-processing), ROAD and robustness, one row per model."""
+    models, shifts, eps = ev.get("models") or {}, list(ev.get("shifts") or {}), ev.get("eps")
+    suffixes = [f"_{p}" for p in PROTOCOLS] if ev.get("protocols") else [""]
+    names = {"iou": "IOU", "pxap": "PxAP", "mass_in_mask": "mass on object", "l1": "l1"}
+    maps = [(f + s, names[f] + s.replace("_", " ")) for f in MAP_FIGURES for s in suffixes]
+    how = (f"maps for the {'ground-truth' if ev.get('cam_target') == 'label' else 'predicted'} class, CAM protocols "
+           "paper and relu" if ev.get("protocols") else f"maps post-processed {ev.get('postprocessing', '?')}")
+    flag = lambda m: " ⚠ not converged" * (m.get("converged") is False) + " ⚠ collapsed" * bool(  # noqa: E731
+        _get(m, "collapsed", "flag"))
+    return [f"### Evaluation on {ev.get('dataset', '?')} / {ev.get('split', '?')} ({ev.get('n_images', '?')} images"
+            + (f", eps = {eps * 255:.0f}/255" if eps else "") + f", {how})", "",
+            _table(["model", "k", "accuracy", *(f"{s} acc." for s in shifts), *(h for _, h in maps), "ROAD",
+                    "white-box", "black-box"],
+                   [[n + flag(m), str(m.get("k") if m.get("k") is not None else "–"),
+                     _num(_get(m, "clean", "accuracy")), *(_num(_get(m, "shifts", s, "accuracy")) for s in shifts),
+                     *(_num(m.get(k)) for k, _ in maps),
+                     _num(m.get("road")), _num(m.get("white_box_rate")), _num(m.get("black_box_rate"))]
+                    for n, m in models.items()])]
 
 
 def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
@@ -97,20 +126,8 @@ def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
         parts += ["", "### Top-GAP against the baseline (95% intervals; better/worse only when 0 is outside)", "",
                   *([f"k chosen on the validation split: {picked}.", ""] if picked else []),
                   *map(_verdict, card["verdicts"])]
-    models = ev.get("models") or {}
-    if models:
-        eps = ev.get("eps")
-        shifts = list(ev.get("shifts") or {})
-        parts += ["", f"### Evaluation on {ev.get('dataset', '?')} / {ev.get('split', '?')} "
-                      f"({ev.get('n_images', '?')} images" + (f", eps = {eps * 255:.0f}/255" if eps else "") +
-                      f", maps post-processed {ev.get('postprocessing', '?')})", "",
-                  _table(["model", "k", "accuracy", *(f"{s} acc." for s in shifts), "IOU", "PxAP", "mass on object",
-                          "l1", "ROAD", "white-box", "black-box"],
-                         [[n + ("" if m.get("converged") is not False else " ⚠ not converged"),
-                           str(m.get("k") if m.get("k") is not None else "–"), _num(_get(m, "clean", "accuracy")),
-                           *(_num(_get(m, "shifts", s, "accuracy")) for s in shifts), _num(m.get("iou")),
-                           _num(m.get("pxap")), _num(m.get("mass_in_mask")), _num(m.get("l1")), _num(m.get("road")),
-                           _num(m.get("white_box_rate")), _num(m.get("black_box_rate"))] for n, m in models.items()])]
+    if ev.get("models"):
+        parts += ["", *_evaluation_table(ev)]
     training = card.get("training") or {}
     if training:
         parts += ["", "### Training", "", f"Hardware: {card.get('hardware') or '–'}.", "",
