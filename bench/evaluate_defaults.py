@@ -10,8 +10,6 @@ and written to bench/results/evaluate_defaults.json:
 
 The family defaults to the shipped pets family (3 breeds, 298 test images) and to models/synthetic-shapes when the
 pets data is absent (then --data must name that family's `topgap synth` data). The report goes to a temporary folder.
-Should the CLI's --attacks default differ from topgap.eval.evaluate.DEFAULT_ATTACKS, those are passed and the JSON
-says so under "overrides".
 """
 from __future__ import annotations
 
@@ -29,17 +27,6 @@ PETS = ROOT.parent / "shared" / "data" / "oxford-iiit-pet-3breeds"
 LIMIT_S = 600
 
 
-def overrides() -> list[str]:
-    """--attacks DEFAULT_ATTACKS when the CLI's default is another (heavy) list; [] when they agree."""
-    sys.path.insert(0, str(ROOT))
-    from topgap.eval.evaluate import DEFAULT_ATTACKS, register
-
-    sub = argparse.ArgumentParser().add_subparsers()
-    register(sub)
-    default = sub.choices["evaluate"].parse_args(["family", "--data", "d"]).attacks
-    return [] if list(default) == list(DEFAULT_ATTACKS) else ["--attacks", *DEFAULT_ATTACKS]
-
-
 def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", default=None, help="default models/oxford-pet-lite0 (models/synthetic-shapes without "
@@ -53,7 +40,7 @@ def main() -> dict:
     data = Path(args.data or PETS)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "topgap", "evaluate", str(family), "--data", str(data), "--split", "test",
-               "--select-split", "val", *overrides(), "--out", tmp]
+               "--select-split", "val", "--out", tmp]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         load = os.getloadavg()[0]
         start = time.perf_counter()
@@ -62,7 +49,7 @@ def main() -> dict:
         if run.returncode:
             sys.exit(f"topgap evaluate failed ({run.returncode}):\n{run.stderr[-3000:]}")
         results = json.loads((Path(tmp) / "results.json").read_text())
-    out = {"command": " ".join(["topgap", *cmd[3:-2]]), "overrides": overrides(), "family": family.name,
+    out = {"command": " ".join(["topgap", *cmd[3:-2]]), "family": family.name,
            "dataset": results["dataset"],
            "n_images": results["n_images"], "models": len(results["models"]), "threads": args.threads,
            "cpus": os.cpu_count(), "wall_s": round(wall, 1), "limit_s": LIMIT_S, "fits": wall <= LIMIT_S,
