@@ -402,9 +402,9 @@ def test_attack_tab_offers_both_pgd_rules_and_shows_steps_step_size_and_reach(ap
     sess = _image_session(app_module, files)[0]
     gallery, text = app_module.robustness("fam", sess, KS[1], "pgd", 8, "foolbox")
     assert len(gallery) == 4 and text.startswith("| model | clean | attacked | changed |")
-    assert f"| Foolbox: eps / 30 per step | {PGD_STEPS} | 0.267/255 = 0.00105 | 8/255 = 0.0314 |" in text
-    assert text.endswith("| no |\n\nThese steps cannot reach the edge of the eps range: the attack is weaker than its "
-                         "eps says.")
+    assert f"- step rule: Foolbox: eps / 30 per step\n- {PGD_STEPS} steps of 0.267/255 = 0.00105" in text
+    assert text.endswith("- reaches the eps boundary: no\n\nThese steps cannot reach the edge of the eps range: the "
+                         "attack is weaker than its eps says.")
     assert app_module.robustness("fam", sess, KS[1], "pgd", 8, "madry")[1].startswith("⚠️ unknown PGD step rule")
 
 

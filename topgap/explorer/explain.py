@@ -469,15 +469,16 @@ class AttackSetup:
         return reaches_boundary(self.alpha, self.eps, self.steps)
 
     def text(self) -> str:
-        """What the app prints under the result: a Markdown table of the settings (sizes in /255 and [0, 1] units),
-        and a warning when the steps cannot reach the boundary."""
+        """What the app prints under the result: the settings as a short list (sizes in /255 and [0, 1] units, so
+        that it wraps on a phone), and a warning when the steps cannot reach the boundary."""
         what = "PGD (random start)" if self.kind == "pgd" else "FGSM"
         rule = PGD_RULE_NAMES[self.rule] if self.rule else "one step of eps"
-        rows = [f"White-box {what} on each model's own prediction.", "",
-                "| step rule | steps | step size | eps | steps x step size | reaches the eps boundary |",
-                "|---|---|---|---|---|---|",
-                f"| {rule} | {self.steps} | {_units(self.alpha)} | {_units(self.eps)} | "
-                f"{self.steps * self.alpha * 255:.3g}/255 | {'yes' if self.reaches_boundary else 'no'} |"]
+        rows = [f"White-box {what} on each model's own prediction:", "",
+                f"- step rule: {rule}",
+                f"- {self.steps} step{'s' if self.steps > 1 else ''} of {_units(self.alpha)}, "
+                f"{self.steps * self.alpha * 255:.3g}/255 in all",
+                f"- eps: {_units(self.eps)}",
+                f"- reaches the eps boundary: {'yes' if self.reaches_boundary else 'no'}"]
         if not self.reaches_boundary:
             rows += ["", "These steps cannot reach the edge of the eps range: the attack is weaker than its eps says."]
         return "\n".join(rows)
