@@ -94,7 +94,10 @@ def test_without_a_selection_no_verdict_is_printed(flow, tmp_path):
     assert results["selection"] is None
     verdicts = {c["verdict"] for m in results["models"].values() for ref in (m.get("comparisons") or {}).values()
                 for c in ref.values()}
-    assert verdicts == {"no k chosen on validation data: descriptive only, no verdict"}
+    assert verdicts == {"descriptive"}
+    report = (out / "results.md").read_text()
+    assert "No k was chosen on validation data (`--select-split none`)" in report
+    assert not any(f"] {word}" in report for word in ("better", "worse", "no clear difference"))
 
 
 def test_k_is_chosen_on_val_by_one_rule(flow):

@@ -611,7 +611,7 @@ def select_models(results: dict) -> dict:
     return {"split": results["split"], "dataset": results["dataset"], "rule": rule, "by": by}
 
 
-NO_SELECTION = "no k chosen on validation data: descriptive only, no verdict"
+NO_SELECTION = "descriptive"  # the verdict of every comparison when no k was chosen on validation data
 TEST_LIKE = ("test",)  # a split whose name holds one of these is never used to choose
 
 

@@ -186,9 +186,13 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
         out += ["## Collapsed predictions (no verdicts, never averaged in)", "", *collapsed, ""]
     if results.get("selection"):
         s = results["selection"]
-        out += [f"## Model selection on {s['dataset']}/{s['split']}", "",
-                *(f"- by {c}: **{v['model']}** ({_fmt(v['value'])})" for c, v in s["by"].items()), ""]
-    out += ["## Verdicts against the baseline", "", *headline(results), ""]
+        out += [f"## Model selection on {s['dataset']}/{s['split']}", "", f"Rule: {s.get('rule', 'per criterion')}.",
+                "", *(f"- by {c}: **{v['model']}** ({_fmt(v['value'])})" for c, v in s["by"].items()), ""]
+    if "selection" in results and results["selection"] is None:
+        out += ["## Verdicts against the baseline", "", "No k was chosen on validation data (`--select-split none`): "
+                "the intervals below describe every k, and none of them is a verdict.", "", *headline(results), ""]
+    else:
+        out += ["## Verdicts against the baseline", "", *headline(results), ""]
     out += ["## Table 2: l1 sparsity of the CAM (lower is sparser)", "",
             "The baseline's row is GradCAM" + " (the same under every protocol)." * bool(results.get("protocols")), "",
             _map_table(results, "l1", "l1"), ""]
