@@ -198,3 +198,17 @@ def test_bad_arguments(device):
         cascading_randomisation(model, _cfg(), x * 3, torch.zeros(2, dtype=torch.long), protocol=PROTOCOL)
     with pytest.raises(ValueError, match="one target"):
         cascading_randomisation(model, _cfg(), x, torch.zeros(3, dtype=torch.long), protocol=PROTOCOL)
+
+
+def test_one_cascade_for_both_protocols_equals_one_run_each(device, one_thread):
+    from topgap.cam import PROTOCOLS
+    from topgap.eval.sanity import randomisation_by_protocol
+
+    torch.manual_seed(0)
+    net = TopGapNet("resnet18", num_classes=3, k=8, fpn_channels=16).to(device)
+    x, t = _images(2, 64, device)
+    both = randomisation_by_protocol(net, _cfg(), x, t, protocols=tuple(PROTOCOLS))
+    assert set(both) == set(PROTOCOLS)
+    for p in PROTOCOLS:
+        assert both[p] == cascading_randomisation(net, _cfg(), x, t, protocol=p)
+    assert both["paper"]["per_image"]["own"] != both["relu"]["per_image"]["own"]  # the SSIMs differ

@@ -50,3 +50,11 @@ def test_direction_of_each_metric():
     # without the object, a correct answer can only come from the background: less is better
     for m in ("l1", "l1_gradcam", "bg_gap", "only_bg_accuracy", "only_bg_t_accuracy", "no_fg_accuracy"):
         assert not higher_is_better(m), m
+
+
+def test_majority_is_the_most_predicted_class_and_its_share():
+    from topgap.eval.stats import majority
+
+    assert majority([2, 0, 2, 1]) == (2, 0.5)
+    assert majority([1, 0]) == (0, 0.5)  # a tie goes to the lower class
+    assert majority([3, 3, 3]) == (3, 1.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["topgap_loss", "loss_terms"]
+__all__ = ["topgap_loss", "loss_terms", "eq3"]
 
 
 def loss_terms(logits: torch.Tensor, class_maps: torch.Tensor | None, target: torch.Tensor,
@@ -37,7 +37,11 @@ def loss_terms(logits: torch.Tensor, class_maps: torch.Tensor | None, target: to
 def topgap_loss(logits: torch.Tensor, class_maps: torch.Tensor | None, target: torch.Tensor, lam: float = 1.0,
                 label_smoothing: float = 0.0) -> torch.Tensor:
     """CE_s + lam * mean|X| (eq. 3; the paper uses lam = 1 and no smoothing). See :func:`loss_terms`."""
+    return eq3(*loss_terms(logits, class_maps, target, label_smoothing), lam)
+
+
+def eq3(ce: torch.Tensor, l1: torch.Tensor, lam: float) -> torch.Tensor:
+    """CE_s + lam * mean|X| from :func:`loss_terms` (training calls this with the warmed-up lam_t)."""
     if lam < 0:
         raise ValueError(f"lam must be >= 0 (got {lam})")
-    ce, l1 = loss_terms(logits, class_maps, target, label_smoothing)
     return ce + lam * l1 if lam else ce

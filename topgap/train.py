@@ -45,10 +45,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CONFIG, build_model, save_model
 from .config import ModelConfig, ablation_configs
-from .eval.stats import COLLAPSE_SHARE
+from .eval.stats import COLLAPSE_SHARE, majority
 from .eval.subsets import base_dataset, dataset_ids, dataset_labels
 from .io import atomic_write, write_json
-from .loss import loss_terms
+from .loss import eq3, loss_terms
 from .model import Normalize, TopGapNet
 
 if TYPE_CHECKING:  # accelerate is imported where it is used, so that `topgap --help` stays light
@@ -346,19 +346,17 @@ def _load_resume(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, epo
     return meta
 
 
-def _evaluate(acc: Accelerator, net: nn.Module, loader: DataLoader, num_classes: int) -> dict[str, float]:
+def _evaluate(acc: Accelerator, net: nn.Module, loader: DataLoader) -> dict[str, float]:
     """{"val_accuracy", "val_majority_share": the largest share of the images predicted as one class}."""
     net.eval()
-    counts = torch.zeros(num_classes, dtype=torch.long)
-    correct = 0
+    preds, correct = [], 0
     with torch.no_grad():
         for batch in loader:
             logits, _ = net(batch["image"])
             pred, y = acc.gather_for_metrics((logits.argmax(1), batch["label"]))
             correct += int((pred == y).sum())
-            counts += torch.bincount(pred.cpu(), minlength=num_classes)
-    total = max(1, int(counts.sum()))
-    return {"val_accuracy": correct / total, "val_majority_share": int(counts.max()) / total}
+            preds += pred.tolist()
+    return {"val_accuracy": correct / max(1, len(preds)), "val_majority_share": majority(preds)[1]}
 
 
 def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str | Path, *,
@@ -431,7 +429,7 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
             with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 logits, maps = net(x)
                 ce, l1 = loss_terms(logits, maps, y, recipe.label_smoothing)
-                loss = ce + lam * l1 if lam else ce
+                loss = eq3(ce, l1, lam)
             # sums over all processes of (loss, CE, correct, images): one all-reduce, the same on every process
             n = loss.new_tensor(len(y), dtype=torch.float64)
             step_sums = acc.reduce(torch.stack([loss.detach().double() * n, ce.detach().double() * n,
@@ -455,7 +453,7 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
                  "seconds": round(time.perf_counter() - t0, 2)}
         if val_set is not None and len(val_set):
             entry |= _evaluate(acc, net, acc.prepare_data_loader(
-                DataLoader(val_set, batch_size=recipe.batch_size, num_workers=recipe.workers)), cfg.num_classes)
+                DataLoader(val_set, batch_size=recipe.batch_size, num_workers=recipe.workers)))
         log.append(entry)
         acc.print(f"{out.name} {label} epoch {epoch + 1}: " + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k != "epoch"))

@@ -71,7 +71,6 @@ import json
 import math
 import sys
 import time
-from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -88,7 +87,8 @@ from .attacks import CURVE_RULE, CURVE_STEPS, PGD_RULES
 from .attacks import eps_curve as _eps_curve
 from .attacks import gradient_masking_flag, outcomes, predict, run_attack, transfer_examples, with_rates, wrap01
 from .faithfulness import IMPUTERS, ROAD_PERCENTILES, road_scores
-from .stats import BOOTSTRAP_SAMPLES, COLLAPSE_SHARE, finite_mean, higher_is_better, over_runs, paired_bootstrap, verdict
+from .stats import (BOOTSTRAP_SAMPLES, COLLAPSE_SHARE, finite_mean, higher_is_better, majority, over_runs,
+                    paired_bootstrap, verdict)
 from .subsets import dataset_labels, sample_record, stratified_indices
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "EPS_CURVE", "CAM_TARGETS", "evaluate_family", "draw_samples", "collapse",
@@ -240,8 +240,8 @@ def collapse(pred: list[int], correct: list[bool], class_names: list[str]) -> di
     """
     if not pred:
         return {"flag": False, "reason": None, "majority_share": None, "majority_class": None}
-    cls, count = Counter(pred).most_common(1)[0]
-    share, acc, chance = count / len(pred), sum(correct) / len(pred), 1 / len(class_names)
+    cls, share = majority(pred)
+    acc, chance = sum(correct) / len(pred), 1 / len(class_names)
     reason = None
     if share > COLLAPSE_SHARE:
         reason = f"predicts {class_names[cls]} for {share:.0%} of the images (> {COLLAPSE_SHARE:.0%})"
@@ -445,14 +445,15 @@ def _attack_pass(nets, tallies, dataset, idx: list[int], sur01, opts) -> None:
 def _sanity_pass(models, nets, dataset, idx: list[int], opts) -> dict[str, dict]:
     """{model: {protocol: :func:`topgap.eval.sanity.cascading_randomisation`}} on the sanity sample, for the maps'
     target classes."""
-    from .sanity import cascading_randomisation
+    from .sanity import randomisation_by_protocol
 
     x, y, _, _ = _unpack(next(iter(DataLoader(dataset, batch_sampler=[idx]))), opts["device"])
     out = {}
     for n, (model, cfg) in tqdm(models.items(), desc="sanity", disable=not opts["progress"], unit="model"):
         targets = y if opts["cam_target"] == "label" else predict(nets[n], x)
-        out[n] = {p: cascading_randomisation(model, cfg, x, targets, protocol=p, cam_method=opts["cam_method"],
-                                             seed=opts["seed"], batch_size=opts["batch_size"]) for p in PROTOCOLS}
+        out[n] = randomisation_by_protocol(model, cfg, x, targets, protocols=tuple(PROTOCOLS),
+                                           cam_method=opts["cam_method"], seed=opts["seed"],
+                                           batch_size=opts["batch_size"])
     return out
 
 

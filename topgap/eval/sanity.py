@@ -50,7 +50,7 @@ from ..model import Normalize, TopGapNet
 from .stats import finite_mean
 
 __all__ = ["THRESHOLD", "FLAG_METRIC", "FLAG_STAGE", "spearman", "ssim", "randomisation_stages", "randomise_",
-           "postprocessing_modes", "cascading_randomisation"]
+           "postprocessing_modes", "cascading_randomisation", "randomisation_by_protocol"]
 
 THRESHOLD = 0.5  # mean spearman_abs after randomising the head >= THRESHOLD => the map survives (flagged)
 FLAG_METRIC, FLAG_STAGE = "spearman_abs", "head"
@@ -273,31 +273,44 @@ def cascading_randomisation(model: nn.Module, cfg: ModelConfig, x01: torch.Tenso
     an initialiser, left as trained), "n", "size", "protocol", "postprocessing" (mode per map), "cam_method",
     "seed". The post-hoc CAM's backward pass stops at its layer (:func:`topgap.cam.baseline_cam`).
     """
+    return randomisation_by_protocol(model, cfg, x01, targets, protocols=(protocol,), cam_method=cam_method,
+                                     seed=seed, batch_size=batch_size)[protocol]
+
+
+def randomisation_by_protocol(model: nn.Module, cfg: ModelConfig, x01: torch.Tensor, targets: torch.Tensor, *,
+                              protocols, cam_method: str = "gradcam", seed: int = 0,
+                              batch_size: int = 32) -> dict[str, dict]:
+    """{protocol: :func:`cascading_randomisation`'s result} from one cascade: the maps of the randomised models are
+    computed once, since only the SSIM's post-processing differs between protocols."""
     targets = torch.as_tensor(targets, dtype=torch.long)
-    _check(x01, targets, protocol, cam_method)
+    for protocol in protocols:
+        _check(x01, targets, protocol, cam_method)
     work = copy.deepcopy(model)
     param = next(work.parameters())
     xn = Normalize(cfg.mean, cfg.std).to(param.device)(x01.to(param.device, param.dtype))
     targets = targets.to(param.device)
-    size = tuple(x01.shape[-2:])
     original = _raw_maps(work, xn, targets, cam_method, batch_size)
-    stages, modes = randomisation_stages(work), postprocessing_modes(protocol)
-    per_image = {k: {} for k in original}
-    reinit, kept = {}, []
+    stages = randomisation_stages(work)
+    steps, reinit, kept = [], {}, []
     for step, (name, modules) in enumerate(stages):
         kept += randomise_(modules, _stage_seed(seed, step))
         reinit[name] = sum(p.numel() for m in modules for p in m.parameters(recurse=False))
-        maps = _raw_maps(work, xn, targets, cam_method, batch_size)
-        for k in original:
-            per_image[k][name] = _compare(original[k], maps[k], size, modes[k])
+        steps.append((name, _raw_maps(work, xn, targets, cam_method, batch_size)))
+    common = {"stages": [n for n, _ in stages], "reinitialised": reinit, "kept": kept, "n": len(x01),
+              "size": list(x01.shape[-2:]), "cam_method": cam_method, "seed": seed}
+    return {p: _summary(original, steps, postprocessing_modes(p), common) | {"protocol": p} for p in protocols}
+
+
+def _summary(original: dict, steps: list, modes: dict, common: dict) -> dict:
+    """One protocol's result: per-image and mean comparisons of every step's maps with the original, and flags."""
+    size = tuple(common["size"])
+    per_image = {k: {name: _compare(original[k], maps[k], size, modes[k]) for name, maps in steps} for k in original}
     means = {k: {s: {m: finite_mean(v[m]) for m in METRICS} for s, v in per_image[k].items()} for k in per_image}
     flag = {k: None if means[k][FLAG_STAGE][FLAG_METRIC] is None else means[k][FLAG_STAGE][FLAG_METRIC] >= THRESHOLD
             for k in means}
-    return {"stages": [n for n, _ in stages], "own": means.get("own"), "gradcam": means["gradcam"],
+    return {**common, "own": means.get("own"), "gradcam": means["gradcam"],
             "flagged": {"own": flag.get("own"), "gradcam": flag["gradcam"]},
             "threshold": {"metric": FLAG_METRIC, "stage": FLAG_STAGE, "value": THRESHOLD,
                           "rule": f"flagged when the mean {FLAG_METRIC} over images after randomising the "
                                   f"{FLAG_STAGE} is >= {THRESHOLD}"},
-            "per_image": per_image, "reinitialised": reinit, "kept": kept, "n": len(x01), "size": list(size),
-            "protocol": protocol, "postprocessing": {k: modes[k] for k in original}, "cam_method": cam_method,
-            "seed": seed}
+            "per_image": per_image, "postprocessing": {k: modes[k] for k in original}}

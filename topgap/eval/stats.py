@@ -14,7 +14,7 @@ import numpy as np
 
 COLLAPSE_SHARE = 0.9  # a model predicting one class for more than this share of the images has collapsed
 
-__all__ = ["COLLAPSE_SHARE", "BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "higher_is_better", "finite_mean", "paired_bootstrap", "t_interval",
+__all__ = ["COLLAPSE_SHARE", "majority", "BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "higher_is_better", "finite_mean", "paired_bootstrap", "t_interval",
            "verdict", "mean_std", "over_runs"]
 
 BOOTSTRAP_SAMPLES = 2000
@@ -34,6 +34,13 @@ def higher_is_better(metric: str) -> bool:
     if name.endswith("_accuracy") and name.removesuffix("_accuracy").startswith(OBJECT_FREE_SPLITS):
         return False
     return name not in LOWER_IS_BETTER
+
+
+def majority(pred) -> tuple[int, float]:
+    """(the class predicted most often, the share of the predictions it takes), ties to the lower class: the
+    statistic of the collapse rule (more than COLLAPSE_SHARE of the images in one class)."""
+    counts = np.bincount(np.asarray(pred, dtype=np.int64).reshape(-1))
+    return int(counts.argmax()), float(counts.max() / counts.sum())
 
 
 def finite_mean(values) -> float | None:
