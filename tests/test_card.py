@@ -1,7 +1,8 @@
 import json
 
 from topgap import ModelConfig, build_model, save_model
-from topgap.eval.card import verdicts, write_card
+from topgap.eval.card import card_markdown, write_card
+from topgap.eval.claims import comparisons, render_claims
 from topgap.io import write_json
 
 
@@ -39,15 +40,6 @@ RESULTS = {"dataset": "fake", "split": "test", "n_images": 10, "eps": 1 / 255, "
                "baseline": model_result("baseline", None, 0.9, 0.4, 0.3)}}
 
 
-def test_verdicts_list_the_model_chosen_on_validation_with_its_intervals():
-    rows = verdicts(RESULTS)
-    assert {r["model"] for r in rows} == {"k16"}  # the selection, not the best on test
-    acc = next(r for r in rows if r["metric"] == "accuracy")
-    assert (acc["diff"], acc["low"], acc["high"], acc["verdict"]) == (-0.1, -0.3, 0.1, "no clear difference")
-    unselected = {**RESULTS, "selection": None}
-    assert {r["model"] for r in verdicts(unselected)} == {"k4", "k16", "k64"}
-
-
 def test_card_files(tmp_path):
     fam = tmp_path / "fam"
     for name, kind, k in (("k4", "topgap", 4), ("k16", "topgap", 16), ("baseline", "baseline", None)):
@@ -59,12 +51,14 @@ def test_card_files(tmp_path):
     (report / "plots" / "iou.png").write_bytes(b"\x89PNG fake")
     write_card(fam, report, title="Fake zoo", data_note="Made up.", commands=["topgap train ..."])
     text = (fam / "README.md").read_text()
-    assert "**k16** (chosen on val by accuracy) minus baseline" in text and "topgap train ..." in text
-    assert "accuracy: -0.100 [-0.300, +0.100] no clear difference" in text
-    assert "**k64** did not converge (final train loss at chance level)" in text
-    assert "![iou](plots/iou.png)" in text and (fam / "plots" / "iou.png").exists()
     card = json.loads((fam / "card.json").read_text())
+    assert card_markdown(card) == text  # the README is a function of card.json alone: topgap claims checks it
+    assert f"<!-- claims: card.json#/evaluation -->\n{render_claims(RESULTS)}\n<!-- /claims -->" in text
+    assert "| k4 | k16 (chosen) | k64 |" in text and "not converged: no verdict" in text
+    assert "topgap train ..." in text and "Total training time 3.0 min." in text
+    assert "![iou](plots/iou.png)" in text and (fam / "plots" / "iou.png").exists()
     assert card["evaluation"] == RESULTS and set(card["training"]) == {"k4", "k16", "baseline"}
+    assert card["verdicts"] == comparisons(RESULTS) and card["training_minutes"] == 3.0
 
 
 def test_a_card_of_both_protocols_shows_them_side_by_side_and_flags_a_collapsed_model(tmp_path):

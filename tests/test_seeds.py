@@ -27,7 +27,8 @@ def seed_results(acc: dict, iou: dict | None = None, l1: dict | None = None, con
             m["bg_gap"] = bg[n][0] - bg[n][1]
         models[n] = m
     shifts = {s: {"dataset": "fake", "split": s, "n_images": 10} for s in ("mixed_same", "mixed_rand")} if bg else {}
-    return {**RESULTS, "selection": None, "shifts": shifts, "models": models, **top}
+    selection = {"dataset": "fake", "split": "val", "by": {"accuracy, then IOU": {"model": "k16", "value": 0.9}}}
+    return {**RESULTS, "selection": selection, "shifts": shifts, "models": models, **top}
 
 
 def three_seeds() -> list[dict]:
@@ -167,3 +168,21 @@ def test_card_gets_the_seeds_section_only_when_asked(tmp_path, capsys):
     assert main(card) == 0
     assert "Across seeds" not in (fam / "README.md").read_text()
     assert "seeds" not in json.loads((fam / "card.json").read_text())
+
+
+def test_the_seeds_record_their_choice_and_without_one_no_verdict():
+    seeds = three_seeds()
+    c = combine_seeds(seeds)
+    assert c["selected"] == ["k16", "k16", "k16"] and c["cam_target"] == seeds[0].get("cam_target")
+    for r in seeds:
+        r["selection"] = None  # topgap evaluate --select-split none
+    c = combine_seeds(seeds)
+    assert c["selected"] == [None] * 3
+    assert {d["verdict"] for d in c["differences"]["k16"].values()} == {"descriptive"}
+
+
+def test_seeds_of_different_cam_targets_are_not_combined():
+    seeds = three_seeds()
+    seeds[1]["cam_target"] = "predicted"
+    with pytest.raises(ValueError, match="cam_target"):
+        combine_seeds(seeds)

@@ -123,6 +123,14 @@ def test_control_is_the_same_head_with_gap_and_no_l1():
     assert (c.kind, c.k, c.lam, c.fpn, c.fpn_channels) == ("topgap", None, 0.0, True, tiny_cfg().fpn_channels)
 
 
+def test_a_bare_k_trains_no_topgap_model():
+    from topgap.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d", "--k", "--control"])
+    assert args.k == [] and list(family_configs(tiny_cfg(), args.k, control=args.control)) == ["fpn-gap"]
+    assert build_parser().parse_args(["train", "--data", "d"]).k == [64]
+
+
 def test_ablation_family_names():
     configs = family_configs(tiny_cfg(), [16], ablation=True)
     assert len(configs) == 9 and "ablation-fpn+l1+topgap" in configs and configs["ablation-plain"].k is None

@@ -616,7 +616,8 @@ def register(subparsers) -> None:
     m = p.add_argument_group("models")
     m.add_argument("--out", help="family folder: one model folder per k, baseline, ablation; required")
     m.add_argument("--backbone", default="resnet18", help="any timm CNN with features_only, or preact_resnet18")
-    m.add_argument("--k", type=int, nargs="+", default=[64], help="Top-GAP k values, one model each")
+    m.add_argument("--k", type=int, nargs="*", default=[64], help="Top-GAP k values, one model each; a bare "
+                   "--k trains none (e.g. --k --control)")
     m.add_argument("--baseline", action="store_true", help="also train the unmodified timm model")
     m.add_argument("--control", action="store_true", help="also train fpn-gap: the same FPN head with plain GAP, "
                                                            "no l1 (separates high-resolution maps from Top-GAP)")

@@ -2,10 +2,11 @@
 
 Everything on the card comes from the family's own files: each model's config.json (recipe, training
 time) and train_log.json, an evaluation report written by ``topgap evaluate`` (results.json and its
-plots) and, optionally, the recipe across seeds from ``topgap seeds`` (seeds.json). The card states plainly,
-metric by metric, whether a Top-GAP model (the ones chosen on validation data when the report has a selection)
-beats the baseline, with the 95% interval behind each verdict, map metrics under both CAM protocols; a model whose
-training did not converge or whose predictions collapsed is flagged and never judged.
+plots) and, optionally, the recipe across seeds from ``topgap seeds`` (seeds.json). Its claims are
+:mod:`topgap.eval.claims`' rendering: every comparison of every model with the baseline, better and worse alike,
+under both CAM protocols, with the 95% interval behind each verdict; a model whose training did not converge or
+whose predictions collapsed is flagged and never judged. README.md is a function of card.json alone
+(:func:`card_markdown`), which ``topgap claims`` checks.
 """
 from __future__ import annotations
 
@@ -14,34 +15,21 @@ import json
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..checkpoint import family_members, read_config
 from ..io import atomic_write, write_json
-from .report import headline, markdown_report
+from .claims import comparisons, render_claims
+from .report import markdown_report
 from .seeds import seeds_markdown
 
-__all__ = ["verdicts", "write_card", "register"]
+__all__ = ["card_markdown", "claims_block", "write_card", "register"]
 
-def verdicts(results: dict) -> list[dict[str, Any]]:
-    """Every interval-backed comparison of a Top-GAP model with the baseline, as flat rows for the card.
 
-    Only the models chosen on the validation split are listed when the results carry a selection, else
-    every converged Top-GAP model with a k. Rows: {"model", "reference", "metric", "diff", "low", "high",
-    "verdict"}; the verdict says better/worse only when the 95% interval excludes 0.
-    """
-    models = results["models"]
-    base = next((n for n, m in models.items() if m["kind"] == "baseline"), None)
-    chosen = [v["model"] for v in (results.get("selection") or {}).get("by", {}).values()]
-    names = list(dict.fromkeys(chosen)) or [n for n, m in models.items() if m["kind"] == "topgap" and m["k"] is not None]
-    rows = []
-    for n in names:
-        for metric, c in ((models[n].get("comparisons") or {}).get(base) or {}).items():
-            rows.append({"model": n, "reference": base, "metric": metric, "diff": c["diff"], "low": c["low"],
-                         "high": c["high"], "verdict": c["verdict"]})
-    return rows
+def claims_block(source: str, data: dict) -> list[str]:
+    """The rendered claims of `data` between the markers that ``topgap claims`` checks (source: where it reads)."""
+    return [f"<!-- claims: {source} -->", render_claims(data), "<!-- /claims -->"]
 
 
 def _read_seeds(folder: str | Path) -> dict:
@@ -51,9 +39,31 @@ def _read_seeds(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def card_markdown(card: dict) -> str:
+    """README.md of a family from its card.json alone, so that ``topgap claims`` can check one against the other."""
+    results, seeds, training = card["evaluation"], card.get("seeds") or [], card["training"]
+    rows = [f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
+            f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |" for n, t in training.items()]
+    across = [line for i, s in enumerate(seeds) for line in (*seeds_markdown(s), "", "Against the baseline:", "",
+                                                               *claims_block(f"card.json#/seeds/{i}", s), "")]
+    return "\n".join([
+        f"# {card['title']}", "", "<!-- figures: card.json -->", "",
+        "## Data", "", card["data"], "",
+        *(["## Across seeds (mean ± std)", "", *across] if seeds else []),
+        "## How Top-GAP compares with the baseline" + (" (seed 0)" if seeds else ""), "",
+        *claims_block("card.json#/evaluation", results), "",
+        "## Reproduce", "", "```", *card["commands"], "```", "",
+        "## Training", "", f"Hardware: {card['hardware']}. Total training time {card['training_minutes']:.1f} min.", "",
+        "| model | kind | k | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|", *rows, "",
+        "## Evaluation", markdown_report(results, card["title"]).split("\n", 1)[1], "",  # without its own title
+        "## Plots", "", *(f"![{Path(p).stem}]({p})" for p in card["plots"]), "",
+    ])
+
+
 def write_card(family: str | Path, report: str | Path, *, title: str, data_note: str, commands: list[str],
                hardware: str | None = None, seeds_reports: list[str | Path] = ()) -> list[Path]:
-    """Write README.md, card.json and plots/ into the family folder from the evaluation `report` folder.
+    """Write card.json, README.md (:func:`card_markdown` of it) and plots/ into the family folder from the
+    evaluation `report` folder.
 
     `seeds_reports`: folders written by ``topgap seeds`` (e.g. the test split and a shifted benchmark); each adds
     its tables under "Across seeds (mean ± std)" and its seeds.json to the list card.json["seeds"].
@@ -69,30 +79,13 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
     hardware = hardware or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
     for plot in sorted((report / "plots").glob("*.png")):
         atomic_write(family / "plots" / plot.name, lambda tmp, plot=plot: shutil.copyfile(plot, tmp))
-    judged = verdicts(results)
     card = {"title": title, "data": data_note, "commands": commands, "hardware": hardware, "training": training,
-            "verdicts": judged, "evaluation": results,
+            "training_minutes": round(sum(t.get("train_seconds", 0) for t in training.values()) / 60, 1),
+            "verdicts": comparisons(results), "evaluation": results,
             "plots": [f"plots/{p.name}" for p in sorted((family / "plots").glob("*.png"))]}
     if seeds:
         card["seeds"] = seeds
-    total = sum(t.get("train_seconds", 0) for t in training.values())
-    rows = "\n".join(f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
-                     f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |"
-                     for n, t in training.items())
-    tables = markdown_report(results, title).split("\n", 1)[1]  # drop its own title
-    text = "\n".join([
-        f"# {title}", "",
-        "## Data", "", data_note, "",
-        *(["## Across seeds (mean ± std)", "", *[line for s in seeds for line in (*seeds_markdown(s), "")]]
-          if seeds else []),
-        "## How Top-GAP compares with the baseline", "",
-        *headline(results), "",
-        "## Reproduce", "", "```", *commands, "```", "",
-        "## Training", "", f"Hardware: {hardware}. Total training time {total / 60:.1f} min.", "",
-        "| model | kind | k | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|", rows, "",
-        "## Evaluation", tables, "",
-        "## Plots", "", *(f"![{Path(p).stem}]({p})" for p in card["plots"]), "",
-    ])
+    text = card_markdown(card)
     return [atomic_write(family / "README.md", lambda tmp: Path(tmp).write_text(text)),
             write_json(family / "card.json", card)]
 

@@ -87,8 +87,8 @@ from .attacks import CURVE_RULE, CURVE_STEPS, PGD_RULES
 from .attacks import eps_curve as _eps_curve
 from .attacks import gradient_masking_flag, outcomes, predict, run_attack, transfer_examples, with_rates, wrap01
 from .faithfulness import IMPUTERS, ROAD_PERCENTILES, road_scores
-from .stats import (BOOTSTRAP_SAMPLES, COLLAPSE_SHARE, finite_mean, higher_is_better, majority, over_runs,
-                    paired_bootstrap, verdict)
+from .stats import (BOOTSTRAP_SAMPLES, COLLAPSE_SHARE, MAP_METRICS, finite_mean, higher_is_better, majority,
+                    over_runs, paired_bootstrap, verdict)
 from .subsets import dataset_labels, sample_record, stratified_indices
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "EPS_CURVE", "CAM_TARGETS", "evaluate_family", "draw_samples", "collapse",
@@ -98,7 +98,6 @@ ATTACKS = ("fgsm", "pgd", "autoattack", "square", "transfer")
 DEFAULT_ATTACKS = ("fgsm", "pgd")  # AutoAttack and Square cost minutes per 224 px image on a CPU: on request
 WHITE_BOX, BLACK_BOX = ("fgsm", "pgd", "autoattack"), ("square", "transfer")
 EPS_CURVE = (1 / 255, 8 / 255, 64 / 255)  # short: each budget attacks the survivors only; 64/255 must reach 0
-MAP_METRICS = ("l1", "iou", "mass_in_mask", "pxap", "maxboxacc_v2")  # each as "_paper", "_relu" and "_gradcam"
 CAM_TARGETS = ("label", "predicted")
 CHANCE_MARGIN = 0.05  # see collapse()
 PROTOCOL_TEXT = {"paper": "own CAM: min-max of the raw class map (section 3.1, Fig. 2); GradCAM: pytorch-grad-cam's "

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..io import atomic_write, write_json
+from .claims import render_claims
 from .stats import higher_is_better
 
-__all__ = ["markdown_report", "write_report", "write_cv_report", "headline"]
+__all__ = ["markdown_report", "write_report", "write_cv_report"]
 
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -65,38 +66,6 @@ def _protocols(results: dict) -> list[tuple[str, str]]:
 
 def _cmp(m: dict, ref: str | None, metric: str) -> dict | None:
     return ((m.get("comparisons") or {}).get(ref) or {}).get(metric) if ref else None
-
-
-def headline(results: dict) -> list[str]:
-    """Plain sentences: each selected (or every) converged Top-GAP model against the baseline, interval-backed."""
-    base, ours = _parts(results)
-    if base is None:
-        return ["No baseline in this family: no comparison."]
-    chosen = {v["model"]: c for c, v in (results.get("selection") or {}).get("by", {}).items()}
-    names = list(chosen) or [n for n, m in ours.items() if m["k"] is not None]
-    names += [n for n, m in ours.items() if m.get("converged") is False]
-    names += [n for n, m in ours.items() if _collapsed(m)]
-    labels = {"accuracy": "clean accuracy", "l1": "l1 sparsity (lower is better)", "iou": "IOU",
-              "pxap": "PxAP", "maxboxacc_v2": "MaxBoxAccV2", "mass_in_mask": "mass in mask",
-              "road": "ROAD faithfulness"}
-    label = lambda k: next((f"{labels[k.removesuffix(s)]} ({p})" for p, s in _protocols(results)  # noqa: E731
-                            if s and k.endswith(s) and k.removesuffix(s) in labels), labels.get(k, k.replace("_", " ")))
-    lines = []
-    for n in dict.fromkeys(names):
-        m = ours.get(n)
-        if m is None:
-            continue
-        if m.get("converged") is False:
-            lines.append(f"- **{n}** did not converge ({m['convergence']}): left out of every verdict.")
-            continue
-        if _collapsed(m):
-            lines.append(f"- **{n}**: predictions collapsed ({m['collapsed']['reason']}): left out of every verdict.")
-            continue
-        why = f" (chosen on {results['selection']['split']} by {chosen[n]})" if n in chosen else ""
-        cmp = (m.get("comparisons") or {}).get(base, {})
-        parts = [f"{label(k)}: {_ci(c)}" for k, c in cmp.items()]
-        lines.append(f"- **{n}**{why} minus baseline, 95% interval: " + "; ".join(parts))
-    return lines
 
 
 def _settings_text(results: dict) -> str:
@@ -188,11 +157,7 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
         s = results["selection"]
         out += [f"## Model selection on {s['dataset']}/{s['split']}", "", f"Rule: {s.get('rule', 'per criterion')}.",
                 "", *(f"- by {c}: **{v['model']}** ({_fmt(v['value'])})" for c, v in s["by"].items()), ""]
-    if "selection" in results and results["selection"] is None:
-        out += ["## Verdicts against the baseline", "", "No k was chosen on validation data (`--select-split none`): "
-                "the intervals below describe every k, and none of them is a verdict.", "", *headline(results), ""]
-    else:
-        out += ["## Verdicts against the baseline", "", *headline(results), ""]
+    out += ["## Verdicts against the baseline", "", render_claims(results), ""]
     out += ["## Table 2: l1 sparsity of the CAM (lower is sparser)", "",
             "The baseline's row is GradCAM" + " (the same under every protocol)." * bool(results.get("protocols")), "",
             _map_table(results, "l1", "l1"), ""]

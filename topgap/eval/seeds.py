@@ -4,9 +4,9 @@ Each report is the results.json that ``topgap evaluate`` wrote for one seed's fa
 dataset and split. Per model and metric (:func:`topgap.eval.evaluate.flat_metrics`): mean, sample std
 (ddof=1) and the values over seeds. Per model other than the reference: the difference model − reference
 within each seed, its mean and a 95% Student-t interval over seeds (:func:`topgap.eval.stats.t_interval`),
-with a verdict only when the interval excludes 0. A model whose training did not converge in a seed
-(``converged: false``) or whose predictions collapsed (``collapsed.flag``) is left out of that seed, and the
-seed is listed under ``excluded``. Reports are paired only when every sample they were computed on (``samples``:
+with a verdict only when the interval excludes 0 ("descriptive" when no report chose a k on validation
+data). A model whose training did not converge in a seed (``converged: false``) or whose predictions collapsed
+(``collapsed.flag``) is left out of that seed, and the seed is listed under ``excluded``. Reports are paired only when every sample they were computed on (``samples``:
 the images, attack, ROAD and sanity subsets) holds the same ids (:func:`topgap.eval.subsets.check_same_sample`).
 
 Example::
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from ..io import atomic_write, write_json
-from .evaluate import flat_metrics
+from .evaluate import NO_SELECTION, flat_metrics
 from .report import _table
 from .stats import higher_is_better, over_runs, t_interval, verdict
 from .subsets import check_same_sample
@@ -36,9 +36,9 @@ def _check_same_setup(results_list: list[dict]) -> list[str]:
         raise ValueError(f"at least 2 seeds are needed for a std; got {len(results_list)} report(s)")
     first = results_list[0]
     for i, r in enumerate(results_list[1:], 1):
-        for key in ("dataset", "split"):
-            if r[key] != first[key]:
-                raise ValueError(f"seed {i} was evaluated on {key} {r[key]!r} but seed 0 on {first[key]!r}; "
+        for key in ("dataset", "split", "cam_target"):
+            if r.get(key) != first.get(key):
+                raise ValueError(f"seed {i} was evaluated on {key} {r.get(key)!r} but seed 0 on {first.get(key)!r}; "
                                  "combine reports of one dataset and split only")
         if sorted(r.get("shifts") or {}) != sorted(first.get("shifts") or {}):
             raise ValueError(f"seed {i} has shift splits {sorted(r.get('shifts') or {})} but seed 0 has "
@@ -75,7 +75,8 @@ def _exclusion(m: dict) -> str | None:
 def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict:
     """Combine the results of one recipe trained with several seeds (one results dict per seed, seed i = index i).
 
-    Returns {"dataset", "split", "shifts", "n_seeds", "n_images": [per seed], "reference",
+    Returns {"dataset", "split", "shifts", "n_seeds", "n_images": [per seed], "cam_target", "protocols",
+    "selected": [the model each seed's report chose on validation data, or None], "reference",
     "models": {name: {"kind", "k", "seeds": [kept seed indices], "metrics": {metric: {"mean", "std", "n", "values"}},
     "excluded": [{"seed_index", "reason"}], "flagged": bool}},
     "differences": {name: {metric: {"diff", "low", "high", "n", "level", "values", "seeds", "verdict"}}}}.
@@ -91,6 +92,8 @@ def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict
         models[n] = {"kind": entries[0]["kind"], "k": entries[0]["k"], "seeds": kept[n],
                      "metrics": over_runs([flat_metrics(entries[i]) for i in kept[n]], ddof=1),
                      "excluded": excluded, "flagged": bool(excluded)}
+    chosen = [[v["model"] for v in ((r.get("selection") or {}).get("by") or {}).values()] for r in results_list]
+    descriptive = all("selection" in r and r["selection"] is None for r in results_list)
     differences = {}
     for n in names:
         if n == reference:
@@ -106,11 +109,13 @@ def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict
             diffs = [a - b for a, b in pairs]
             ci = t_interval(diffs)
             differences[n][metric] = {**ci, "values": diffs, "seeds": seeds,
-                                      "verdict": verdict(ci, higher_is_better(metric))}
+                                      "verdict": NO_SELECTION if descriptive else verdict(ci, higher_is_better(metric))}
     first = results_list[0]
     return {"dataset": first["dataset"], "split": first["split"], "shifts": list(first.get("shifts") or {}),
             "n_seeds": len(results_list), "n_images": [r["n_images"] for r in results_list],
-            "reference": reference, "models": models, "differences": differences}
+            "cam_target": first.get("cam_target"), "protocols": first.get("protocols"),
+            "selected": [c[0] if len(c) == 1 else None for c in chosen], "reference": reference, "models": models,
+            "differences": differences}
 
 
 def _key_metrics(combined: dict) -> list[str]:

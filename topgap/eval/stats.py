@@ -14,12 +14,13 @@ import numpy as np
 
 COLLAPSE_SHARE = 0.9  # a model predicting one class for more than this share of the images has collapsed
 
-__all__ = ["COLLAPSE_SHARE", "majority", "BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "higher_is_better", "finite_mean", "paired_bootstrap", "t_interval",
+__all__ = ["COLLAPSE_SHARE", "majority", "BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "MAP_METRICS", "higher_is_better", "finite_mean", "paired_bootstrap", "t_interval",
            "verdict", "mean_std", "over_runs"]
 
 BOOTSTRAP_SAMPLES = 2000
 LOWER_IS_BETTER = ("l1", "bg_gap")  # sparser maps; less reliance on the background
 OBJECT_FREE_SPLITS = ("only_bg", "no_fg")  # shift splits without the object (synth's only_bg; only_bg_t, no_fg)
+MAP_METRICS = ("l1", "iou", "mass_in_mask", "pxap", "maxboxacc_v2")  # each as "_paper", "_relu" and "_gradcam"
 PROTOCOL_SUFFIXES = ("_paper", "_relu")  # map metrics per CAM protocol (topgap.cam.PROTOCOLS), e.g. "l1_paper"
 
 

@@ -1,7 +1,8 @@
 """A family's model card for people, rendered from the card.json that ``topgap card`` writes (topgap.eval.card).
 
 Schema: {title, data, commands, hardware, training: {model: {kind, k, backbone, input_size, epochs,
-val_accuracy, train_seconds, recipe}}, verdicts: [{model, reference, metric, diff, low, high, verdict}],
+val_accuracy, train_seconds, recipe}}, verdicts: [{model, metric, protocol, target, diff, low, high, verdict,
+chosen}] (topgap.eval.claims.comparisons),
 evaluation: {dataset, split, n_images, eps, protocols, cam_target, attacks, selection, models: {model: {converged,
 collapsed: {flag}, clean: {accuracy}, shifts: {split: {accuracy}}, iou_paper, iou_relu, pxap_paper, pxap_relu,
 mass_in_mask_paper, mass_in_mask_relu, l1_paper, l1_relu, road, white_box_rate, black_box_rate}}},
@@ -34,13 +35,6 @@ def _get(d: dict | None, *path):
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _verdict(v: dict) -> str:
-    interval = (f"{v['diff']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
-                if all(isinstance(v.get(k), (int, float)) for k in ("diff", "low", "high")) else "–")
-    return (f"- {v.get('model', '?')} − {v.get('reference', 'baseline')}, {str(v.get('metric', '?')).replace('_', ' ')}: "
-            f"{interval} → **{v.get('verdict', '?')}**")
 
 
 def load_card(folder: str | Path) -> dict | None:
@@ -102,6 +96,17 @@ def _evaluation_table(ev: dict) -> list[str]:
                     for n, m in models.items()])]
 
 
+def _claims(data: dict, folder: Path) -> str:
+    """:func:`topgap.eval.claims.render_claims` of a card's results or seeds; CardError when fields are missing."""
+    from ..eval.claims import render_claims  # imported here: the evaluation stack stays out of the app's start
+
+    try:
+        return render_claims(data)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CardError(f"{folder / 'card.json'} has evaluation figures without their fields ({e!r}); rewrite it "
+                        "with topgap card") from None
+
+
 def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     """(Markdown, [(plot file, caption)]) of the family in `folder`; README.md without images when there is no
     card.json, and a 'no card yet' line when there is neither.
@@ -116,18 +121,14 @@ def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     ev = card.get("evaluation") or {}
     parts = [f"## {card.get('title') or folder.name}", "", str(card.get("data") or "")]
     if card.get("seeds"):  # `topgap card --seeds-report`: the recipe over seeds first, then one seed's report
-        from ..eval.seeds import seeds_markdown  # imported here: the evaluation stack stays out of the app's start
+        from ..eval.seeds import seeds_markdown
 
         seeds = card["seeds"] if isinstance(card["seeds"], list) else [card["seeds"]]  # one dict in older cards
-        parts += ["", "### Across seeds (mean ± std)", "", *[line for s in seeds for line in (*seeds_markdown(s), "")]]
-    if card.get("verdicts"):
-        chosen = (ev.get("selection") or {}).get("by") or {}
-        picked = ", ".join(f"{v.get('model')} by {c}" for c, v in chosen.items())
-        parts += ["", "### Top-GAP against the baseline (95% intervals; better/worse only when 0 is outside)", "",
-                  *([f"k chosen on the validation split: {picked}.", ""] if picked else []),
-                  *map(_verdict, card["verdicts"])]
+        parts += ["", "### Across seeds (mean ± std)", "",
+                  *[line for s in seeds for line in (*seeds_markdown(s), "", _claims(s, folder), "")]]
     if ev.get("models"):
-        parts += ["", *_evaluation_table(ev)]
+        parts += ["", "### Top-GAP against the baseline" + " (seed 0)" * bool(card.get("seeds")), "",
+                  _claims(ev, folder), "", *_evaluation_table(ev)]
     training = card.get("training") or {}
     if training:
         parts += ["", "### Training", "", f"Hardware: {card.get('hardware') or '–'}.", "",
