@@ -13,7 +13,6 @@ Without --family a random-weight resnet18 family (k 4, 16, 64 + baseline, 64x64 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import socket
@@ -30,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from timing import median_time  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import median_time, write_result  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def cold_start(models: Path, family: str, image: Path | None = None) -> tuple[float, float | None]:
@@ -89,6 +88,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", type=Path, help="a family folder (default: a random-weight test family)")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--out", default=None, help="also write the JSON here (e.g. bench/results/app.json)")
     p.add_argument("--clients", type=int, default=8, help="load: concurrent gradio_client sessions (0: skip)")
     p.add_argument("--requests", type=int, default=25, help="load: /explain calls per client")
     args = p.parse_args()
@@ -144,7 +144,7 @@ def main() -> None:
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if args.clients:
         out["load"] = load(args.family.parent, folder / "image.png", folder / "mask.png", args.clients, args.requests)
-    print(json.dumps(out, indent=2))
+    write_result(out, args.out)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,26 @@
-"""Shared timing helper for the benchmarks: the median of repeated calls, after warm-up."""
+"""Shared helpers of the benchmarks: the median of repeated calls after warm-up, and the JSON a run leaves."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from topgap.io import write_json
+
+
+def write_result(result: dict, out: str | None) -> dict:
+    """Print `result` as JSON and, with `out`, write it there atomically with the command that made it, the CPU
+    count and the 1-minute load average (a loaded machine's timings say so): the file README figures cite."""
+    result = {"command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
+              "load_average_1min": round(os.getloadavg()[0], 2), **result}
+    if out:
+        write_json(Path(out), result)
+    print(json.dumps(result, indent=2))
+    return result
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

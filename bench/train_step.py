@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 
 import torch
 import torchattacks
@@ -21,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from topgap import ModelConfig, build_model, topgap_loss
 from topgap.model import Normalize
-from timing import median_time, median_times
+from timing import median_time, median_times, write_result
 
 # dense peak TFLOP/s (bf16 tensor cores, TF32 tensor cores) from the vendors' data sheets, by device name
 PEAK_TFLOPS = {"H100 SXM": (989.4, 494.7), "H100 80GB HBM3": (989.4, 494.7), "H100 PCIe": (756.0, 378.0),
@@ -59,6 +58,7 @@ def main() -> None:
     p.add_argument("--num-maps", type=int, default=4, help="feature maps fed to the FPN head (3: class maps at stride 8)")
     p.add_argument("--no-at", action="store_true", help="skip the PGD-10 adversarial-training step")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", default=None, help="also write the JSON here (e.g. bench/results/train_step_lite0.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and loss (Recipe.bf16)")
     p.add_argument("--channels-last", action="store_true", help="NHWC models and inputs (Recipe.channels_last)")
@@ -130,7 +130,7 @@ def main() -> None:
         t_at = median_time(step_pgd_at, max(3, args.repeats // 3), warmup=1)
         result["median_step_s"]["pgd10_at"] = round(t_at, 4)
         result["pgd10_at_over_topgap"] = round(t_at / t_ours, 2)
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 SUBCOMMAND_MODULES = ["data.synth", "data.backgrounds", "train", "eval.evaluate", "eval.seeds", "eval.card",
-                      "publish"]  # modules with register(subparsers)
+                      "publish", "eval.figcheck"]  # modules with register(subparsers)
 
 
 def describe(args: argparse.Namespace) -> dict:

@@ -142,8 +142,8 @@ def _in_words(rows: list[dict], names: list[str]) -> list[str]:
                 yes = [r["protocol"] for r in hits if r["verdict"] == word]
                 if not yes:
                     continue
-                if yes == [None] or len(yes) == len(hits) > 1:
-                    items.append(_label(metric) + (" (both protocols)" if len(hits) > 1 else ""))
+                if len(yes) == len(hits):
+                    items.append(_label(metric) + (" (both protocols)" if len(hits) > 1 else f" ({yes[0]})" * bool(yes[0])))
                 else:
                     items.append(f"{_label(metric)} (under {', '.join(yes)}, not under "
                                  f"{', '.join(r['protocol'] for r in hits if r['verdict'] != word)})")
