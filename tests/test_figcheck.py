@@ -205,3 +205,23 @@ def test_cli_write_rerenders_then_checks(claims_doc, tmp_path, capsys):
     assert main(["claims", "--write", "--root", str(tmp_path), str(path)]) == 0
     assert path.read_text().replace("\n\n", "\n") == good.replace("\n\n", "\n")
     assert json.loads(capsys.readouterr().out)["rewritten"] == ["README.md"]
+
+
+def test_a_family_card_must_be_the_rendering_of_its_card_json(tmp_path, monkeypatch):
+    from topgap.eval.card import card_markdown
+
+    card = {"title": "Fam", "data": "Made up.", "commands": ["topgap train"], "hardware": "a CPU",
+            "training": {"k4": {"kind": "topgap", "k": 4, "epochs": 1, "val_accuracy": 0.5, "train_seconds": 6}},
+            "training_minutes": 0.1, "plots": [],
+            "evaluation": {"dataset": "d", "split": "test", "n_images": 2, "cam_target": "label", "shifts": {},
+                           "models": {"k4": {"kind": "topgap", "k": 4}}}}
+    fam = tmp_path / "models" / "fam"
+    fam.mkdir(parents=True)
+    (fam / "card.json").write_text(json.dumps(card))
+    from topgap.eval import card as card_module
+
+    monkeypatch.setattr(card_module, "markdown_report", lambda results, title: "# t\nno tables")  # tested elsewhere
+    (fam / "README.md").write_text(card_markdown(card))
+    assert check_files([fam / "README.md"], tmp_path) == []
+    (fam / "README.md").write_text(card_markdown(card).replace("Made up.", "Made up, and better."))
+    assert any("differs from the rendering of its card.json" in p for p in check_files([fam / "README.md"], tmp_path))

@@ -2,6 +2,7 @@
 
 Two checks of Markdown files (by default README.md, docs/**/*.md and models/*/README.md under --root):
 
+0. A family card (models/*/README.md beside its card.json) is exactly :func:`topgap.eval.card.card_markdown` of card.json.
 1. A claims block, ``<!-- claims: SOURCE -->`` ... ``<!-- /claims -->``, holds exactly
    :func:`topgap.eval.claims.render_claims` of the JSON value at SOURCE: ``path.json`` or ``path.json#/json/pointer``
    (RFC 6901), relative to the Markdown file. ``--write`` re-renders every block in place.
@@ -402,6 +403,23 @@ def _whole_file(path: Path, lines: list[str]) -> bool:
     return (resolved.name == "README.md" and resolved.parent.parent.name == "models") or first == SCOPE_FILE
 
 
+def _check_card(path: Path, name: str) -> list[str]:
+    """A family card (models/*/README.md beside a card.json) must be :func:`topgap.eval.card.card_markdown` of it."""
+    card_file = path.parent / "card.json"
+    if path.name != "README.md" or path.resolve().parent.parent.name != "models" or not card_file.is_file():
+        return []
+    from .card import card_markdown  # imported here: it brings torch
+
+    try:
+        expected = card_markdown(json.loads(card_file.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        return [f"{name}: its card.json cannot be rendered ({e!r}); rewrite both with topgap card"]
+    if path.read_text() != expected:
+        return [f"{name}: differs from the rendering of its card.json (edited by hand, or card.json changed); "
+                "rewrite both with topgap card"]
+    return []
+
+
 def _check_file(path: Path, name: str, cache: dict[Path, Any]) -> list[str]:
     try:
         lines = path.read_text().split("\n")
@@ -411,7 +429,7 @@ def _check_file(path: Path, name: str, cache: dict[Path, Any]) -> list[str]:
     prose = set(i for s in doc.sections for i in s.lines)
     masked = _masked("\n".join(s if i in prose else "" for i, s in enumerate(lines))).split("\n")
     whole = _whole_file(path, lines)
-    problems = _check_cites(doc, name, load) + _check_blocks(doc, lines, name, load)
+    problems = _check_card(path, name) + _check_cites(doc, name, load) + _check_blocks(doc, lines, name, load)
     for sec in doc.sections:
         if sec.in_scope(whole):
             problems += _check_section(sec, masked, name, load)
