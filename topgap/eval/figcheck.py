@@ -37,8 +37,7 @@ from ..io import atomic_write
 __all__ = ["RESULT_HEADINGS", "CITE_WORDS", "MAX_LIST", "Figure", "numbers", "leaves", "default_files",
            "check_files", "write_blocks", "register", "run"]
 
-RESULT_HEADINGS = (r"result|claim|finding|benchmark|performance|bundled models|across seeds|verdict|compar|robustness"
-                   r"|evaluation")
+RESULT_HEADINGS = r"result|claim|finding|benchmark|performance|bundled models|across seeds|verdict|compar|robustness"
 CITE_WORDS = ("table", "tables", "figure", "figures", "fig.", "eq.", "eqs.", "equation", "section", "sections", "§",
               "appendix", "issue", "issues", "#")  # a number right after one of these is a reference, not a figure
 MAX_LIST = 64  # longer lists (per-image arrays) hold no citable figures
