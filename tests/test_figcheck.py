@@ -225,3 +225,11 @@ def test_a_family_card_must_be_the_rendering_of_its_card_json(tmp_path, monkeypa
     assert check_files([fam / "README.md"], tmp_path) == []
     (fam / "README.md").write_text(card_markdown(card).replace("Made up.", "Made up, and better."))
     assert any("differs from the rendering of its card.json" in p for p in check_files([fam / "README.md"], tmp_path))
+
+
+def test_the_repository_docs_pass():
+    """The README, docs and every family card of this repository: each rendered block and each figure checks out."""
+    from topgap.eval.figcheck import default_files
+
+    root = Path(__file__).resolve().parents[1]
+    assert check_files(default_files(root), root) == []

@@ -21,6 +21,8 @@ import torch
 from ..checkpoint import family_members, read_config
 from ..io import atomic_write, write_json
 from .claims import comparisons, render_claims
+from .evaluate import CHANCE_MARGIN
+from .stats import COLLAPSE_SHARE
 from .report import markdown_report
 from .seeds import seeds_markdown
 
@@ -75,13 +77,15 @@ def write_card(family: str | Path, report: str | Path, *, title: str, data_note:
     for folder in family_members(family):
         cfg = read_config(folder)
         training[folder.name] = {"kind": cfg.kind, "k": cfg.k, "backbone": cfg.backbone,
-                                 "input_size": list(cfg.input_size), **cfg.metrics, "recipe": cfg.recipe}
+                                 "input_size": list(cfg.input_size), "num_maps": cfg.num_maps,
+                                 "fpn_channels": cfg.fpn_channels, "lam": cfg.lam, **cfg.metrics, "recipe": cfg.recipe}
     hardware = hardware or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
     for plot in sorted((report / "plots").glob("*.png")):
         atomic_write(family / "plots" / plot.name, lambda tmp, plot=plot: shutil.copyfile(plot, tmp))
     card = {"title": title, "data": data_note, "commands": commands, "hardware": hardware, "training": training,
             "training_minutes": round(sum(t.get("train_seconds", 0) for t in training.values()) / 60, 1),
             "verdicts": comparisons(results), "evaluation": results,
+            "thresholds": {"collapse_share": COLLAPSE_SHARE, "chance_margin": CHANCE_MARGIN},  # the reports' rules
             "plots": [f"plots/{p.name}" for p in sorted((family / "plots").glob("*.png"))]}
     if seeds:
         card["seeds"] = seeds

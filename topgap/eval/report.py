@@ -173,7 +173,7 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
         rows.append(row)
     out += ["## Table 3: accuracy under attack", "",
             "*correct* (headline): the attacked image is still classified correctly. *unchanged* (the paper's "
-            "definition, 4.2): the prediction equals the clean prediction, whether right or wrong.", "",
+            "definition, section 4.2): the prediction equals the clean prediction, whether right or wrong.", "",
             _table(header, rows), ""]
 
     if results.get("shifts"):
