@@ -57,7 +57,7 @@ def card_markdown(card: dict) -> str:
         "## Reproduce", "", "```", *card["commands"], "```", "",
         "## Training", "", f"Hardware: {card['hardware']}. Total training time {card['training_minutes']:.1f} min.", "",
         "| model | kind | k | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|", *rows, "",
-        "## Evaluation", markdown_report(results, card["title"]).split("\n", 1)[1], "",  # without its own title
+        "## Evaluation", markdown_report(results, card["title"], claims=False).split("\n", 1)[1], "",  # without its own title
         "## Plots", "", *(f"![{Path(p).stem}]({p})" for p in card["plots"]), "",
     ])
 

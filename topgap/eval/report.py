@@ -137,8 +137,9 @@ def _sanity_lines(results: dict) -> list[str]:
             _table(["model", "protocol", "map", "ρ(|M|) ↓", "ρ(M)", "SSIM", "flagged"], rows), ""]
 
 
-def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
-    """The results as Markdown: settings, verdicts with intervals, then tables laid out like Tables 2, 3, 5, 7."""
+def markdown_report(results: dict, title: str = "Top-GAP evaluation", claims: bool = True) -> str:
+    """The results as Markdown: settings, the claims (:func:`topgap.eval.claims.render_claims`; `claims` False
+    leaves them to the caller, as a card does), then tables laid out like Tables 2, 3, 5, 7."""
     base, ours = _parts(results)
     b = results["models"].get(base) if base else None
     pgd_keys = [f"pgd{s}" for s in results["pgd_steps"]] if "pgd" in results["attacks"] else []
@@ -157,7 +158,8 @@ def markdown_report(results: dict, title: str = "Top-GAP evaluation") -> str:
         s = results["selection"]
         out += [f"## Model selection on {s['dataset']}/{s['split']}", "", f"Rule: {s.get('rule', 'per criterion')}.",
                 "", *(f"- by {c}: **{v['model']}** ({_fmt(v['value'])})" for c, v in s["by"].items()), ""]
-    out += ["## Verdicts against the baseline", "", render_claims(results), ""]
+    if claims:
+        out += ["## Verdicts against the baseline", "", render_claims(results), ""]
     out += ["## Table 2: l1 sparsity of the CAM (lower is sparser)", "",
             "The baseline's row is GradCAM" + " (the same under every protocol)." * bool(results.get("protocols")), "",
             _map_table(results, "l1", "l1"), ""]
