@@ -323,7 +323,10 @@ def test_card_rendered_from_its_schema(tmp_path):
             "evaluation": {"dataset": "d", "split": "test", "n_images": 10, "eps": 1 / 255, "postprocessing":
                            "relu-minmax", "shifts": {"test_shifted": {}},
                            "selection": {"split": "val", "by": {"iou": {"model": "k4", "value": 0.5}}},
-                           "models": {"k4": model, "k8": {**model, "k": 8, "converged": False}}},
+                           "models": {"k4": {**model, "comparisons": {"baseline": {"iou": {
+                               "diff": 0.2, "low": 0.1, "high": 0.3, "verdict": "better"}}}},
+                                      "k8": {**model, "k": 8, "converged": False},
+                                      "baseline": {**model, "kind": "baseline", "k": None}}},
             "plots": ["plots/iou.png", "plots/missing.png", "../outside.png"]}
     (fam / "card.json").write_text(json.dumps(card))
     text, plots = render_card(fam)
@@ -331,9 +334,13 @@ def test_card_rendered_from_its_schema(tmp_path):
     assert "| model | k | accuracy | test_shifted acc. | IOU | PxAP |" in text
     assert "| k4 | 4 | 0.900 | 0.800 | 0.472 | 0.610 |" in text and "| k8 ⚠ not converged | 8 |" in text
     assert "| k4 | topgap | 4 | regnetx_002 | 96x96 | 10 | 1.000 | 206 |" in text  # training.k4
-    assert "k chosen on the validation split: k4 by iou." in text
-    assert "- k4 − baseline, iou: +0.200 [+0.100, +0.300] → **better**" in text
+    assert "Chosen on validation data: k4." in text  # the claims, rendered by topgap.eval.claims
+    assert "| IOU ↑ | – | +0.200 [+0.100, +0.300] **better** | – |" in text
     assert [c for _, c in plots] == ["iou"] and all(p.is_file() for p, _ in plots)  # missing and outside: left out
+    del card["evaluation"]["dataset"]
+    (fam / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CardError, match="evaluation figures without their fields"):
+        render_card(fam)
     (fam / "card.json").write_text("[1, 2]")
     with pytest.raises(CardError, match="holds a list, not a card"):
         render_card(fam)
