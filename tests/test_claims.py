@@ -97,3 +97,10 @@ def test_seeds_are_rendered_from_their_paired_differences():
     tail = text.split("does not reproduce here (the chosen model):", 1)[1]
     assert "- higher accuracy under distribution shift (Table 5): **k16** (mixed_rand accuracy) -0.050" in tail
     assert "only_bg_t" not in tail  # the paper claims nothing about the background alone
+
+
+def test_a_report_without_a_target_does_not_invent_one():
+    r = results()
+    del r["cam_target"]
+    text = render_claims(r)
+    assert "CAMs for the class the report names, the baseline's by GradCAM." in text and "None" not in text

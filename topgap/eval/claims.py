@@ -187,8 +187,9 @@ def render_claims(data: dict) -> str:
     if not rows:
         return "No comparison with a baseline in this report."
     verdicts = {r["verdict"] for r in rows}
-    out = [f"Model minus baseline on {data['dataset']} / {data['split']} ({how}); CAMs for the {target}, the baseline's "
-           "by GradCAM. better / worse only when the interval excludes 0"
+    maps = f"CAMs for the {target}" if target else "CAMs for the class the report names"
+    out = [f"Model minus baseline on {data['dataset']} / {data['split']} ({how}); {maps}, the baseline's by GradCAM. "
+           "better / worse only when the interval excludes 0"
            + ("; 'descriptive': no k was chosen on validation data, so no verdict." if "descriptive" in verdicts
               else ".")
            + (f" Chosen on validation data: {', '.join(chosen)}." if chosen else ""), "",
