@@ -242,7 +242,8 @@ def test_a_collapsed_model_is_flagged_and_gets_no_verdict():
     from topgap.eval.seeds import combine_seeds
 
     md = markdown_report(r)
-    assert "## Collapsed predictions" in md and "**k4**: predictions collapsed" in md and "k4 ⚠ collapsed" in md
+    assert "## Collapsed predictions" in md and "k4 ⚠ collapsed" in md
+    assert "- **k4**: no verdicts (collapsed predictions: no verdict)." in md  # the claims: no verdict, said why
     combined = combine_seeds([r, json.loads(json.dumps(r))], reference="baseline")
     assert combined["models"]["k4"]["seeds"] == [] and combined["models"]["k4"]["flagged"]
 
@@ -309,7 +310,8 @@ def test_write_report(results, tmp_path):
     assert (f"| k4 | 4 | 0.062 | {k4['l1_paper']:.3f} | {ci(cmp['l1_paper'])} | {k4['l1_relu']:.3f} | "
             f"{ci(cmp['l1_relu'])} | {k4['l1_gradcam']:.3f} |") in md.splitlines()
     assert "l1 ↓ paper | Δ vs baseline, paper [95% CI] | l1 ↓ relu" in md and "IOU ↑ paper" in md
-    assert "k32 ⚠ not converged" in md and "**k32** did not converge" in md
+    assert "k32 ⚠ not converged" in md and "## Not converged (no verdicts)" in md
+    assert "- **k32**: no verdicts (not converged: no verdict)." in md  # the claims say why there is none
 
 
 def test_report_arrows_follow_the_split(results):

@@ -21,6 +21,7 @@ PROTOCOL_ORDER = ("paper", "relu")
 METRIC_ORDER = ("accuracy", *MAP_METRICS, "road", "attacks", "shifts", "bg_gap")  # "attacks"/"shifts": their keys
 LABELS = {"accuracy": "accuracy", "l1": "l1", "iou": "IOU", "mass_in_mask": "mass in mask", "pxap": "PxAP",
           "maxboxacc_v2": "MaxBoxAccV2", "road": "ROAD", "bg_gap": "BG-Gap"}
+JUDGED = ("better", "worse", "no clear difference")  # verdicts; anything else says why there is none
 TARGETS = {"label": "ground-truth class", "predicted": "predicted class"}
 
 # The paper's claims, Top-GAP against the unmodified model: (metric prefix, what the paper reports, verdict needed).
@@ -148,7 +149,7 @@ def _in_words(rows: list[dict], names: list[str]) -> list[str]:
                     items.append(f"{_label(metric)} (under {', '.join(yes)}, not under "
                                  f"{', '.join(r['protocol'] for r in hits if r['verdict'] != word)})")
             parts.append(f"{word} on {', '.join(items)}" if items else f"{word} on nothing")
-        if mine and all(r["verdict"] not in ("better", "worse", "no clear difference") for r in mine):
+        if mine and all(r["verdict"] not in JUDGED for r in mine):
             parts = [f"no verdicts ({mine[0]['verdict']})"]
         out.append(f"- **{n}**: " + "; ".join(parts) + ".")
     return out
@@ -166,6 +167,8 @@ def _not_reproduced(rows: list[dict], names: list[str], chosen: list[str], contr
             kind = "shift" if r["metric"].endswith("_accuracy") and r["metric"] != "accuracy" else r["metric"]
             if r["model"] not in judged or not kind.startswith(prefix) or r["verdict"] in needed:
                 continue
+            if r["verdict"] not in JUDGED:
+                continue  # not converged or collapsed: no verdict, shown as such in the table
             if kind == "shift" and not higher_is_better(r["metric"]):
                 continue  # accuracy on the background alone: the paper claims nothing about it
             where = ", ".join(x for x in (_label(r["metric"]) if prefix in ("shift", "pgd") else "", r["protocol"])
