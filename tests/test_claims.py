@@ -104,3 +104,18 @@ def test_a_report_without_a_target_does_not_invent_one():
     del r["cam_target"]
     text = render_claims(r)
     assert "CAMs for the class the report names, the baseline's by GradCAM." in text and "None" not in text
+
+
+def test_seeds_that_chose_differently_say_so():
+    seeds = {"dataset": "pets", "split": "test", "n_seeds": 3, "n_images": [298] * 3, "cam_target": "label",
+             "shifts": [], "selected": ["k16", "k16", "k4"], "reference": "baseline",
+             "models": {"baseline": {"kind": "baseline", "k": None}, "k4": {"kind": "topgap", "k": 4},
+                        "k16": {"kind": "topgap", "k": 16}},
+             "differences": {"k4": {"accuracy": ci(-0.1, -0.2, -0.05, "worse")},
+                             "k16": {"accuracy": ci(-0.1, -0.2, -0.05, "worse")}}}
+    text = render_claims(seeds)
+    assert "Chosen on validation data: k16 in 2 of 3 seeds, k4 in 1 of 3 seeds." in text
+    assert "| metric | protocol | k4 (chosen) | k16 (chosen) |" in text
+    assert "(the models chosen in some seed)" in text and "**k4**" in text.split("does not reproduce")[1]
+    seeds["selected"] = ["k16"] * 3
+    assert "Chosen on validation data: k16 in every seed." in render_claims(seeds)

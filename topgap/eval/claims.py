@@ -73,6 +73,17 @@ def _chosen(data: dict) -> list[str]:
     return [v["model"] for v in ((data.get("selection") or {}).get("by") or {}).values()]
 
 
+def _choice_words(data: dict) -> str:
+    """'k64' for one report; 'k64 in 2 of 3 seeds, k1024 in 1' when the seeds chose differently."""
+    if "differences" not in data:
+        return ", ".join(_chosen(data))
+    picks = [s for s in data.get("selected") or [] if s]
+    counts = {n: picks.count(n) for n in dict.fromkeys(picks)}
+    if len(counts) == 1:
+        return f"{picks[0]} in every seed" if len(picks) == data["n_seeds"] else f"{picks[0]} in {len(picks)} seeds"
+    return ", ".join(f"{n} in {c} of {data['n_seeds']} seeds" for n, c in counts.items())
+
+
 def comparisons(data: dict) -> list[dict]:
     """Every comparison with the baseline, in the fixed order: [{"model", "metric", "protocol", "target", "diff",
     "low", "high", "verdict", "chosen"}]. `data`: a results.json (bootstrap intervals over images) or a seeds.json
@@ -195,12 +206,13 @@ def render_claims(data: dict) -> str:
            "better / worse only when the interval excludes 0"
            + ("; 'descriptive': no k was chosen on validation data, so no verdict." if "descriptive" in verdicts
               else ".")
-           + (f" Chosen on validation data: {', '.join(chosen)}." if chosen else ""), "",
+           + (f" Chosen on validation data: {_choice_words(data)}." if chosen else ""), "",
            *_table(rows, names, set(chosen)), "", "In words (the verdicts above, nothing else):", "",
            *_in_words(rows, names), ""]
     controls = {n for n in names if data["models"][n].get("k") is None}
     missing = _not_reproduced(rows, names, chosen, controls)
-    scope = "the chosen model" if chosen else "every Top-GAP model"
+    scope = ("the chosen model" if len(chosen) == 1 else "the models chosen in some seed") if chosen else \
+        "every Top-GAP model"
     out += [f"What the paper reports that does not reproduce here ({scope}):", "",
             *(missing or ["- nothing: every claim of the paper that this report measures holds."])]
     return "\n".join(out)
