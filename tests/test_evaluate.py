@@ -443,3 +443,24 @@ def test_attacks_print_an_estimate_after_the_first_image(capsys):
                     **{**FAST, "eps_curve": (), "faithfulness_images": 0, "bootstrap_samples": 0, "progress": True})
     err = capsys.readouterr().err
     assert "attacks (fgsm) x 1 models:" in err and "s on the first image -> about" in err and "for the other 2" in err
+
+
+def test_a_benchmark_without_val_takes_the_choice_made_on_val(tmp_path):
+    """--selection-from: the backgrounds benchmark (no val split) is judged by the k its family chose on val."""
+    from topgap.eval.evaluate import adopted_selection
+    from topgap.io import write_json
+
+    chosen = {"split": "val", "dataset": "pets", "rule": "r", "by": {"accuracy, then IOU": {"model": "k4"}}}
+    write_json(tmp_path / "a" / "results.json", {"selection": chosen, "models": {"k4": {}, "baseline": {}}})
+    assert adopted_selection(tmp_path / "a", ["baseline", "k4"], "original") == {
+        **chosen, "from": str(tmp_path / "a" / "results.json")}
+    with pytest.raises(ValueError, match="are not this family's"):
+        adopted_selection(tmp_path / "a", ["baseline", "k8"], "original")
+    write_json(tmp_path / "b" / "results.json", {"selection": None, "models": {}})
+    with pytest.raises(ValueError, match="chose no k"):
+        adopted_selection(tmp_path / "b", [], "original")
+    write_json(tmp_path / "c" / "results.json", {"selection": {**chosen, "split": "test"}, "models": {}})
+    with pytest.raises(ValueError, match="is a test split"):
+        adopted_selection(tmp_path / "c", [], "original")
+    with pytest.raises(ValueError, match="cannot read a results.json"):
+        adopted_selection(tmp_path / "missing", [], "original")

@@ -640,6 +640,25 @@ def check_no_shared_images(evaluated, select) -> None:
                          "choose k on images that are not reported")
 
 
+def adopted_selection(report: str | Path, models: list[str], evaluated: str) -> dict:
+    """The selection of another report of the same family (`report`: its results.json or folder), for a benchmark
+    without a validation split of its own; ValueError unless that choice was made on validation data by the same
+    models."""
+    path = Path(report) / "results.json" if Path(report).is_dir() else Path(report)
+    try:
+        other = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--selection-from {report}: cannot read a results.json there ({e})") from None
+    chosen = other.get("selection")
+    if not chosen:
+        raise ValueError(f"--selection-from {report}: that report chose no k (it was run with --select-split none)")
+    check_selection_split(chosen["split"], evaluated)
+    if sorted(other["models"]) != sorted(models):
+        raise ValueError(f"--selection-from {report}: its models ({', '.join(sorted(other['models']))}) are not "
+                         f"this family's ({', '.join(sorted(models))})")
+    return {**chosen, "from": str(path)}
+
+
 def withhold_verdicts(results: dict, why: str = NO_SELECTION) -> None:
     """Replace every comparison's verdict by `why` (the intervals stay, as description)."""
     for m in results["models"].values():
@@ -696,6 +715,10 @@ def register(subparsers) -> None:
     p.add_argument("--select-split", default="val",
                    help="validation split on which k is chosen by " + SELECTION_RULE[0] + "; never the reported or a "
                         "test split; 'none': no k is chosen and no verdict is printed")
+    p.add_argument("--selection-from", default=None, metavar="REPORT",
+                   help="take the k chosen in another report of this family (its results.json or folder), e.g. a "
+                        "benchmark without a validation split judged by the choice made on the dataset's val split; "
+                        "replaces --select-split")
     p.add_argument("--fmt", default="auto", help="dataset format (see topgap.data.open_dataset)")
     p.add_argument("--labels", default="breed", choices=["breed", "species"], help="Oxford-IIIT Pet labels")
     p.add_argument("--eps", type=parse_eps, default="1/255", help="Linf budget on [0, 1] images, e.g. 1/255, 8/255")
@@ -769,10 +792,12 @@ def run(args: argparse.Namespace) -> dict:
     family = Path(args.family)
     args.attacks, args.eps_curve = none_means_empty(args.attacks, "--attacks"), none_means_empty(args.eps_curve,
                                                                                                   "--eps-curve")
-    select = check_selection_split(args.select_split, args.split)
+    select = None if args.selection_from else check_selection_split(args.select_split, args.split)
     folds = sorted(p for p in family.glob("fold*") if p.is_dir())
     members = family_members(folds[0] if folds else family)
     cfg = json.loads((members[0] / "config.json").read_text())
+    adopted = adopted_selection(args.selection_from, [m.name for m in members], args.split) if args.selection_from \
+        else None
     common = dict(input_size=tuple(cfg["input_size"]), fmt=args.fmt, labels=args.labels)
     surrogate = load_model(args.surrogate, device=args.device) if args.surrogate else None
     title = f"Top-GAP evaluation: {family.name} on {Path(args.data).name}"
@@ -784,7 +809,9 @@ def run(args: argparse.Namespace) -> dict:
     shifts = {s: open_dataset(args.data, s, **common) for s in names}
     val_set = _selection_set(args, select, common, dataset)
     results = _evaluate_folder(family, dataset, args, surrogate=surrogate, shifts=shifts, split=args.split)
-    if val_set is None:
+    if adopted:
+        results["selection"] = adopted
+    elif val_set is None:
         results["selection"] = None
         withhold_verdicts(results)
     else:
