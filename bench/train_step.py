@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--num-maps", type=int, default=4, help="feature maps fed to the FPN head (3: class maps at stride 8)")
     p.add_argument("--no-at", action="store_true", help="skip the PGD-10 adversarial-training step")
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", default=None, help="also write the JSON here (e.g. bench/results/train_step_lite0.json)")
+    p.add_argument("--out", default=None, help="also write the JSON here (bench/results/train_step_NAME.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and loss (Recipe.bf16)")
     p.add_argument("--channels-last", action="store_true", help="NHWC models and inputs (Recipe.channels_last)")
@@ -114,6 +114,7 @@ def main() -> None:
     flops = {"baseline": step_flops(lambda: base01(x)), "topgap": step_flops(lambda: ours.forward_with_maps(norm(x)))}
     peak = peak_tflops(dev, args.bf16)
     result = {
+        "goals": {"topgap_over_baseline_at_most": 1.3, "pgd10_at_over_topgap_at_least": 6},
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "backbone": args.backbone, "size": args.size, "batch": args.batch, "k": args.k, "fpn_channels": args.fpn_channels,
         "num_maps": args.num_maps, "cam_size": list(ours.class_maps(x[:1]).shape[-2:]),

@@ -220,7 +220,7 @@ def test_a_family_card_must_be_the_rendering_of_its_card_json(tmp_path, monkeypa
     (fam / "card.json").write_text(json.dumps(card))
     from topgap.eval import card as card_module
 
-    monkeypatch.setattr(card_module, "markdown_report", lambda results, title, claims: "# t\nno tables")  # tested elsewhere
+    monkeypatch.setattr(card_module, "markdown_report", lambda results, title, claims: "# t\nno tables")  # elsewhere
     (fam / "README.md").write_text(card_markdown(card))
     assert check_files([fam / "README.md"], tmp_path) == []
     (fam / "README.md").write_text(card_markdown(card).replace("Made up.", "Made up, and better."))

@@ -45,7 +45,8 @@ def card_markdown(card: dict) -> str:
     """README.md of a family from its card.json alone, so that ``topgap claims`` can check one against the other."""
     results, seeds, training = card["evaluation"], card.get("seeds") or [], card["training"]
     rows = [f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
-            f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |" for n, t in training.items()]
+            f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |"
+            for n, t in training.items()]
     across = [line for i, s in enumerate(seeds) for line in (*seeds_markdown(s), "", "Against the baseline:", "",
                                                                *claims_block(f"card.json#/seeds/{i}", s), "")]
     return "\n".join([
@@ -57,7 +58,7 @@ def card_markdown(card: dict) -> str:
         "## Reproduce", "", "```", *card["commands"], "```", "",
         "## Training", "", f"Hardware: {card['hardware']}. Total training time {card['training_minutes']:.1f} min.", "",
         "| model | kind | k | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|", *rows, "",
-        "## Evaluation", markdown_report(results, card["title"], claims=False).split("\n", 1)[1], "",  # without its own title
+        "## Evaluation", markdown_report(results, card["title"], claims=False).split("\n", 1)[1], "",  # its title cut
         "## Plots", "", *(f"![{Path(p).stem}]({p})" for p in card["plots"]), "",
     ])
 

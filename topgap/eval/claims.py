@@ -155,7 +155,8 @@ def _in_words(rows: list[dict], names: list[str]) -> list[str]:
                 if not yes:
                     continue
                 if len(yes) == len(hits):
-                    items.append(_label(metric) + (" (both protocols)" if len(hits) > 1 else f" ({yes[0]})" * bool(yes[0])))
+                    where = " (both protocols)" if len(hits) > 1 else f" ({yes[0]})" * bool(yes[0])
+                    items.append(_label(metric) + where)
                 else:
                     items.append(f"{_label(metric)} (under {', '.join(yes)}, not under "
                                  f"{', '.join(r['protocol'] for r in hits if r['verdict'] != word)})")

@@ -2,7 +2,8 @@
 
 Two checks of Markdown files (by default README.md, docs/**/*.md and models/*/README.md under --root):
 
-0. A family card (models/*/README.md beside its card.json) is exactly :func:`topgap.eval.card.card_markdown` of card.json.
+0. A family card (models/*/README.md beside its card.json) is exactly :func:`topgap.eval.card.card_markdown` of
+   its card.json.
 1. A claims block, ``<!-- claims: SOURCE -->`` ... ``<!-- /claims -->``, holds exactly
    :func:`topgap.eval.claims.render_claims` of the JSON value at SOURCE: ``path.json`` or ``path.json#/json/pointer``
    (RFC 6901), relative to the Markdown file. ``--write`` re-renders every block in place.

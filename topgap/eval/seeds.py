@@ -6,8 +6,9 @@ dataset and split. Per model and metric (:func:`topgap.eval.evaluate.flat_metric
 within each seed, its mean and a 95% Student-t interval over seeds (:func:`topgap.eval.stats.t_interval`),
 with a verdict only when the interval excludes 0 ("descriptive" when no report chose a k on validation
 data). A model whose training did not converge in a seed (``converged: false``) or whose predictions collapsed
-(``collapsed.flag``) is left out of that seed, and the seed is listed under ``excluded``. Reports are paired only when every sample they were computed on (``samples``:
-the images, attack, ROAD and sanity subsets) holds the same ids (:func:`topgap.eval.subsets.check_same_sample`).
+(``collapsed.flag``) is left out of that seed, and the seed is listed under ``excluded``. Reports are paired only
+when every sample they were computed on (``samples``: the images, attack, ROAD and sanity subsets) holds the same
+ids (:func:`topgap.eval.subsets.check_same_sample`).
 
 Example::
 
