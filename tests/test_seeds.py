@@ -155,7 +155,8 @@ def test_card_gets_the_seeds_section_only_when_asked(tmp_path, capsys):
     assert "## Data\n\nMade up.\n\n## Across seeds (mean ± std)\n\nDataset **fake** (split test), 3 seeds" in text
     assert text.index("## Across seeds") < text.index("## How Top-GAP compares with the baseline")
     assert "| baseline | 3 | 0.920 ± 0.020 |" in text
-    assert "| k16 | l1 ↓ | 3 | -0.180 | [-0.230, -0.130] | better |" in text
+    assert "| l1 ↓ | – | -0.180 [-0.230, -0.130] **better** |" in text  # the differences, as claims
+    assert "<!-- claims: card.json#/seeds/0 -->" in text and "| k16 | l1 ↓ | 3 |" not in text  # not twice
     assert json.loads((fam / "card.json").read_text())["seeds"] == [combined]
     bg = combine_seeds([seed_results({"baseline": 0.9, "k16": 0.9}, bg={"baseline": (0.9, 0.8), "k16": (x, x)})
                         for x in (0.90, 0.91, 0.92)])
@@ -163,7 +164,7 @@ def test_card_gets_the_seeds_section_only_when_asked(tmp_path, capsys):
     assert main([*card, "--seeds-report", str(seeds), str(tmp_path / "bg-seeds")]) == 0  # test split, then a benchmark
     text = (fam / "README.md").read_text()
     assert text.count("## Across seeds") == 1 and text.count("Dataset **fake** (split test), 3 seeds") == 2
-    assert "No seed was excluded.\n\nDataset **fake**" in text and "| k16 | bg_gap ↓ | 3 | -0.100 |" in text
+    assert "No seed was excluded.\n\nAgainst the baseline:" in text and "| BG-Gap ↓ | – | -0.100 [" in text
     assert json.loads((fam / "card.json").read_text())["seeds"] == [combined, bg]
     assert main(card) == 0
     assert "Across seeds" not in (fam / "README.md").read_text()

@@ -47,7 +47,8 @@ def card_markdown(card: dict) -> str:
     rows = [f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
             f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |"
             for n, t in training.items()]
-    across = [line for i, s in enumerate(seeds) for line in (*seeds_markdown(s), "", "Against the baseline:", "",
+    across = [line for i, s in enumerate(seeds) for line in (*seeds_markdown(s, differences=False), "",
+                                                               "Against the baseline:", "",
                                                                *claims_block(f"card.json#/seeds/{i}", s), "")]
     return "\n".join([
         f"# {card['title']}", "", "<!-- figures: card.json -->", "",

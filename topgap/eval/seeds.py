@@ -135,26 +135,33 @@ def _mean_std(v: dict | None) -> str:
     return f"{v['mean']:.3f} ± {v['std']:.3f}" if v["std"] is not None else f"{v['mean']:.3f} (one seed)"
 
 
-def seeds_markdown(combined: dict) -> list[str]:
-    """The two tables (model × key metric as mean ± std; differences vs the reference) and the excluded seeds."""
-    metrics, ref = _key_metrics(combined), combined["reference"]
-    arrow = {k: "↑" if higher_is_better(k) else "↓" for k in metrics}
-    name = lambda n, m: f"{n} ⚠ {len(m['excluded'])} seed(s) excluded" if m["flagged"] else n  # noqa: E731
-    rows = [[name(n, m), len(m["seeds"]), *(_mean_std(m["metrics"].get(k)) for k in metrics)]
-            for n, m in combined["models"].items()]
-    out = [f"Dataset **{combined['dataset']}** (split {combined['split']}), {combined['n_seeds']} seeds, "
-           f"{', '.join(map(str, combined['n_images']))} images per seed. Mean ± sample std (ddof=1) over seeds.", "",
-           _table(["model", "seeds", *(f"{k} {arrow[k]}" for k in metrics)], rows), "",
-           f"Model − {ref} within each seed: mean over seeds and a 95% Student-t interval (df = seeds − 1); "
-           "a verdict says better or worse only when the interval excludes 0.", ""]
-    rows = []
+def _difference_table(combined: dict, metrics: list[str], arrow: dict[str, str]) -> list[str]:
+    """Model − reference per metric: mean over seeds, 95% Student-t interval, verdict."""
+    ref, rows = combined["reference"], []
     for n, diffs in combined["differences"].items():
         for k in metrics:
             c = diffs.get(k)
             if c is not None:
                 interval = "–" if c["low"] is None else f"[{c['low']:+.3f}, {c['high']:+.3f}]"
                 rows.append([n, f"{k} {arrow[k]}", c["n"], f"{c['diff']:+.3f}", interval, c["verdict"]])
-    out += [_table(["model", "metric", "seeds", f"mean diff vs {ref}", "95% interval", "verdict"], rows), ""]
+    return [f"Model − {ref} within each seed: mean over seeds and a 95% Student-t interval (df = seeds − 1); "
+            "a verdict says better or worse only when the interval excludes 0.", "",
+            _table(["model", "metric", "seeds", f"mean diff vs {ref}", "95% interval", "verdict"], rows), ""]
+
+
+def seeds_markdown(combined: dict, differences: bool = True) -> list[str]:
+    """The two tables (model × key metric as mean ± std; differences vs the reference) and the excluded seeds;
+    `differences` False leaves the second to the caller (a card renders them as claims)."""
+    metrics = _key_metrics(combined)
+    arrow = {k: "↑" if higher_is_better(k) else "↓" for k in metrics}
+    name = lambda n, m: f"{n} ⚠ {len(m['excluded'])} seed(s) excluded" if m["flagged"] else n  # noqa: E731
+    rows = [[name(n, m), len(m["seeds"]), *(_mean_std(m["metrics"].get(k)) for k in metrics)]
+            for n, m in combined["models"].items()]
+    out = [f"Dataset **{combined['dataset']}** (split {combined['split']}), {combined['n_seeds']} seeds, "
+           f"{', '.join(map(str, combined['n_images']))} images per seed. Mean ± sample std (ddof=1) over seeds.", "",
+           _table(["model", "seeds", *(f"{k} {arrow[k]}" for k in metrics)], rows), ""]
+    if differences:
+        out += _difference_table(combined, metrics, arrow)
     excluded = [f"- {n}, seed {e['seed_index']}: {e['reason']}" for n, m in combined["models"].items()
                 for e in m["excluded"]]
     out += ["Excluded (did not converge, or predictions collapsed, in that seed):", "", *excluded] if excluded \

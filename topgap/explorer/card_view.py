@@ -125,7 +125,8 @@ def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
 
         seeds = card["seeds"] if isinstance(card["seeds"], list) else [card["seeds"]]  # one dict in older cards
         parts += ["", "### Across seeds (mean ± std)", "",
-                  *[line for s in seeds for line in (*seeds_markdown(s), "", _claims(s, folder), "")]]
+                  *[line for s in seeds
+                    for line in (*seeds_markdown(s, differences=False), "", _claims(s, folder), "")]]
     if ev.get("models"):
         parts += ["", "### Top-GAP against the baseline" + " (seed 0)" * bool(card.get("seeds")), "",
                   _claims(ev, folder), "", *_evaluation_table(ev)]
