@@ -96,7 +96,8 @@ def test_without_a_selection_no_verdict_is_printed(flow, tmp_path):
                 for c in ref.values()}
     assert verdicts == {"descriptive"}
     report = (out / "results.md").read_text()
-    assert "No k was chosen on validation data (`--select-split none`)" in report
+    assert "'descriptive': no k was chosen on validation data, so no verdict." in report
+    assert "- no verdicts: no k was chosen on validation data." in report
     assert not any(f"] {word}" in report for word in ("better", "worse", "no clear difference"))
 
 

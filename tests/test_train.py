@@ -123,12 +123,16 @@ def test_control_is_the_same_head_with_gap_and_no_l1():
     assert (c.kind, c.k, c.lam, c.fpn, c.fpn_channels) == ("topgap", None, 0.0, True, tiny_cfg().fpn_channels)
 
 
-def test_a_bare_k_trains_no_topgap_model():
+def test_k_none_trains_no_topgap_model():
     from topgap.cli import build_parser
+    from topgap.eval.evaluate import none_means_empty
 
-    args = build_parser().parse_args(["train", "--data", "d", "--k", "--control"])
-    assert args.k == [] and list(family_configs(tiny_cfg(), args.k, control=args.control)) == ["fpn-gap"]
+    args = build_parser().parse_args(["train", "--data", "d", "--k", "none", "--control"])
+    ks = none_means_empty(args.k, "--k")
+    assert ks == [] and list(family_configs(tiny_cfg(), ks, control=args.control)) == ["fpn-gap"]
     assert build_parser().parse_args(["train", "--data", "d"]).k == [64]
+    with pytest.raises(ValueError, match="'none' cannot be combined"):
+        none_means_empty(build_parser().parse_args(["train", "--data", "d", "--k", "4", "none"]).k, "--k")
 
 
 def test_ablation_family_names():

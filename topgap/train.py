@@ -496,6 +496,16 @@ def _finish(out: Path, model: nn.Module, cfg: ModelConfig, recipe: Recipe, ident
     return metrics
 
 
+def _k_value(text: str) -> int | str:
+    """A --k value: a positive int, or 'none' (no Top-GAP model)."""
+    if text.strip().lower() == "none":
+        return "none"
+    k = int(text)
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"k must be at least 1 (got {k})")
+    return k
+
+
 def family_configs(base: ModelConfig, ks: list[int], *, baseline: bool = False, control: bool = False,
                    ablation: bool = False) -> dict[str, ModelConfig]:
     """Folder name -> config: ``k{k}`` for each k, ``baseline``, ``fpn-gap`` and ``ablation-<name>`` for Table 8.
@@ -578,7 +588,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, input_size=size,
                        last_stage=args.last_stage,
                        mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
-    configs = family_configs(base, args.k, baseline=args.baseline, control=args.control, ablation=args.ablation)
+    from .eval.evaluate import none_means_empty
+
+    configs = family_configs(base, none_means_empty(args.k, "--k"), baseline=args.baseline, control=args.control,
+                             ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                     lam_warmup_epochs=args.lam_warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
@@ -616,8 +629,8 @@ def register(subparsers) -> None:
     m = p.add_argument_group("models")
     m.add_argument("--out", help="family folder: one model folder per k, baseline, ablation; required")
     m.add_argument("--backbone", default="resnet18", help="any timm CNN with features_only, or preact_resnet18")
-    m.add_argument("--k", type=int, nargs="*", default=[64], help="Top-GAP k values, one model each; a bare "
-                   "--k trains none (e.g. --k --control)")
+    m.add_argument("--k", type=_k_value, nargs="+", default=[64], help="Top-GAP k values, one model each; "
+                   "'none' trains no Top-GAP model (e.g. --k none --control)")
     m.add_argument("--baseline", action="store_true", help="also train the unmodified timm model")
     m.add_argument("--control", action="store_true", help="also train fpn-gap: the same FPN head with plain GAP, "
                                                            "no l1 (separates high-resolution maps from Top-GAP)")
