@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from topgap import topgap_loss
+from topgap.config import ModelConfig
 from topgap.loss import loss_terms
 
 
@@ -57,3 +58,20 @@ def test_loss_is_float32_under_bfloat16():
 def test_label_smoothing_out_of_range():
     with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\) \(got 1.0\)"):
         topgap_loss(torch.zeros(1, 2), None, torch.tensor([0]), lam=0.0, label_smoothing=1.0)
+
+
+def test_what_lam_multiplies_is_the_configured_l1_norm():
+    """"mean": mean|X| over batch, classes and cells; "sum": ||X||_1 of each image, averaged over the batch (eq. 3
+    read literally), so mean = sum / (C*h*w)."""
+    maps = torch.tensor([[[[1.0, -1.0], [0.0, 2.0]], [[0.0, 0.0], [0.0, -4.0]]],      # image 0: |X| sums to 8
+                         [[[0.5, 0.5], [0.5, 0.5]], [[0.0, 0.0], [0.0, 0.0]]]])      # image 1: 2
+    logits, y = torch.zeros(2, 2), torch.tensor([0, 1])
+    _, mean = loss_terms(logits, maps, y)
+    _, total = loss_terms(logits, maps, y, l1_norm="sum")
+    assert mean.item() == pytest.approx(10 / 16) and total.item() == pytest.approx((8 + 2) / 2)
+    assert total.item() == pytest.approx(mean.item() * 2 * 2 * 2)  # C*h*w = 8
+    assert topgap_loss(logits, maps, y, lam=0.5, l1_norm="sum").item() == pytest.approx(math.log(2) + 0.5 * 5)
+    with pytest.raises(ValueError, match="l1_norm must be one of mean, sum"):
+        loss_terms(logits, maps, y, l1_norm="max")
+    with pytest.raises(ValueError, match="l1_norm must be 'mean' or 'sum'"):
+        ModelConfig("resnet18", ["a", "b"], l1_norm="l2")

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,7 @@ def trained(tmp_path_factory):
     (dict(backbone="resnet10t"), r'config\.backbone: "resnet18" in the folder, "resnet10t" asked'),
     (dict(k=8), r"config\.k: 4 in the folder, 8 asked"),
     (dict(dropout=0.1), r"config\.dropout: 0\.0 in the folder, 0\.1 asked"),
+    (dict(l1_norm="sum"), r'config\.l1_norm: "mean" in the folder, "sum" asked'),
 ])
 def test_a_finished_folder_of_other_model_options_is_refused(trained, change, field):
     out, recipe = trained
@@ -226,6 +228,20 @@ def test_a_finished_folder_of_other_data_is_refused(trained):
     with pytest.raises(ValueError, match=r'dtype: null in the folder, "torch\.float16" asked'):
         train_model(tiny_cfg(), recipe, SquaresDataset(8), out, dtype=torch.float16)
     assert train_model(tiny_cfg(), recipe, SquaresDataset(8), out)["epochs"] == 1  # the same command still skips
+
+
+def test_a_folder_written_before_l1_norm_means_mean(trained, tmp_path):
+    """Configs without the field keep today's meaning: the same command still finds the folder done."""
+    out, recipe = trained
+    old = tmp_path / "k4"
+    shutil.copytree(out, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["l1_norm"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert ModelConfig.from_dict(config).l1_norm == "mean"
+    assert train_model(tiny_cfg(), recipe, SquaresDataset(8), old)["epochs"] == 1  # done, not retrained
+    with pytest.raises(ValueError, match=r'config\.l1_norm: "mean" in the folder, "sum" asked'):
+        train_model(ModelConfig(**{**tiny_cfg().to_dict(), "l1_norm": "sum"}), recipe, SquaresDataset(8), old)
 
 
 def test_data_fingerprint_sees_a_relabelled_image(trained):

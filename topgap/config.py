@@ -36,6 +36,7 @@ class ModelConfig:
     fpn: bool = True  # ablation: False = class maps from the last feature map only
     last_stage: int | None = None  # backbone cut after this feature_info index (0-based); None = the backbone's last
     lam: float = 1.0  # weight of the l1 term in the loss; 0 = the "no l1" ablation
+    l1_norm: str = "mean"  # what lam multiplies (topgap.loss.L1_NORMS): "mean" |X| (configs without it), "sum"
     input_size: tuple[int, int] = (224, 224)  # (H, W) the model was trained at
     mean: tuple[float, float, float] | None = None  # input normalisation before the model; None = the backbone's
     std: tuple[float, float, float] | None = None  # timm pretrained_cfg values (see default_normalization)
@@ -46,6 +47,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in ("topgap", "baseline"):
             raise ValueError(f"kind must be 'topgap' or 'baseline' (got {self.kind!r})")
+        if self.l1_norm not in ("mean", "sum"):  # topgap.loss.L1_NORMS (config stays free of torch)
+            raise ValueError(f"l1_norm must be 'mean' or 'sum' (got {self.l1_norm!r})")
         if not self.class_names:
             raise ValueError("class_names is empty: a model needs at least one class")
         self.class_names = [str(c) for c in self.class_names]

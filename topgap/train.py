@@ -281,6 +281,12 @@ def _identity(cfg: ModelConfig, recipe: Recipe, data: dict, dtype: torch.dtype |
 
 
 def _config_fields(config: dict) -> dict:
+    """The fields of a stored config that define the model, with today's defaults for fields it predates (a config
+    written before ``l1_norm`` means "mean")."""
+    try:
+        config = ModelConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError):
+        pass  # compared as stored: the difference names what is wrong
     return {k: v for k, v in config.items() if k not in ("recipe", "metrics", "weights_sha256")}
 
 
@@ -320,7 +326,10 @@ def _start(out: Path, identity: dict) -> dict[str, Any]:
                          f"{'; ...' if len(diff) > 6 else ''}); choose another --out or delete the folder to retrain"}
     if (out / RESUME).is_file():
         meta = _resume_meta(out)
-        diff = _differences(meta.get("identity", {}), identity)
+        stored = meta.get("identity", {})
+        stored = {**stored, "config": _config_fields(stored["config"])} if isinstance(stored.get("config"), dict) \
+            else stored
+        diff = _differences(stored, identity)
         if diff:
             return {"error": f"{out} holds an interrupted run with other options ({'; '.join(diff[:6])}); choose "
                              f"another --out or delete {out / RESUME} to start over"}
@@ -428,7 +437,7 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
             x, y = batch["image"].contiguous(memory_format=memory), batch["label"]
             with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 logits, maps = net(x)
-                ce, l1 = loss_terms(logits, maps, y, recipe.label_smoothing)
+                ce, l1 = loss_terms(logits, maps, y, recipe.label_smoothing, cfg.l1_norm)
                 loss = eq3(ce, l1, lam)
             # sums over all processes of (loss, CE, correct, images): one all-reduce, the same on every process
             n = loss.new_tensor(len(y), dtype=torch.float64)
@@ -585,8 +594,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.val_split and args.val_split in list_splits(args.data, fmt=args.fmt):
         val_set = open_dataset(args.data, args.val_split, **common)
     base = ModelConfig(backbone=args.backbone, class_names=train_set.class_names, k=None, num_maps=args.num_maps,
-                       fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, input_size=size,
-                       last_stage=args.last_stage,
+                       fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, l1_norm=args.l1_norm,
+                       input_size=size, last_stage=args.last_stage,
                        mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
     from .eval.evaluate import none_means_empty
 
@@ -636,6 +645,9 @@ def register(subparsers) -> None:
                                                            "no l1 (separates high-resolution maps from Top-GAP)")
     m.add_argument("--ablation", action="store_true", help="also train the 8 configurations of Table 8 (largest k)")
     m.add_argument("--lam", type=float, default=1.0, help="weight of the l1 term")
+    m.add_argument("--l1-norm", choices=["mean", "sum"], default="mean",
+                   help="what lam multiplies: mean |X| over batch, classes and cells, or ||X||_1 per image (sum "
+                        "over classes and cells) averaged over the batch; lam_mean = lam_sum * C*h*w")
     m.add_argument("--num-maps", type=int, default=4)
     m.add_argument("--fpn-channels", type=int, default=256)
     m.add_argument("--last-stage", type=int, metavar="N", help="cut every model's backbone (baseline included) "
