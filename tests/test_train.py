@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -152,6 +153,25 @@ def test_lam_warms_up_linearly_per_step():
         Recipe(lam_warmup_epochs=-1)
 
 
+def test_a_cross_entropy_only_start_delays_the_ramp():
+    # 4 epochs of 2 steps; CE only for 1 epoch (2 steps), then lam * (step - 2) / 2 over 1 epoch, then lam
+    r = Recipe(epochs=4, l1_start_epochs=1, lam_warmup_epochs=1)
+    assert [r.lam_at(2.0, s, 8) for s in range(6)] == pytest.approx([0.0, 0.0, 0.0, 1.0, 2.0, 2.0])
+    assert [Recipe(epochs=4, l1_start_epochs=2, lam_warmup_epochs=0).lam_at(2.0, s, 8) for s in (3, 4)] == [0.0, 2.0]
+    with pytest.raises(ValueError, match="l1-start"):
+        Recipe(l1_start_epochs=-0.5)
+
+
+def test_the_ce_first_start_is_logged_and_the_kept_epoch_is_at_full_lam(tmp_path):
+    recipe = Recipe(epochs=3, batch_size=4, lr=0.01, workers=0, warmup_epochs=0, l1_start_epochs=1,
+                    lam_warmup_epochs=1)
+    train_model(tiny_cfg(), recipe, SquaresDataset(8), tmp_path / "k4", val_set=SquaresDataset(4, seed=1))
+    record = json.loads((tmp_path / "k4" / "train_log.json").read_text())
+    assert [e["lam"] for e in record["epochs"]] == pytest.approx([0.0, 0.5, 1.0])  # 2 steps/epoch, lam at last step
+    assert record["selection"]["epoch"] == 3 and record["selection"]["eligible_from"] == 3
+    assert json.loads((tmp_path / "k4" / "config.json").read_text())["recipe"]["l1_start_epochs"] == 1
+
+
 def record(ce, accuracy, classes=4):
     return {"num_classes": classes, "epochs": [{"loss": 9.0, "ce_loss": 0.1, "train_accuracy": 1.0},
                                                {"loss": 9.0, "ce_loss": ce, "train_accuracy": accuracy}]}
@@ -242,6 +262,19 @@ def test_a_folder_written_before_l1_norm_means_mean(trained, tmp_path):
     assert train_model(tiny_cfg(), recipe, SquaresDataset(8), old)["epochs"] == 1  # done, not retrained
     with pytest.raises(ValueError, match=r'config\.l1_norm: "mean" in the folder, "sum" asked'):
         train_model(ModelConfig(**{**tiny_cfg().to_dict(), "l1_norm": "sum"}), recipe, SquaresDataset(8), old)
+
+
+def test_a_folder_written_before_l1_start_means_no_ce_only_start(trained, tmp_path):
+    out, recipe = trained
+    old = tmp_path / "k4"
+    shutil.copytree(out, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["recipe"]["l1_start_epochs"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert train_model(tiny_cfg(), recipe, SquaresDataset(8), old)["epochs"] == 1  # done, not retrained
+    later = dataclasses.replace(recipe, l1_start_epochs=0.5)
+    with pytest.raises(ValueError, match=r"recipe\.l1_start_epochs: 0\.0 in the folder, 0\.5 asked"):
+        train_model(tiny_cfg(), later, SquaresDataset(8), old)
 
 
 def test_data_fingerprint_sees_a_relabelled_image(trained):

@@ -10,7 +10,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 SUBCOMMAND_MODULES = ["data.synth", "data.backgrounds", "train", "eval.evaluate", "eval.seeds", "eval.card",
-                      "publish", "eval.figcheck"]  # modules with register(subparsers)
+                      "publish", "eval.figcheck", "study"]  # modules with register(subparsers)
 
 
 def describe(args: argparse.Namespace) -> dict:
@@ -65,11 +65,20 @@ def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
         values = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"--config {path}: cannot read it as JSON ({e})") from None
-    known = {a.dest for a in args._parser._actions}
-    unknown = sorted(set(values) - known)
+    return parse_with_values(argv, values, f"--config {path}", parser=parser, args=args)
+
+
+def parse_with_values(argv: list[str], values: dict, source: str, *, parser: argparse.ArgumentParser | None = None,
+                      args: argparse.Namespace | None = None) -> argparse.Namespace:
+    """`argv` (a subcommand and its arguments) parsed with `values` ({long option with _: value}) as the subcommand's
+    defaults, so that `argv` still wins; ValueError naming `source` for an option the subcommand does not have."""
+    parser = parser or build_parser()
+    command = (args or parser.parse_args(argv)).command
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    unknown = sorted(set(values) - {a.dest for a in sub._actions})
     if unknown:
-        raise ValueError(f"--config {path}: unknown options {unknown}; use the long option names with _")
-    args._parser.set_defaults(**values)
+        raise ValueError(f"{source}: unknown options {unknown} for topgap {command}; use the long option names with _")
+    sub.set_defaults(**values)
     return parser.parse_args(argv)
 
 

@@ -54,8 +54,8 @@ from .model import Normalize, TopGapNet
 if TYPE_CHECKING:  # accelerate is imported where it is used, so that `topgap --help` stays light
     from accelerate import Accelerator
 
-__all__ = ["Recipe", "train_model", "family_configs", "train_family", "make_accelerator", "convergence",
-           "training_record", "data_fingerprint", "register", "KEEP_RULES", "COLLAPSE_SHARE"]
+__all__ = ["Recipe", "train_model", "family_configs", "train_family", "fold_splits", "make_accelerator", "convergence",
+           "training_record", "data_fingerprint", "plan", "register", "KEEP_RULES", "COLLAPSE_SHARE"]
 
 RESUME, BEST, LOG = "resume.safetensors", "best.safetensors", "train_log.json"
 KEEP_RULES = {"best-val": "the epoch of highest validation accuracy among those trained at the full lam (after the "
@@ -73,6 +73,7 @@ class Recipe:
     schedule: str = "cosine"  # "cosine" (after linear warmup) or "constant"
     warmup_epochs: float = 1.0
     lam_warmup_epochs: float = 1.0  # the l1 weight ramps linearly from 0 to cfg.lam over these epochs
+    l1_start_epochs: float = 0.0  # cross-entropy only for these epochs, then the ramp (0: the ramp starts at once)
     label_smoothing: float = 0.0  # applied to the cross-entropy of the baseline and Top-GAP alike
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
@@ -92,8 +93,8 @@ class Recipe:
             raise ValueError(f"schedule must be cosine or constant (got {self.schedule!r})")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        if self.warmup_epochs < 0 or self.lam_warmup_epochs < 0:
-            raise ValueError("--warmup-epochs and --lam-warmup must be >= 0")
+        if self.warmup_epochs < 0 or self.lam_warmup_epochs < 0 or self.l1_start_epochs < 0:
+            raise ValueError("--warmup-epochs, --lam-warmup and --l1-start must be >= 0")
 
     def lr_at(self, step: int, total: int) -> float:
         """Linear warmup to `lr`, then cosine decay to 0 (or constant)."""
@@ -105,10 +106,12 @@ class Recipe:
         return 0.5 * self.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     def lam_at(self, lam: float, step: int, total: int) -> float:
-        """l1 weight at optimisation `step` of `total`: lam * step / W over the first W = lam_warmup_epochs
-        epochs' steps (0 at the first step), then lam."""
-        warm = self.lam_warmup_epochs * total / self.epochs
-        return lam if step >= warm else lam * step / warm
+        """l1 weight at optimisation `step` of `total`: 0 over the first S = l1_start_epochs epochs' steps, then
+        lam * (step - S) / W over the next W = lam_warmup_epochs epochs' steps, then lam."""
+        start, warm = self.l1_start_epochs * total / self.epochs, self.lam_warmup_epochs * total / self.epochs
+        if step < start:
+            return 0.0
+        return lam if step - start >= warm else lam * (step - start) / warm
 
 
 def make_accelerator() -> Accelerator:
@@ -290,6 +293,14 @@ def _config_fields(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("recipe", "metrics", "weights_sha256")}
 
 
+RECIPE_FIELDS_ADDED = {"l1_start_epochs": 0.0}  # recipe fields younger than some folders, with the old meaning
+
+
+def _recipe_fields(recipe: Any) -> Any:
+    """A stored recipe with the meaning of each field it predates (:data:`RECIPE_FIELDS_ADDED`) filled in."""
+    return RECIPE_FIELDS_ADDED | recipe if isinstance(recipe, dict) and recipe else recipe
+
+
 def _differences(stored: Any, asked: Any, path: str = "") -> list[str]:
     """'field: folder X, asked Y' for every leaf where two JSON-like values differ."""
     if isinstance(stored, dict) and isinstance(asked, dict):
@@ -309,7 +320,7 @@ def _finished_identity(out: Path) -> dict[str, Any]:
     config = json.loads((out / CONFIG).read_text())
     record = json.loads((out / LOG).read_text()) if (out / LOG).is_file() else {}
     record = record if isinstance(record, dict) else {}
-    return {"config": _config_fields(config), "recipe": config.get("recipe", {}),
+    return {"config": _config_fields(config), "recipe": _recipe_fields(config.get("recipe", {})),
             "data": record.get("data", "<not recorded>"), "dtype": record.get("dtype", "<not recorded>")}
 
 
@@ -327,8 +338,8 @@ def _start(out: Path, identity: dict) -> dict[str, Any]:
     if (out / RESUME).is_file():
         meta = _resume_meta(out)
         stored = meta.get("identity", {})
-        stored = {**stored, "config": _config_fields(stored["config"])} if isinstance(stored.get("config"), dict) \
-            else stored
+        stored = {**stored, "config": _config_fields(stored["config"]), "recipe": _recipe_fields(stored.get("recipe"))} \
+            if isinstance(stored.get("config"), dict) else stored
         diff = _differences(stored, identity)
         if diff:
             return {"error": f"{out} holds an interrupted run with other options ({'; '.join(diff[:6])}); choose "
@@ -535,6 +546,17 @@ def family_configs(base: ModelConfig, ks: list[int], *, baseline: bool = False, 
     return configs
 
 
+def fold_splits(labels: list, folds: int, seed: int) -> list[tuple[Any, Any]]:
+    """[(train indices, held-out indices)] of stratified `folds`-fold cross-validation, shuffled by `seed`: the one
+    split that ``train --folds``, ``evaluate`` (through cv.json) and :mod:`topgap.study` use."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = list(labels)
+    if folds < 2 or min(labels.count(c) for c in set(labels)) < folds:
+        raise ValueError(f"--folds {folds} needs at least 2 folds and {folds} images per class; use fewer folds")
+    return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(labels, labels))
+
+
 def train_family(configs: dict[str, ModelConfig], recipe: Recipe, train_set: Dataset, out: str | Path, *,
                  val_set: Dataset | None = None, folds: int = 0, fold_eval_set: Dataset | None = None,
                  dtype: torch.dtype | None = None, accelerator: Accelerator | None = None) -> dict[str, Any]:
@@ -549,15 +571,9 @@ def train_family(configs: dict[str, ModelConfig], recipe: Recipe, train_set: Dat
     if folds <= 1:
         return {name: train_model(c, recipe, train_set, out / name, val_set=val_set, accelerator=acc, dtype=dtype)
                 for name, c in configs.items()}
-    from sklearn.model_selection import StratifiedKFold
-
-    labels = list(train_set.labels)
-    if min(labels.count(c) for c in set(labels)) < folds:
-        raise ValueError(f"--folds {folds} needs at least {folds} images per class; use fewer folds")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=recipe.seed)
     per_fold: dict[str, list[float]] = {name: [] for name in configs}
     held_out = []
-    for i, (tr, va) in enumerate(splitter.split(labels, labels)):
+    for i, (tr, va) in enumerate(fold_splits(dataset_labels(train_set), folds, recipe.seed)):
         held_out.append(va.tolist())
         for name, c in configs.items():
             m = train_model(c, recipe, Subset(train_set, tr.tolist()), out / f"fold{i}" / name,
@@ -582,8 +598,11 @@ def _size(text: str) -> tuple[int, int]:
     return int(h), int(w or h)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def plan(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``topgap train`` ARGS would train: {"configs": {folder name: ModelConfig}, "recipe", "train_set",
+    "val_set" (None without one), "data": the dataset options to open another split with}."""
     from .data import list_splits, open_dataset
+    from .eval.evaluate import none_means_empty
 
     if not args.data or not args.out:
         raise ValueError("--data and --out are required (on the command line or in --config)")
@@ -597,22 +616,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, l1_norm=args.l1_norm,
                        input_size=size, last_stage=args.last_stage,
                        mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
-    from .eval.evaluate import none_means_empty
-
     configs = family_configs(base, none_means_empty(args.k, "--k"), baseline=args.baseline, control=args.control,
                              ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                    lam_warmup_epochs=args.lam_warmup, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
+                    lam_warmup_epochs=args.lam_warmup, l1_start_epochs=args.l1_start,
+                    label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
                     seed=args.seed, workers=args.workers, pretrained=args.pretrained, bf16=args.bf16,
                     channels_last=args.channels_last, compile=args.compile, keep=args.keep)
+    return {"configs": configs, "recipe": recipe, "train_set": train_set, "val_set": val_set,
+            "data": {"root": args.data, "train_split": args.train_split, **common}}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import open_dataset
+
+    p = plan(args)
     out, acc = Path(args.out), make_accelerator()
     if acc.is_main_process:
         write_json(out / "train_args.json", {k: v for k, v in vars(args).items() if k != "func" and k[0] != "_"})
-    fold_eval_set = open_dataset(args.data, args.train_split, **common) if args.folds > 1 else None
-    results = train_family(configs, recipe, train_set, out, val_set=val_set, folds=args.folds,
+    d = p["data"]
+    common = {k: v for k, v in d.items() if k not in ("root", "train_split")}
+    fold_eval_set = open_dataset(d["root"], d["train_split"], **common) if args.folds > 1 else None
+    results = train_family(p["configs"], p["recipe"], p["train_set"], out, val_set=p["val_set"], folds=args.folds,
                            fold_eval_set=fold_eval_set, dtype=torch.float16 if args.half else None, accelerator=acc)
-    return {"out": str(out), "models": results, "skipped_files": len(getattr(train_set, "skipped", []))}
+    return {"out": str(out), "models": results, "skipped_files": len(getattr(p["train_set"], "skipped", []))}
 
 
 def register(subparsers) -> None:
@@ -669,6 +697,8 @@ def register(subparsers) -> None:
     r.add_argument("--schedule", default=defaults.schedule, choices=["cosine", "constant"])
     r.add_argument("--lam-warmup", type=float, default=defaults.lam_warmup_epochs,
                    help="epochs over which the l1 weight ramps linearly from 0 to --lam, per step")
+    r.add_argument("--l1-start", type=float, default=defaults.l1_start_epochs,
+                   help="epochs of cross-entropy only before the l1 ramp begins")
     r.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and loss")
     r.add_argument("--channels-last", action="store_true", help="NHWC memory layout (tensor-core GPUs)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -92,7 +92,7 @@ from .stats import (BOOTSTRAP_SAMPLES, COLLAPSE_SHARE, MAP_METRICS, finite_mean,
 from .subsets import dataset_labels, sample_record, stratified_indices
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "EPS_CURVE", "CAM_TARGETS", "evaluate_family", "draw_samples", "collapse",
-           "compare", "select_models", "aggregate_folds", "flat_metrics", "parse_eps", "register", "run"]
+           "compare", "select_models", "aggregate_folds", "flat_metrics", "parse_eps", "evaluate_folder", "register", "run"]
 
 ATTACKS = ("fgsm", "pgd", "autoattack", "square", "transfer")
 DEFAULT_ATTACKS = ("fgsm", "pgd")  # AutoAttack and Square cost minutes per 224 px image on a CPU: on request
@@ -763,7 +763,7 @@ def _convergence(folder: Path) -> tuple[bool, str] | None:
     return bool(record["converged"]), record["reason"]
 
 
-def _evaluate_folder(family: Path, dataset, args, *, surrogate, shifts, split: str) -> dict:
+def evaluate_folder(family: Path, dataset, args, *, surrogate, shifts, split: str) -> dict:
     from ..checkpoint import load_family
 
     models = load_family(family, device=args.device)
@@ -808,7 +808,7 @@ def run(args: argparse.Namespace) -> dict:
     names = [s for text in args.shift_splits for s in text.split(",") if s]
     shifts = {s: open_dataset(args.data, s, **common) for s in names}
     val_set = _selection_set(args, select, common, dataset)
-    results = _evaluate_folder(family, dataset, args, surrogate=surrogate, shifts=shifts, split=args.split)
+    results = evaluate_folder(family, dataset, args, surrogate=surrogate, shifts=shifts, split=args.split)
     if adopted:
         results["selection"] = adopted
     elif val_set is None:
@@ -817,7 +817,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         val_args = argparse.Namespace(**{**vars(args), "attacks": [], "eps_curve": [], "faithfulness_images": 0,
                                          "sanity_images": 0, "bootstrap": 0})
-        val = _evaluate_folder(family, val_set, val_args, surrogate=None, shifts={}, split=select)
+        val = evaluate_folder(family, val_set, val_args, surrogate=None, shifts={}, split=select)
         results["selection"] = select_models(val)
     paths = write_report(results, out, title=title)
     return {"out": str(out), "files": [str(p) for p in paths], "n_images": results["n_images"],
@@ -858,7 +858,7 @@ def _run_folds(family: Path, folds: list[Path], args, common, surrogate, out: Pa
     for f, idx in zip(folds, held_out):
         part = Subset(data, idx)
         part.class_names = data.class_names
-        per_fold.append(_evaluate_folder(f, part, args, surrogate=surrogate, shifts={}, split=f"{f.name} held out"))
+        per_fold.append(evaluate_folder(f, part, args, surrogate=surrogate, shifts={}, split=f"{f.name} held out"))
     agg = aggregate_folds(per_fold)
     paths = write_cv_report(agg, per_fold, out, title=title + f" ({len(folds)}-fold cross-validation)")
     return {"out": str(out), "files": [str(p) for p in paths], "folds": len(folds),
