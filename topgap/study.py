@@ -26,7 +26,8 @@ from typing import Any
 
 from .io import write_json
 
-__all__ = ["RULE", "load_grid", "stage_cells", "choose", "rank", "summarise", "run_study", "register"]
+__all__ = ["RULE", "load_grid", "stage_cells", "choose", "rank", "summarise", "measure", "cell_options", "run_study",
+           "chosen_family", "train_commands", "register"]
 
 RULE = ("among the cells whose every fold was run and none collapsed or failed to converge, those whose mean fold "
         "accuracy is within `tolerance` of the best; of these, the lowest mean l1 of the model's own CAM under the "
@@ -134,10 +135,16 @@ def rank(summaries: list[dict], tolerance: float) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------- one fold of one cell
 
+def cell_options(grid: dict, cell: dict) -> dict[str, Any]:
+    """Everything a fold's measurement depends on: its train and evaluate options, the folds and the test split."""
+    return {"train": {**grid["train"], **cell["options"], "data": grid["data"]}, "evaluate": grid["evaluate"],
+            "folds": grid["folds"], "test_split": grid.get("test_split", "test")}
+
+
 def _train_args(grid: dict, cell: dict, folder: Path) -> argparse.Namespace:
     from .cli import parse_with_values
 
-    values = {**grid["train"], **cell["options"], "data": grid["data"], "out": str(folder), "folds": 0}
+    values = {**cell_options(grid, cell)["train"], "out": str(folder), "folds": 0}
     return parse_with_values(["train"], values, f"{grid['_path']} (cell {cell['name']})")
 
 
@@ -151,8 +158,8 @@ def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
     from .train import fold_splits, plan, train_model
 
     folder = runs / cell["name"] / f"fold{fold}"
-    if (folder / "metrics.json").is_file():
-        return json.loads((folder / "metrics.json").read_text())
+    if (done := _measured(grid, runs, cell).get(fold)) is not None:
+        return done
     args = _train_args(grid, cell, folder)
     p = plan(args)
     if len(p["configs"]) != 1:
@@ -168,7 +175,8 @@ def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
                           dtype=torch.float16 if args.half else None)
     results = _evaluate(grid, folder, part, f"fold {fold} held out")["models"][name]
     test = open_dataset(p["data"]["root"], grid.get("test_split", "test"), **data)
-    record = {"cell": cell["name"], "fold": fold, "n_held_out": len(va), "n_test": len(test),
+    record = {"cell": cell["name"], "fold": fold, "options": cell_options(grid, cell), "n_held_out": len(va),
+              "n_test": len(test),
               "metrics": _flat(results) | {"test_accuracy": test_accuracy(folder / name, test)},
               "converged": results["converged"], "convergence": results["convergence"],
               "collapsed": results["collapsed"], "flag": _flag(results),
@@ -216,10 +224,18 @@ def test_accuracy(folder: Path, dataset, batch_size: int = 64) -> float:
 
 # ------------------------------------------------------------------------------------------------ the stages
 
-def _measured(runs: Path, cell: dict) -> dict[int, dict]:
-    out = {}
-    for path in (runs / cell["name"]).glob("fold*/metrics.json"):
+def _measured(grid: dict, runs: Path, cell: dict) -> dict[int, dict]:
+    """{fold: its metrics.json} of the cell, refusing a measurement made with other options than the grid's."""
+    out, asked = {}, json.loads(json.dumps(cell_options(grid, cell)))
+    for path in sorted((runs / cell["name"]).glob("fold*/metrics.json")):
         record = json.loads(path.read_text())
+        if record.get("options") != asked:
+            from .train import _differences
+
+            diff = _differences(record.get("options"), asked, "options")
+            raise ValueError(f"{path} was measured with other options ({'; '.join(diff[:4])}); the grid changed "
+                             "after it ran: give another --runs, or record the change under Deviations and delete "
+                             f"{path.parent.parent}")
         out[record["fold"]] = record
     return out
 
@@ -259,14 +275,14 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
         entry = study["stages"][stage] = {"folds": folds, "runs_at_most": len(cells) * len(folds)}
         for fold in ([] if plan_only else folds):
             for cell in cells:
-                done = _measured(runs, cell)
+                done = _measured(grid, runs, cell)
                 if fold in done or (fold != folds[0] and (folds[0] not in done or done[folds[0]]["flag"])):
                     continue  # measured, or flagged on the first fold: never chosen, not run further
                 measure(grid, cell, fold, runs)
                 study["runs_trained"] += 1
-                entry["cells"] = [summarise(c, folds, _measured(runs, c)) for c in cells]
+                entry["cells"] = [summarise(c, folds, _measured(grid, runs, c)) for c in cells]
                 _write(study, report, progress=True)
-        entry["cells"] = [summarise(c, folds, _measured(runs, c)) for c in cells]
+        entry["cells"] = [summarise(c, folds, _measured(grid, runs, c)) for c in cells]
         try:
             entry["choice"] = choices[stage] = _choices(grid, stage, entry["cells"])
         except ValueError:
@@ -275,10 +291,47 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
             raise
         if not plan_only:
             _write(study, report)
+    if choices.get("tuned", {}).get("family", {}).get("chosen"):
+        study |= chosen_family(grid, choices["tuned"])
     study["runs_measured"] = len(list(runs.glob("*/fold*/metrics.json"))) if runs.is_dir() else 0
     if not plan_only:
         _write(study, report)
     return study
+
+
+def chosen_family(grid: dict, tuned: dict) -> dict[str, Any]:
+    """{"models": {arm: chosen cell}, "selection": the k the family is judged by}, in the shape of a report's
+    selection, so that ``topgap evaluate --selection-from study.json`` judges the shipped family by it."""
+    pick = tuned["family"]["chosen"]
+    split = grid["train"].get("train_split", "train")
+    return {"models": {arm: c["chosen"] and c["chosen"]["name"] for arm, c in tuned["arms"].items()},
+            "selection": {"split": f"{grid['folds']} folds of {split}", "dataset": Path(grid["data"]).name,
+                          "rule": f"{RULE}; the family is judged by the same rule over the Top-GAP arms' chosen cells",
+                          "by": {"prior study": {"model": pick["arm"], "value": pick["mean"]["accuracy"],
+                                                 "cell": pick["name"]}}}}
+
+
+def train_commands(grid: dict, study: dict, seed: int, out: str) -> list[str]:
+    """One ``topgap train`` command per arm with its chosen setting, on the whole fold split, seed `seed`, into
+    `out` (the family folder): how the shipped family is trained."""
+    import shlex
+
+    cells = {c["name"]: c for c in stage_cells(grid, "tuned", {"pilot": study["stages"]["pilot"]["choice"],
+                                                               "prior": study["stages"]["prior"]["choice"]})}
+    commands = []
+    for arm, name in study["models"].items():
+        if name is None:
+            raise ValueError(f"arm {arm} has no chosen cell (every cell flagged); it cannot be trained as chosen")
+        values = {**grid["train"], **cells[name]["options"], "seed": seed, "data": grid["data"], "out": out}
+        argv = []
+        for key, value in values.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif value is not False and value is not None:
+                argv += [flag, *map(str, value if isinstance(value, list) else [value])]
+        commands.append("topgap train " + " ".join(shlex.quote(a) for a in argv))
+    return commands
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -346,6 +399,10 @@ def plot_prior(entry: dict, path: Path) -> Path:
     fig, axes = plt.subplots(3, 3, figsize=(13, 10), constrained_layout=True)
     lines = sorted({(s["schedule"], s["optimizer"]) for s in entry["cells"]})
     for ax, metric in zip(axes.flat, PLOTTED):
+        ax.set_title(metric.replace("_", " "))
+        if not any(metric in s["mean"] for s in entry["cells"]):
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            continue
         for schedule, opt in lines:
             cells = sorted((s for s in entry["cells"] if (s["schedule"], s["optimizer"]) == (schedule, opt)
                             and metric in s["mean"]), key=lambda s: s["lam"])
@@ -356,7 +413,6 @@ def plot_prior(entry: dict, path: Path) -> Path:
             ax.scatter([s["lam"] for s in bad], [s["mean"][metric] for s in bad], marker="x", s=60,
                        color=line[0].get_color())
         ax.set_xscale("log")
-        ax.set_title(metric.replace("_", " "))
         ax.set_xlabel("lam")
     axes.flat[0].legend(fontsize=8, title="x: flagged, never chosen", title_fontsize=8)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
@@ -371,6 +427,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = Path(args.grid).stem
     runs = Path(args.runs or f"runs/study/{name}")
     report = Path(args.report or Path(args.grid).parent / name)
+    if args.train_commands is not None:
+        done = json.loads((report / "study.json").read_text()) if (report / "study.json").is_file() else {}
+        if "models" not in done:
+            raise ValueError(f"{report / 'study.json'}: the study has not chosen every arm yet; run it to the end")
+        return {"commands": [c for seed in args.seeds for c in train_commands(grid, done, seed,
+                                                                              args.train_commands.format(seed=seed))]}
     study = run_study(grid, runs, report, until=args.until, plan_only=args.plan)
     return {"report": str(report), "runs": str(runs), "runs_trained": study["runs_trained"],
             "runs_measured": study["runs_measured"],
@@ -399,4 +461,7 @@ def register(subparsers) -> None:
     p.add_argument("--report", help="study.json, study.md, prior.png (default: beside the grid, <grid name>/)")
     p.add_argument("--until", choices=STAGES, default="tuned", help="the last stage to run")
     p.add_argument("--plan", action="store_true", help="list the cells and count the runs; train nothing")
+    p.add_argument("--train-commands", metavar="OUT", help="print the topgap train commands of the chosen family "
+                                                          "into OUT ({seed} is replaced), e.g. runs/pets/seed{seed}")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of --train-commands")
     p.set_defaults(func=run)
