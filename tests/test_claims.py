@@ -58,7 +58,7 @@ def test_words_restate_the_verdicts_per_protocol():
 
 def test_what_does_not_reproduce_is_judged_on_the_chosen_model():
     text = render_claims(results())
-    tail = text.split("does not reproduce here (the chosen model):", 1)[1]
+    tail = text.split("does not reproduce here (the chosen model):", 1)[1].split("The promise")[0]
     assert "- a sparser CAM than GradCAM on the baseline (Table 2): **k16** (paper) +0.020 [+0.010, +0.030] " \
            "**worse**." in tail
     assert "- more images survive FGSM (Table 3; judged here on 'still correct', the paper counts 'unchanged'): " \
@@ -79,7 +79,8 @@ def test_without_a_choice_on_validation_there_is_no_verdict():
             c["verdict"] = "descriptive"
     text = render_claims(r)
     assert "'descriptive': no k was chosen on validation data" in text
-    assert text.endswith("- no verdicts: no k was chosen on validation data.")
+    assert "- no verdicts: no k was chosen on validation data.\n\nThe promise" in text
+    assert text.endswith("- not answered: no k was chosen on validation data.")
     assert "- **k16**: no verdicts (descriptive)." in text
 
 
@@ -95,7 +96,7 @@ def test_seeds_are_rendered_from_their_paired_differences():
     assert "3 seeds: mean of the per-seed differences, 95% Student-t interval over seeds" in text
     assert [r["metric"] for r in comparisons(seeds)] == ["accuracy", "mixed_rand_accuracy", "only_bg_t_accuracy"]
     assert "| only_bg_t accuracy ↓ |" in text  # the background alone: lower is better
-    tail = text.split("does not reproduce here (the chosen model):", 1)[1]
+    tail = text.split("does not reproduce here (the chosen model):", 1)[1].split("The promise")[0]
     assert "- higher accuracy under distribution shift (Table 5): **k16** (mixed_rand accuracy) -0.050" in tail
     assert "only_bg_t" not in tail  # the paper claims nothing about the background alone
 
@@ -120,3 +121,14 @@ def test_seeds_that_chose_differently_say_so():
     assert "(the models chosen in some seed)" in text and "**k4**" in text.split("does not reproduce")[1]
     seeds["selected"] = ["k16"] * 3
     assert "Chosen on validation data: k16 in every seed." in render_claims(seeds)
+
+
+def test_the_promise_needs_l1_and_iou_both_better_per_protocol():
+    text = render_claims(results())
+    # k16: IOU better under both protocols, l1 worse under paper and better under relu
+    assert "- **k16**, paper protocol (min-max of the raw map): **no** (l1 +0.020 [+0.010, +0.030] **worse**; IOU " \
+           "+0.050 [+0.020, +0.080] **better**)." in text
+    assert "- **k16**, ReLU-first: **yes** (l1 -0.030 [-0.050, -0.010] **better**; IOU +0.060 [+0.030, +0.090] " \
+           "**better**)." in text
+    assert "k4**, paper" not in text  # only the chosen model answers it
+    assert "- not answered: no k was chosen on validation data." in render_claims(results(selection=None))

@@ -15,7 +15,7 @@ import re
 
 from .stats import MAP_METRICS, higher_is_better
 
-__all__ = ["METRIC_ORDER", "PAPER_CLAIMS", "comparisons", "render_claims"]
+__all__ = ["METRIC_ORDER", "PAPER_CLAIMS", "PROMISE", "comparisons", "render_claims"]
 
 PROTOCOL_ORDER = ("paper", "relu")
 METRIC_ORDER = ("accuracy", *MAP_METRICS, "road", "attacks", "shifts", "bg_gap")  # "attacks"/"shifts": their keys
@@ -192,6 +192,31 @@ def _not_reproduced(rows: list[dict], names: list[str], chosen: list[str], contr
     return out
 
 
+PROTOCOL_WORDS = {"paper": "paper protocol (min-max of the raw map)", "relu": "ReLU-first"}
+PROMISE = ("l1", "iou", "mass_in_mask")  # the promise is judged on the first two; mass in mask is shown beside them
+
+
+def _promise(rows: list[dict], chosen: list[str], names: list[str]) -> list[str]:
+    """Per protocol, for each chosen model: is its own CAM sparser **and** more on the object than GradCAM on the
+    baseline (l1 and IOU both better, reports/prior-study/PROTOCOL.md)? One line per protocol, figures beside it."""
+    judged = [n for n in chosen if n in names]
+    if not judged:
+        return ["- not answered: no k was chosen on validation data."]
+    out = []
+    for n in judged:
+        for protocol in PROTOCOL_ORDER:
+            hits = {r["metric"]: r for r in rows if r["model"] == n and r["protocol"] == protocol
+                    and r["metric"] in PROMISE}
+            if not {"l1", "iou"} <= set(hits):
+                continue
+            verdicts = {hits[m]["verdict"] for m in ("l1", "iou")}
+            answer = ("**yes**" if verdicts == {"better"} else
+                      f"not answered ({hits['l1']['verdict']})" if not verdicts & set(JUDGED) else "**no**")
+            figures = "; ".join(f"{_label(m)} {_cell(hits[m])}" for m in PROMISE if m in hits)
+            out.append(f"- **{n}**, {PROTOCOL_WORDS[protocol]}: {answer} ({figures}).")
+    return out or ["- not answered: this report has no l1 and IOU comparison of the chosen model."]
+
+
 def render_claims(data: dict) -> str:
     """The claims block: the comparison table, the verdicts in words, what does not reproduce (Markdown)."""
     rows, names = comparisons(data), _models(data["models"])
@@ -216,5 +241,7 @@ def render_claims(data: dict) -> str:
     scope = ("the chosen model" if len(chosen) == 1 else "the models chosen in some seed") if chosen else \
         "every Top-GAP model"
     out += [f"What the paper reports that does not reproduce here ({scope}):", "",
-            *(missing or ["- nothing: every claim of the paper that this report measures holds."])]
+            *(missing or ["- nothing: every claim of the paper that this report measures holds."]), "",
+            "The promise: is the chosen model's own CAM sparser **and** more on the object than GradCAM on the baseline "
+            "(yes only when l1 and IOU are both better)?", "", *_promise(rows, chosen, names)]
     return "\n".join(out)
