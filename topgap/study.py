@@ -268,7 +268,7 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
     study.md and prior.png (after every stage). `plan_only`: list the cells and count the runs, train nothing."""
     runs, report = Path(runs), Path(report)
     study = {"title": grid["title"], "grid": grid["_path"], "rule": RULE, "tolerance": grid["tolerance"],
-             "folds": grid["folds"], "stages": {}, "runs_trained": 0}
+             "folds": grid["folds"], "stages": {}, "runs_trained": 0, "runs_measured": _count(runs)}
     choices: dict[str, Any] = {}
     for stage in STAGES[:STAGES.index(until) + 1]:
         cells, folds = stage_cells(grid, stage, choices), _stage_folds(grid, stage)
@@ -279,10 +279,11 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
                 if fold in done or (fold != folds[0] and (folds[0] not in done or done[folds[0]]["flag"])):
                     continue  # measured, or flagged on the first fold: never chosen, not run further
                 measure(grid, cell, fold, runs)
-                study["runs_trained"] += 1
+                study["runs_trained"], study["runs_measured"] = study["runs_trained"] + 1, _count(runs)
                 entry["cells"] = [summarise(c, folds, _measured(grid, runs, c)) for c in cells]
                 _write(study, report, progress=True)
         entry["cells"] = [summarise(c, folds, _measured(grid, runs, c)) for c in cells]
+        study["runs_measured"] = _count(runs)
         try:
             entry["choice"] = choices[stage] = _choices(grid, stage, entry["cells"])
         except ValueError:
@@ -293,10 +294,15 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
             _write(study, report)
     if choices.get("tuned", {}).get("family", {}).get("chosen"):
         study |= chosen_family(grid, choices["tuned"])
-    study["runs_measured"] = len(list(runs.glob("*/fold*/metrics.json"))) if runs.is_dir() else 0
+    study["runs_measured"] = _count(runs)
     if not plan_only:
         _write(study, report)
     return study
+
+
+def _count(runs: Path) -> int:
+    """Fold runs measured so far in `runs` (each cell's fold counted once, whichever stages share it)."""
+    return len(list(runs.glob("*/fold*/metrics.json"))) if runs.is_dir() else 0
 
 
 def chosen_family(grid: dict, tuned: dict) -> dict[str, Any]:
