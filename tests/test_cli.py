@@ -144,3 +144,23 @@ def test_training_on_the_validation_images_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the training and validation sets share 2 images (e.g. images/" in err and "--train-split train" in err
     assert not (tmp_path / "fam" / "k64").exists()
+
+
+def test_a_family_of_another_pooling_trains_and_evaluates(flow, tmp_path, capsys):
+    _, data, _, _ = flow
+    fam, report = tmp_path / "lse", tmp_path / "report"
+    assert main(["train", "--data", str(data), "--out", str(fam), "--backbone", "regnetx_002", "--image-size", "32",
+                 "--pooling", "lse", "--pool-r", "3", "--baseline", "--control", "--epochs", "1", "--batch-size", "8",
+                 "--workers", "0", "--fpn-channels", "8", "--augment", "none"]) == 0
+    cfg = json.loads((fam / "lse-r3" / "config.json").read_text())
+    assert (cfg["pooling"], cfg["pooling_params"], cfg["k"]) == ("lse", {"r": 3.0}, None)
+    assert main(["evaluate", str(fam), "--data", str(data), "--split", "test", "--attacks", "none", "--eps-curve",
+                 "none", "--faithfulness-images", "0", "--sanity-images", "0", "--bootstrap", "50", "--out",
+                 str(report)]) == 0
+    results = json.loads((report / "results.json").read_text())
+    lse = results["models"]["lse-r3"]
+    assert lse["pooling"] == "lse" and set(lse["comparisons"]) == {"baseline", "fpn-gap"}  # the control is a reference
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "{gap,gmp,topgap,lse,wildcat,gwrp}" in capsys.readouterr().out

@@ -464,3 +464,19 @@ def test_a_benchmark_without_val_takes_the_choice_made_on_val(tmp_path):
         adopted_selection(tmp_path / "c", [], "original")
     with pytest.raises(ValueError, match="cannot read a results.json"):
         adopted_selection(tmp_path / "missing", [], "original")
+
+
+def test_the_selection_takes_any_pooling_but_never_the_gap_control():
+    from topgap.eval.evaluate import select_models
+
+    def m(kind, k, pooling, accuracy):
+        return {"kind": kind, "k": k, "pooling": pooling, "clean": {"accuracy": accuracy}, "iou_paper": 0.5,
+                "converged": True, "collapsed": {"flag": False}}
+
+    results = {"split": "val", "dataset": "d", "models": {
+        "fpn-gap": m("topgap", None, "gap", 0.99), "baseline": m("baseline", None, "gap", 0.99),
+        "lse-r3": m("topgap", None, "lse", 0.9), "k8": m("topgap", 8, "topgap", 0.8)}}
+    assert select_models(results)["by"]["accuracy, then IOU"]["model"] == "lse-r3"
+    old = {"kind": "topgap", "k": None, "clean": {"accuracy": 1.0}}  # written before the poolings: k None was GAP
+    results["models"]["old-gap"] = old
+    assert select_models(results)["by"]["accuracy, then IOU"]["model"] == "lse-r3"

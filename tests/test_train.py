@@ -15,7 +15,7 @@ from fakes import SquaresDataset
 
 from topgap import ModelConfig, load_model
 from topgap.train import (KEEP_RULES, Recipe, _check_global_batch, _check_launch, _resume_meta, check_disjoint,
-                          convergence, family_configs, select_epoch, train_family, train_model, training_record)
+                          convergence, family_configs, family_ks, select_epoch, train_family, train_model, training_record)
 
 TESTS = Path(__file__).parent
 
@@ -125,6 +125,16 @@ def test_control_is_the_same_head_with_gap_and_no_l1():
     assert (c.kind, c.k, c.lam, c.fpn, c.fpn_channels) == ("topgap", None, 0.0, True, tiny_cfg().fpn_channels)
 
 
+def test_another_pooling_names_its_models_by_its_parameters():
+    lse = family_configs(tiny_cfg(), [], pooling="lse", pooling_params={"r": 5}, control=True)
+    assert list(lse) == ["lse-r5", "fpn-gap"] and lse["lse-r5"].pooling_params == {"r": 5.0}
+    assert lse["fpn-gap"].pooling == "gap" and lse["fpn-gap"].pooling_params == {}
+    assert list(family_configs(tiny_cfg(), [4, 8], pooling="wildcat")) == ["wildcat-k4-m4-a0.7", "wildcat-k8-m8-a0.7"]
+    assert list(family_configs(tiny_cfg(), [], pooling="gwrp")) == ["gwrp-d0.996"]
+    with pytest.raises(ValueError, match=r"--pooling gmp pools every cell and takes no --k \(got \[4\]\)"):
+        family_configs(tiny_cfg(), [4], pooling="gmp")
+
+
 def test_k_none_trains_no_topgap_model():
     from topgap.cli import build_parser
     from topgap.eval.evaluate import none_means_empty
@@ -132,7 +142,8 @@ def test_k_none_trains_no_topgap_model():
     args = build_parser().parse_args(["train", "--data", "d", "--k", "none", "--control"])
     ks = none_means_empty(args.k, "--k")
     assert ks == [] and list(family_configs(tiny_cfg(), ks, control=args.control)) == ["fpn-gap"]
-    assert build_parser().parse_args(["train", "--data", "d"]).k == [64]
+    assert family_ks(build_parser().parse_args(["train", "--data", "d"]).k) == [64]
+    assert family_ks(None, "lse") == [] and family_ks([8, 16], "wildcat") == [8, 16]
     with pytest.raises(ValueError, match="'none' cannot be combined"):
         none_means_empty(build_parser().parse_args(["train", "--data", "d", "--k", "4", "none"]).k, "--k")
 
@@ -227,6 +238,7 @@ def trained(tmp_path_factory):
     (dict(k=8), r"config\.k: 4 in the folder, 8 asked"),
     (dict(dropout=0.1), r"config\.dropout: 0\.0 in the folder, 0\.1 asked"),
     (dict(l1_norm="sum"), r'config\.l1_norm: "mean" in the folder, "sum" asked'),
+    (dict(pooling="wildcat"), r'config\.pooling: "topgap" in the folder, "wildcat" asked'),
 ])
 def test_a_finished_folder_of_other_model_options_is_refused(trained, change, field):
     out, recipe = trained
@@ -256,7 +268,7 @@ def test_a_folder_written_before_l1_norm_means_mean(trained, tmp_path):
     old = tmp_path / "k4"
     shutil.copytree(out, old)
     config = json.loads((old / "config.json").read_text())
-    del config["l1_norm"]
+    del config["l1_norm"], config["pooling"], config["pooling_params"]
     (old / "config.json").write_text(json.dumps(config))
     assert ModelConfig.from_dict(config).l1_norm == "mean"
     assert train_model(tiny_cfg(), recipe, SquaresDataset(8), old)["epochs"] == 1  # done, not retrained

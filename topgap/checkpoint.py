@@ -34,7 +34,8 @@ def build_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
         return create_baseline(cfg.backbone, cfg.num_classes, dropout=cfg.dropout, pretrained=pretrained,
                                last_stage=cfg.last_stage)
     return TopGapNet(cfg.backbone, cfg.num_classes, cfg.k, num_maps=cfg.num_maps, fpn_channels=cfg.fpn_channels,
-                     dropout=cfg.dropout, fpn=cfg.fpn, pretrained=pretrained, last_stage=cfg.last_stage)
+                     dropout=cfg.dropout, fpn=cfg.fpn, pretrained=pretrained, last_stage=cfg.last_stage,
+                     pooling=cfg.pooling, pooling_params=cfg.pooling_params)
 
 
 def _sha256(path: Path) -> str:

@@ -5,11 +5,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelConfig", "ablation_configs", "default_normalization", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ModelConfig", "ablation_configs", "default_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "POOLINGS",
+           "POOLING_DEFAULTS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT_VERSION = 1
+# pooling -> its parameters besides k (topgap.pooling has the formulas); topgap and wildcat take k, the others none
+POOLINGS = {"gap": (), "gmp": (), "topgap": (), "lse": ("r",), "wildcat": ("k_min", "alpha"), "gwrp": ("d",)}
+POOLING_DEFAULTS = {"lse": {"r": 10.0}, "wildcat": {"alpha": 0.7}, "gwrp": {"d": 0.996}}  # wildcat k_min: k
+TAKES_K = ("topgap", "wildcat")
 
 
 def default_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -29,7 +34,9 @@ class ModelConfig:
     backbone: str  # timm model name, e.g. "resnet18", or "preact_resnet18" (ours, for 32x32 inputs)
     class_names: list[str]  # index -> label; its length is the class count
     kind: str = "topgap"  # "topgap" (TopGapNet) or "baseline" (the unmodified timm model, GAP + linear)
-    k: int | None = 64  # Top-GAP pixel budget on the class map; None = plain GAP
+    k: int | None = 64  # Top-GAP pixel budget on the class map (WILDCAT: k+); None = plain GAP
+    pooling: str = "topgap"  # a key of POOLINGS; "topgap" with k None is stored as "gap" (configs without it: topgap)
+    pooling_params: dict[str, float] = field(default_factory=dict)  # POOLINGS[pooling] values, defaults filled in
     num_maps: int = 4  # how many of the backbone's last feature maps feed the FPN head
     fpn_channels: int = 256  # filters of each 3x3 FPN conv
     dropout: float = 0.0  # dropout before the 1x1 class conv (training mode only)
@@ -49,6 +56,7 @@ class ModelConfig:
             raise ValueError(f"kind must be 'topgap' or 'baseline' (got {self.kind!r})")
         if self.l1_norm not in ("mean", "sum"):  # topgap.loss.L1_NORMS (config stays free of torch)
             raise ValueError(f"l1_norm must be 'mean' or 'sum' (got {self.l1_norm!r})")
+        self._check_pooling()
         if not self.class_names:
             raise ValueError("class_names is empty: a model needs at least one class")
         self.class_names = [str(c) for c in self.class_names]
@@ -59,14 +67,43 @@ class ModelConfig:
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
 
+    def _check_pooling(self) -> None:
+        """Canonical pooling fields: "gap" for k None under topgap, every parameter present and in range."""
+        if self.pooling == "topgap" and self.k is None:
+            self.pooling = "gap"
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} (got {self.pooling!r})")
+        if self.pooling in TAKES_K and self.k is None:
+            raise ValueError(f"pooling {self.pooling} needs k (the number of highest cells it averages)")
+        if self.pooling not in TAKES_K and self.k is not None:
+            raise ValueError(f"pooling {self.pooling} pools every cell and takes no k (got k={self.k}); k is for "
+                             f"{' and '.join(TAKES_K)}")
+        unknown = sorted(set(self.pooling_params) - set(POOLINGS[self.pooling]))
+        if unknown:
+            raise ValueError(f"pooling {self.pooling} has no parameter {unknown}; its parameters: "
+                             f"{', '.join(POOLINGS[self.pooling]) or 'none'}")
+        given = {**POOLING_DEFAULTS.get(self.pooling, {}), **({"k_min": self.k} if self.pooling == "wildcat" else {}),
+                 **self.pooling_params}
+        self.pooling_params = {n: (int(v) if n == "k_min" else float(v)) for n, v in given.items()}
+        p = self.pooling_params
+        if ("r" in p and not p["r"] > 0) or ("d" in p and not 0 < p["d"] <= 1) or p.get("alpha", 0) < 0 \
+                or p.get("k_min", 0) < 0:
+            raise ValueError(f"pooling {self.pooling}: parameters out of range {p} (LSE r > 0, GWRP 0 < d <= 1, "
+                             "WILDCAT alpha >= 0 and k_min >= 0)")
+
+    @property
+    def control(self) -> bool:
+        """The FPN-only control (and Table 8's no-Top-GAP arms): the Top-GAP head pooled by plain GAP."""
+        return self.kind == "topgap" and self.pooling == "gap"
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
     def topgap(self) -> bool:
-        """Whether the pooling is Top-GAP (False: the "no Top-GAP" ablation, plain GAP)."""
-        return self.k is not None
+        """Whether the pooling is Top-GAP (False: plain GAP, as the "no Top-GAP" ablation, or another pooling)."""
+        return self.pooling == "topgap"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -104,5 +141,6 @@ def ablation_configs(cfg: ModelConfig, k_without_fpn: int | None = None) -> dict
             for topgap in (False, True):
                 name = "+".join(n for n, on in (("fpn", fpn), ("l1", l1), ("topgap", topgap)) if on) or "plain"
                 k = (cfg.k if fpn else small_k) if topgap else None
-                out[name] = dataclasses.replace(cfg, kind="topgap", fpn=fpn, lam=(cfg.lam or 1.0) if l1 else 0.0, k=k)
+                out[name] = dataclasses.replace(cfg, kind="topgap", fpn=fpn, lam=(cfg.lam or 1.0) if l1 else 0.0, k=k,
+                                                pooling="topgap" if topgap else "gap", pooling_params={})
     return out

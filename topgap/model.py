@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modes import eval_mode
-from .pooling import TopGAP
+from .pooling import make_pool
 from .pretrained import PACKAGES, load_into, pretrained_state_dict
 
 __all__ = ["TopGapNet", "FPNHead", "Normalize", "create_baseline", "check_backbone", "minmax_scale"]
@@ -92,6 +92,8 @@ class TopGapNet(nn.Module):
             convnext_tiny, vgg11_bn, densenet121, ...) or ``preact_resnet18`` for 32x32 inputs.
         num_classes: number of classes (channels of X).
         k: pixels averaged per class map (eq. 2); None = plain GAP (the "no Top-GAP" ablation).
+        pooling, pooling_params: the global pooling of the class maps, a key of :data:`topgap.pooling.POOLINGS`
+            (default Top-GAP with `k`; gmp, lse, wildcat, gwrp for the comparison with older poolings).
         num_maps: how many of the last feature maps feed the head (the paper uses 3 or 4).
         fpn_channels: filters of each 3x3 conv.
         dropout: dropout before the 1x1 conv.
@@ -118,12 +120,12 @@ class TopGapNet(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, k: int | None, *, num_maps: int = 4, fpn_channels: int = 256,
                  dropout: float = 0.0, fpn: bool = True, pretrained: bool | str = False,
-                 last_stage: int | None = None):
+                 last_stage: int | None = None, pooling: str = "topgap", pooling_params: dict | None = None):
         super().__init__()
         check_backbone(backbone)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (got {num_classes})")
-        self.pool = TopGAP(k)
+        self.pool = make_pool(pooling, k, pooling_params)
         num_maps = num_maps if fpn else 1
         if num_maps < 1:
             raise ValueError(f"num_maps must be >= 1 (got {num_maps}); the paper uses 3 or 4")

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import CONFIG, build_model, save_model
-from .config import ModelConfig, ablation_configs
+from .config import POOLING_DEFAULTS, POOLINGS, TAKES_K, ModelConfig, ablation_configs
 from .eval.stats import COLLAPSE_SHARE, majority
 from .eval.subsets import base_dataset, dataset_ids, dataset_labels
 from .io import atomic_write, write_json
@@ -54,7 +54,7 @@ from .model import Normalize, TopGapNet
 if TYPE_CHECKING:  # accelerate is imported where it is used, so that `topgap --help` stays light
     from accelerate import Accelerator
 
-__all__ = ["Recipe", "train_model", "family_configs", "train_family", "fold_splits", "make_accelerator", "convergence",
+__all__ = ["Recipe", "train_model", "family_configs", "pooling_name", "train_family", "fold_splits", "make_accelerator", "convergence",
            "training_record", "data_fingerprint", "plan", "register", "KEEP_RULES", "COLLAPSE_SHARE"]
 
 RESUME, BEST, LOG = "resume.safetensors", "best.safetensors", "train_log.json"
@@ -526,24 +526,54 @@ def _k_value(text: str) -> int | str:
     return k
 
 
-def family_configs(base: ModelConfig, ks: list[int], *, baseline: bool = False, control: bool = False,
-                   ablation: bool = False) -> dict[str, ModelConfig]:
+def family_configs(base: ModelConfig, ks: list[int], *, pooling: str = "topgap", pooling_params: dict | None = None,
+                   baseline: bool = False, control: bool = False, ablation: bool = False) -> dict[str, ModelConfig]:
     """Folder name -> config: ``k{k}`` for each k, ``baseline``, ``fpn-gap`` and ``ablation-<name>`` for Table 8.
 
     ``fpn-gap`` is the FPN-only control: the same head and class maps, pooled by plain GAP, no l1 term, so
-    that "higher-resolution maps" is separated from "Top-GAP" (Table 8's "fpn" row).
+    that "higher-resolution maps" is separated from "Top-GAP" (Table 8's "fpn" row). Another `pooling` replaces
+    Top-GAP: ``wildcat-k{k}-m{k_min}-a{alpha}`` per k, or one model named by its parameters (``gmp``, ``gap``,
+    ``lse-r{r}``, ``gwrp-d{d}``) for the poolings that take no k.
     """
-    configs = {f"k{k}": dataclasses.replace(base, kind="topgap", k=k) for k in ks}
+    params = dict(pooling_params or {})
+    if pooling in TAKES_K:
+        configs = {}
+        for k in ks:
+            c = dataclasses.replace(base, kind="topgap", k=k, pooling=pooling, pooling_params=params)
+            configs[pooling_name(c)] = c
+    elif ks:
+        raise ValueError(f"--pooling {pooling} pools every cell and takes no --k (got {ks}); drop --k")
+    else:
+        c = dataclasses.replace(base, kind="topgap", k=None, pooling=pooling, pooling_params=params)
+        configs = {pooling_name(c): c}
+    plain = dict(k=None, pooling="gap", pooling_params={})
     if control:
-        configs["fpn-gap"] = dataclasses.replace(base, kind="topgap", k=None, lam=0.0)
+        configs["fpn-gap"] = dataclasses.replace(base, kind="topgap", lam=0.0, **plain)
     if baseline:
-        configs["baseline"] = dataclasses.replace(base, kind="baseline", k=None, lam=0.0, num_maps=0, fpn=False)
+        configs["baseline"] = dataclasses.replace(base, kind="baseline", lam=0.0, num_maps=0, fpn=False, **plain)
     if ablation:
-        for name, c in ablation_configs(dataclasses.replace(base, k=ks[-1] if ks else base.k)).items():
+        largest = ks[-1] if ks and pooling == "topgap" else base.k
+        for name, c in ablation_configs(dataclasses.replace(base, k=largest, pooling="topgap",
+                                                            pooling_params={})).items():
             configs[f"ablation-{name}"] = c
     if not configs:
         raise ValueError("nothing to train: give --k values, --baseline, --control or --ablation")
     return configs
+
+
+def family_ks(given: list | None, pooling: str = "topgap") -> list[int]:
+    """The k values of ``--k`` (None: not given): 64 by default for poolings that take k, none for the others;
+    'none' means no k."""
+    from .eval.evaluate import none_means_empty
+
+    return none_means_empty(given if given is not None else [64] * (pooling in TAKES_K), "--k")
+
+
+def pooling_name(cfg: ModelConfig) -> str:
+    """The folder name of a model by its pooling: k64, wildcat-k64-m64-a0.7, gmp, gap, lse-r10, gwrp-d0.996."""
+    p = cfg.pooling_params
+    return {"topgap": f"k{cfg.k}", "wildcat": f"wildcat-k{cfg.k}-m{p.get('k_min')}-a{p.get('alpha', 0):g}",
+            "lse": f"lse-r{p.get('r', 0):g}", "gwrp": f"gwrp-d{p.get('d', 0):g}"}.get(cfg.pooling, cfg.pooling)
 
 
 def fold_splits(labels: list, folds: int, seed: int) -> list[tuple[Any, Any]]:
@@ -602,7 +632,6 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     """What ``topgap train`` ARGS would train: {"configs": {folder name: ModelConfig}, "recipe", "train_set",
     "val_set" (None without one), "data": the dataset options to open another split with}."""
     from .data import list_splits, open_dataset
-    from .eval.evaluate import none_means_empty
 
     if not args.data or not args.out:
         raise ValueError("--data and --out are required (on the command line or in --config)")
@@ -616,8 +645,11 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
                        fpn_channels=args.fpn_channels, dropout=args.dropout, lam=args.lam, l1_norm=args.l1_norm,
                        input_size=size, last_stage=args.last_stage,
                        mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
-    configs = family_configs(base, none_means_empty(args.k, "--k"), baseline=args.baseline, control=args.control,
-                             ablation=args.ablation)
+    ks = family_ks(args.k, args.pooling)
+    params = {name: value for name, value in (("r", args.pool_r), ("d", args.pool_d), ("alpha", args.pool_alpha),
+                                              ("k_min", args.pool_kmin)) if value is not None}
+    configs = family_configs(base, ks, pooling=args.pooling, pooling_params=params, baseline=args.baseline,
+                             control=args.control, ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                     weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
                     lam_warmup_epochs=args.lam_warmup, l1_start_epochs=args.l1_start,
@@ -666,8 +698,17 @@ def register(subparsers) -> None:
     m = p.add_argument_group("models")
     m.add_argument("--out", help="family folder: one model folder per k, baseline, ablation; required")
     m.add_argument("--backbone", default="resnet18", help="any timm CNN with features_only, or preact_resnet18")
-    m.add_argument("--k", type=_k_value, nargs="+", default=[64], help="Top-GAP k values, one model each; "
-                   "'none' trains no Top-GAP model (e.g. --k none --control)")
+    m.add_argument("--k", type=_k_value, nargs="+", default=None, help="Top-GAP k values, one model each (default "
+                   "64; WILDCAT: k+); 'none' trains no Top-GAP model (e.g. --k none --control)")
+    m.add_argument("--pooling", default="topgap", choices=list(POOLINGS),
+                   help="the global pooling of the class maps: topgap (eq. 2), or one it is compared with: gap, gmp "
+                        "(Oquab et al. 2015), lse (Pinheiro & Collobert 2015), wildcat (Durand et al. 2017), gwrp "
+                        "(Kolesnikov & Lampert 2016); see topgap/pooling.py")
+    m.add_argument("--pool-r", type=float, help=f"LSE sharpness r > 0 (default {POOLING_DEFAULTS['lse']['r']})")
+    m.add_argument("--pool-d", type=float, help=f"GWRP decay 0 < d <= 1 (default {POOLING_DEFAULTS['gwrp']['d']})")
+    m.add_argument("--pool-alpha", type=float,
+                   help=f"WILDCAT weight of the k- lowest cells (default {POOLING_DEFAULTS['wildcat']['alpha']})")
+    m.add_argument("--pool-kmin", type=int, help="WILDCAT k-, the lowest cells averaged (default: k)")
     m.add_argument("--baseline", action="store_true", help="also train the unmodified timm model")
     m.add_argument("--control", action="store_true", help="also train fpn-gap: the same FPN head with plain GAP, "
                                                            "no l1 (separates high-resolution maps from Top-GAP)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from .stats import MAP_METRICS, higher_is_better
+from .stats import MAP_METRICS, higher_is_better, is_control
 
 __all__ = ["METRIC_ORDER", "PAPER_CLAIMS", "PROMISE", "comparisons", "render_claims"]
 
@@ -61,10 +61,11 @@ def _rank(metric: str, shifts: list[str]) -> tuple | None:
 
 
 def _models(models: dict) -> list[str]:
-    """Top-GAP models by k, then the FPN-only controls (k None); the baseline is the reference, not a column."""
-    ours = [n for n, m in models.items() if m.get("kind") == "topgap"]
+    """Top-GAP models by k, then other poolings by name, then the FPN-only controls; the baseline is the reference,
+    not a column."""
+    ours = [n for n, m in models.items() if m.get("kind") == "topgap" and not is_control(m)]
     return sorted((n for n in ours if models[n].get("k") is not None), key=lambda n: models[n]["k"]) + \
-        [n for n in ours if models[n].get("k") is None]
+        sorted(n for n in ours if models[n].get("k") is None) + [n for n, m in models.items() if is_control(m)]
 
 
 def _chosen(data: dict) -> list[str]:
@@ -236,7 +237,7 @@ def render_claims(data: dict) -> str:
            + (f" Chosen on validation data: {_choice_words(data)}." if chosen else ""), "",
            *_table(rows, names, set(chosen)), "", "In words (the verdicts above, nothing else):", "",
            *_in_words(rows, names), ""]
-    controls = {n for n in names if data["models"][n].get("k") is None}
+    controls = {n for n in names if is_control(data["models"][n])}
     missing = _not_reproduced(rows, names, chosen, controls)
     scope = ("the chosen model" if len(chosen) == 1 else "the models chosen in some seed") if chosen else \
         "every Top-GAP model"

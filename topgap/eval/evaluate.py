@@ -87,8 +87,8 @@ from .attacks import CURVE_RULE, CURVE_STEPS, PGD_RULES
 from .attacks import eps_curve as _eps_curve
 from .attacks import gradient_masking_flag, outcomes, predict, run_attack, transfer_examples, with_rates, wrap01
 from .faithfulness import IMPUTERS, ROAD_PERCENTILES, road_scores
-from .stats import (BOOTSTRAP_SAMPLES, COLLAPSE_SHARE, MAP_METRICS, finite_mean, higher_is_better, majority,
-                    over_runs, paired_bootstrap, verdict)
+from .stats import (BOOTSTRAP_SAMPLES, COLLAPSE_SHARE, MAP_METRICS, finite_mean, higher_is_better, is_control,
+                    majority, over_runs, paired_bootstrap, verdict)
 from .subsets import dataset_labels, sample_record, stratified_indices
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "EPS_CURVE", "CAM_TARGETS", "evaluate_family", "draw_samples", "collapse",
@@ -481,9 +481,10 @@ def _summarise(t: _Tally, cfg: ModelConfig, size: tuple[int, int], conv) -> dict
     k_fraction = None
     if cam is not None:
         pixels = cam[0] * cam[1]
-        k_fraction = 1.0 if cfg.k is None else min(cfg.k, pixels) / pixels
+        k_fraction = min(cfg.k, pixels) / pixels if cfg.k else {"gap": 1.0, "gmp": 1 / pixels}.get(cfg.pooling)
     n = len(t.correct)
     out = {"kind": cfg.kind, "backbone": cfg.backbone, "k": cfg.k if cfg.kind == "topgap" else None,
+           "pooling": cfg.pooling, "pooling_params": cfg.pooling_params,
            "cam_size": cam, "k_fraction": k_fraction,
            "converged": None if conv is None else bool(conv[0]), "convergence": None if conv is None else conv[1],
            "clean": {"n": n, "correct": int(sum(t.correct)), "accuracy": sum(t.correct) / n if n else None},
@@ -574,7 +575,7 @@ def compare(models: dict, tallies: dict[str, _Tally], blocked: dict[str, str], s
     """{model: {reference: {metric: interval + verdict}}} for every Top-GAP model against the baseline(s) and the
     FPN-only control(s) (Top-GAP models with k=None); the own CAM of a Top-GAP model against GradCAM on the baseline.
     `blocked`: {model: reason} of the models that get no verdict (:func:`_no_verdict`), on either side."""
-    refs = [n for n, (_, c) in models.items() if c.kind == "baseline" or (c.kind == "topgap" and c.k is None)]
+    refs = [n for n, (_, c) in models.items() if c.kind == "baseline" or c.control]
     out = {}
     for n, (_, cfg) in models.items():
         if cfg.kind != "topgap":
@@ -590,8 +591,9 @@ def compare(models: dict, tallies: dict[str, _Tally], blocked: dict[str, str], s
     return out
 
 
-SELECTION_RULE = ("accuracy, then IOU", "the converged, not collapsed Top-GAP model (k set) of highest validation "
-                  "accuracy; ties broken by the higher validation IOU (paper protocol), then by the smaller k")
+SELECTION_RULE = ("accuracy, then IOU", "the converged, not collapsed Top-GAP model (any pooling but the GAP control) "
+                  "of highest validation accuracy; ties broken by the higher validation IOU (paper protocol), then by "
+                  "the smaller k")
 
 
 def select_models(results: dict) -> dict:
@@ -601,8 +603,8 @@ def select_models(results: dict) -> dict:
         value = m.get("iou_paper", m.get("iou"))  # reports older than the protocols: "iou"
         return -math.inf if value is None else value
 
-    pool = [((m["clean"]["accuracy"], iou(m), -m["k"]), n) for n, m in results["models"].items()
-            if m["kind"] == "topgap" and m["k"] is not None and m.get("converged") is not False
+    pool = [((m["clean"]["accuracy"], iou(m), -(m["k"] or 0)), n) for n, m in results["models"].items()
+            if m["kind"] == "topgap" and not is_control(m) and m.get("converged") is not False
             and not (m.get("collapsed") or {}).get("flag")]
     by = {}
     if pool:

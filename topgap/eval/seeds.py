@@ -91,6 +91,7 @@ def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict
         excluded = [{"seed_index": i, "reason": why} for i, m in enumerate(entries) if (why := _exclusion(m))]
         kept[n] = [i for i in range(len(entries)) if i not in {e["seed_index"] for e in excluded}]
         models[n] = {"kind": entries[0]["kind"], "k": entries[0]["k"], "seeds": kept[n],
+                     **{key: entries[0][key] for key in ("pooling", "pooling_params") if key in entries[0]},
                      "metrics": over_runs([flat_metrics(entries[i]) for i in kept[n]], ddof=1),
                      "excluded": excluded, "flagged": bool(excluded)}
     chosen = [[v["model"] for v in ((r.get("selection") or {}).get("by") or {}).values()] for r in results_list]

@@ -14,7 +14,7 @@ import numpy as np
 
 COLLAPSE_SHARE = 0.9  # a model predicting one class for more than this share of the images has collapsed
 
-__all__ = ["COLLAPSE_SHARE", "majority", "BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "MAP_METRICS", "higher_is_better", "finite_mean", "paired_bootstrap", "t_interval",
+__all__ = ["COLLAPSE_SHARE", "majority", "is_control", "BOOTSTRAP_SAMPLES", "LOWER_IS_BETTER", "MAP_METRICS", "higher_is_better", "finite_mean", "paired_bootstrap", "t_interval",
            "verdict", "mean_std", "over_runs"]
 
 BOOTSTRAP_SAMPLES = 2000
@@ -22,6 +22,13 @@ LOWER_IS_BETTER = ("l1", "bg_gap")  # sparser maps; less reliance on the backgro
 OBJECT_FREE_SPLITS = ("only_bg", "no_fg")  # shift splits without the object (synth's only_bg; only_bg_t, no_fg)
 MAP_METRICS = ("l1", "iou", "mass_in_mask", "pxap", "maxboxacc_v2")  # each as "_paper", "_relu" and "_gradcam"
 PROTOCOL_SUFFIXES = ("_paper", "_relu")  # map metrics per CAM protocol (topgap.cam.PROTOCOLS), e.g. "l1_paper"
+
+
+def is_control(model: dict) -> bool:
+    """Whether a results entry is the FPN-only control (the Top-GAP head pooled by plain GAP); entries written
+    before the poolings had no "pooling": k None meant GAP."""
+    pooling = model.get("pooling") or ("gap" if model.get("k") is None else "topgap")
+    return model.get("kind") == "topgap" and pooling == "gap"
 
 
 def higher_is_better(metric: str) -> bool:
