@@ -190,3 +190,18 @@ def test_a_pilot_without_a_usable_model_stops_with_what_to_do(tiny, capsys):
     rec = json.loads((root / "stuck" / "k8-sgd-lr1e-07-lam1-ramp" / "fold0" / "metrics.json").read_text())
     assert rec["flag"].startswith("did not converge") and not (root / "stuck" / "k8-sgd-lr1e-07-lam1-ramp" / "fold1").exists()
     assert json.loads((root / "report" / "study.json").read_text())["runs_trained"] == 1
+
+
+def test_a_diverging_setting_is_a_flagged_result_not_a_crash(tiny, monkeypatch):
+    import topgap.train
+
+    root, grid = tiny
+
+    def diverge(*args, **kwargs):
+        raise topgap.train.DivergedError("training diverged: the loss is nan at epoch 1, step 2; lower --lr")
+
+    monkeypatch.setattr(topgap.train, "train_model", diverge)
+    cell = stage_cells(grid, "pilot", {})[0]
+    rec = study.measure(grid, cell, 0, root / "diverged")
+    assert rec["flag"].startswith("diverged (training diverged: the loss is nan") and rec["metrics"] == {}
+    assert summarise(cell, [0], {0: rec})["flag"].startswith("fold 0: diverged")

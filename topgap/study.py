@@ -155,7 +155,7 @@ def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
 
     from .data import open_dataset
     from .eval.subsets import dataset_labels
-    from .train import fold_splits, plan, train_model
+    from .train import DivergedError, fold_splits, plan, train_model
 
     folder = runs / cell["name"] / f"fold{fold}"
     if (done := _measured(grid, runs, cell).get(fold)) is not None:
@@ -171,16 +171,20 @@ def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
     tr, va = fold_splits(dataset_labels(p["train_set"]), grid["folds"], p["recipe"].seed)[fold]
     part = Subset(held, va.tolist())
     part.class_names = held.class_names
-    trained = train_model(cfg, p["recipe"], Subset(p["train_set"], tr.tolist()), folder / name, val_set=part,
-                          dtype=torch.float16 if args.half else None)
+    record = {"cell": cell["name"], "fold": fold, "options": cell_options(grid, cell), "n_held_out": len(va)}
+    try:
+        trained = train_model(cfg, p["recipe"], Subset(p["train_set"], tr.tolist()), folder / name, val_set=part,
+                              dtype=torch.float16 if args.half else None)
+    except DivergedError as e:  # a setting that diverges is a result: flagged, never chosen, the study goes on
+        record |= {"metrics": {}, "converged": False, "convergence": str(e), "flag": f"diverged ({e})"}
+        write_json(folder / "metrics.json", record)
+        return record
     results = _evaluate(grid, folder, part, f"fold {fold} held out")["models"][name]
     test = open_dataset(p["data"]["root"], grid.get("test_split", "test"), **data)
-    record = {"cell": cell["name"], "fold": fold, "options": cell_options(grid, cell), "n_held_out": len(va),
-              "n_test": len(test),
-              "metrics": _flat(results) | {"test_accuracy": test_accuracy(folder / name, test)},
-              "converged": results["converged"], "convergence": results["convergence"],
-              "collapsed": results["collapsed"], "flag": _flag(results),
-              "train_seconds": trained.get("train_seconds"), "kept_epoch": trained.get("kept_epoch")}
+    record |= {"n_test": len(test), "metrics": _flat(results) | {"test_accuracy": test_accuracy(folder / name, test)},
+               "converged": results["converged"], "convergence": results["convergence"],
+               "collapsed": results["collapsed"], "flag": _flag(results),
+               "train_seconds": trained.get("train_seconds"), "kept_epoch": trained.get("kept_epoch")}
     write_json(folder / "metrics.json", record)
     return record
 

@@ -54,10 +54,16 @@ from .model import Normalize, TopGapNet
 if TYPE_CHECKING:  # accelerate is imported where it is used, so that `topgap --help` stays light
     from accelerate import Accelerator
 
-__all__ = ["Recipe", "train_model", "family_configs", "pooling_name", "train_family", "fold_splits", "make_accelerator", "convergence",
+__all__ = ["Recipe", "DivergedError", "train_model", "family_configs", "pooling_name", "train_family", "fold_splits", "make_accelerator", "convergence",
            "training_record", "data_fingerprint", "plan", "register", "KEEP_RULES", "COLLAPSE_SHARE"]
 
 RESUME, BEST, LOG = "resume.safetensors", "best.safetensors", "train_log.json"
+
+
+class DivergedError(ValueError):
+    """The loss became NaN or infinite; the message says at which step and what to lower."""
+
+
 KEEP_RULES = {"best-val": "the epoch of highest validation accuracy among those trained at the full lam (after the "
                           "l1 warm-up; the last epoch if none is), the later one on ties",
               "last": "the last epoch"}
@@ -455,7 +461,7 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
             step_sums = acc.reduce(torch.stack([loss.detach().double() * n, ce.detach().double() * n,
                                                 (logits.argmax(1) == y).sum().double(), n]), "sum")
             if not torch.isfinite(step_sums[0]):
-                raise ValueError(f"training diverged: the loss is {float(step_sums[0])} at epoch {epoch + 1}, "
+                raise DivergedError(f"training diverged: the loss is {float(step_sums[0])} at epoch {epoch + 1}, "
                                  f"step {i + 1}; lower --lr (now {recipe.lr}) or --grad-clip, and delete "
                                  f"{out / RESUME} to start over")
             opt.zero_grad(set_to_none=True)
