@@ -398,7 +398,8 @@ PLOTTED = ("accuracy", "test_accuracy", "l1_paper", "l1_relu", "iou_paper", "iou
 
 def plot_prior(entry: dict, path: Path) -> Path:
     """prior.png: each metric of :data:`PLOTTED` against lam (log axis), one line per schedule and optimizer, mean ±
-    std over folds; flagged cells (collapsed, not converged, unfinished) as crosses at their measured mean."""
+    std over folds; cells that collapsed, diverged or did not converge as crosses, unfinished ones as rings (at their
+    measured mean), the chosen one as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,6 +408,7 @@ def plot_prior(entry: dict, path: Path) -> Path:
     from .io import atomic_write
 
     fig, axes = plt.subplots(3, 3, figsize=(13, 10), constrained_layout=True)
+    picked = ((entry.get("choice") or {}).get("chosen") or {}).get("name")
     lines = sorted({(s["schedule"], s["optimizer"]) for s in entry["cells"]})
     for ax, metric in zip(axes.flat, PLOTTED):
         ax.set_title(metric.replace("_", " "))
@@ -419,12 +421,21 @@ def plot_prior(entry: dict, path: Path) -> Path:
             ok = [s for s in cells if not s["flag"]]
             line = ax.errorbar([s["lam"] for s in ok], [s["mean"][metric] for s in ok],
                                yerr=[s["std"][metric] for s in ok], marker="o", capsize=3, label=f"{schedule}, {opt}")
-            bad = [s for s in cells if s["flag"]]
-            ax.scatter([s["lam"] for s in bad], [s["mean"][metric] for s in bad], marker="x", s=60,
-                       color=line[0].get_color())
+            colour = line[0].get_color()
+            bad = [s for s in cells if s["collapsed"]]
+            ax.scatter([s["lam"] for s in bad], [s["mean"][metric] for s in bad], marker="x", s=60, color=colour)
+            todo = [s for s in cells if s["flag"] and not s["collapsed"]]
+            ax.scatter([s["lam"] for s in todo], [s["mean"][metric] for s in todo], marker="o", s=40,
+                       facecolors="none", edgecolors=colour)
+            chosen = [s for s in cells if s["name"] == picked]
+            ax.scatter([s["lam"] for s in chosen], [s["mean"][metric] for s in chosen], marker="*", s=220,
+                       color=colour, edgecolors="black", zorder=3)
         ax.set_xscale("log")
         ax.set_xlabel("lam")
-    axes.flat[0].legend(fontsize=8, title="x: flagged, never chosen", title_fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels) or 1, fontsize=9,
+               title="mean ± std over folds; x: collapsed, diverged or not converged (never chosen); o: folds still "
+                     "to run; star: chosen", title_fontsize=9)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return path
