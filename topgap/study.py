@@ -12,7 +12,7 @@ A cell is one setting of one arm; it trains one model per fold (:func:`topgap.tr
 split) and measures it on the fold's held-out images (:func:`topgap.eval.evaluate.evaluate_family` with the grid's
 ``evaluate`` options: accuracy, the map metrics under both protocols, the attacks) and its accuracy on the test
 split (reported, never used to choose). Folds run in order, fold 0 of every cell of a stage first; a cell whose
-fold-0 model did not converge or collapsed is flagged and not run on later folds (it cannot be chosen). Each
+fold-0 model collapsed, diverged or did not converge is flagged and not run on later folds (it cannot be chosen). Each
 fold's measurement is written atomically once (metrics.json) and training resumes, so the same command continues a
 killed study; a cell folder that holds a model of other options is refused by :func:`topgap.train.train_model`.
 """
@@ -29,8 +29,8 @@ from .io import write_json
 __all__ = ["RULE", "load_grid", "stage_cells", "choose", "rank", "summarise", "measure", "cell_options", "run_study",
            "chosen_family", "train_commands", "register"]
 
-RULE = ("among the cells whose every fold was run and none collapsed or failed to converge, those whose mean fold "
-        "accuracy is within `tolerance` of the best; of these, the lowest mean l1 of the model's own CAM under the "
+RULE = ("among the cells whose every fold was run and none collapsed, diverged or failed to converge, those whose mean "
+        "fold accuracy is within `tolerance` of the best; of these, the lowest mean l1 of the model's own CAM under the "
         "paper's protocol (GradCAM's for the baseline); ties to the higher mean paper-protocol IOU, then grid order")
 STAGES = ("pilot", "prior", "tuned")
 METRICS = ("accuracy", "test_accuracy", "l1_paper", "l1_relu", "iou_paper", "iou_relu", "mass_in_mask_paper",
