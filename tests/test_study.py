@@ -91,7 +91,7 @@ def test_fold_zero_runs_first_and_a_cell_flagged_there_goes_no_further(tmp_path,
     """The real loop with a fake measurement: lam 10 collapses on fold 0, so its fold 1 never runs."""
     grid, calls = load_grid(write_grid(tmp_path / "g.json")), []
 
-    def fake(grid, cell, fold, runs):
+    def fake(grid, cell, fold, runs, records):
         calls.append((cell["name"], fold))
         bad = "lam10" in cell["name"] and fold == 0
         accuracy = 0.9 if "lr0.01" in cell["name"] or cell["arm"] == "baseline" else 0.85
@@ -99,8 +99,8 @@ def test_fold_zero_runs_first_and_a_cell_flagged_there_goes_no_further(tmp_path,
                "flag": "collapsed (one class)" if bad else None,
                "metrics": {"accuracy": accuracy, "l1_paper": 0.2 if "ce-first" in cell["name"] else 0.3,
                            "test_accuracy": 0.5}}
-        (runs / cell["name"] / f"fold{fold}").mkdir(parents=True)
-        (runs / cell["name"] / f"fold{fold}" / "metrics.json").write_text(json.dumps(rec))
+        (records / cell["name"]).mkdir(parents=True, exist_ok=True)
+        (records / cell["name"] / f"fold{fold}.json").write_text(json.dumps(rec))
         return rec
 
     monkeypatch.setattr(study, "measure", fake)
@@ -113,8 +113,9 @@ def test_fold_zero_runs_first_and_a_cell_flagged_there_goes_no_further(tmp_path,
     assert calls.count(("k8-sgd-lr0.01-lam0.1-ce-first", 0)) == 1  # measured once, reused by the tuned stage
     assert (tmp_path / "report" / "prior.png").stat().st_size > 10_000
     assert "**k8-sgd-lr0.01-lam0.1-ce-first**" in (tmp_path / "report" / "study.md").read_text()
-    calls.clear()
-    assert run_study(grid, tmp_path / "runs", tmp_path / "report")["runs_trained"] == 0 and not calls
+    calls.clear()  # a fresh checkout: the checkpoints are gone, the committed records are enough
+    again = run_study(grid, tmp_path / "elsewhere", tmp_path / "report")
+    assert again["runs_trained"] == 0 and not calls and again["runs_measured"] == out["runs_measured"] > 0
     assert out["models"] == {"baseline": "baseline-sgd-lr0.01", "k8": "k8-sgd-lr0.01-lam0.1-ce-first"}
     assert out["selection"]["split"] == "2 folds of train" and out["selection"]["by"]["prior study"]["model"] == "k8"
     # the shipped family is judged by the study's choice
@@ -125,10 +126,10 @@ def test_fold_zero_runs_first_and_a_cell_flagged_there_goes_no_further(tmp_path,
 def test_the_chosen_family_trains_with_commands_the_cli_reads_back(tmp_path, monkeypatch, capsys):
     grid = load_grid(write_grid(tmp_path / "g.json"))
 
-    def fake(grid, cell, fold, runs):
-        (runs / cell["name"] / f"fold{fold}").mkdir(parents=True)
+    def fake(grid, cell, fold, runs, records):
+        (records / cell["name"]).mkdir(parents=True, exist_ok=True)
         l1 = 0.1 if "lam10-ramp" in cell["name"] else 0.2
-        (runs / cell["name"] / f"fold{fold}" / "metrics.json").write_text(json.dumps(
+        (records / cell["name"] / f"fold{fold}.json").write_text(json.dumps(
             {"fold": fold, "options": study.cell_options(grid, cell), "flag": None,
              "metrics": {"accuracy": 0.9, "l1_paper": l1}}))
 
@@ -149,13 +150,13 @@ def test_the_chosen_family_trains_with_commands_the_cli_reads_back(tmp_path, mon
 def test_a_measurement_of_other_options_is_refused(tmp_path, monkeypatch):
     grid = load_grid(write_grid(tmp_path / "g.json"))
     cell = stage_cells(grid, "pilot", {})[0]
-    folder = tmp_path / "runs" / cell["name"] / "fold0"
+    folder = tmp_path / "report" / "folds" / cell["name"]
     folder.mkdir(parents=True)
     options = study.cell_options(grid, cell)
     options["train"]["epochs"] = 2
-    (folder / "metrics.json").write_text(json.dumps({"fold": 0, "options": options}))
-    with pytest.raises(ValueError, match=r"options\.train\.epochs: 2 in the folder, 1 asked.*another --runs"):
-        study.measure(grid, cell, 0, tmp_path / "runs")
+    (folder / "fold0.json").write_text(json.dumps({"fold": 0, "options": options}))
+    with pytest.raises(ValueError, match=r"options\.train\.epochs: 2 in the folder, 1 asked.*another --report"):
+        study.measure(grid, cell, 0, tmp_path / "runs", tmp_path / "report" / "folds")
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +169,10 @@ def tiny(tmp_path_factory):
 def test_measure_trains_the_fold_measures_it_once_and_records_its_options(tiny):
     root, grid = tiny
     cell = stage_cells(grid, "prior", {"pilot": {"lr": {"sgd": [0.05]}}})[2]  # lam 0.1, ce-first
-    rec = study.measure(grid, cell, 1, root / "runs")
+    rec = study.measure(grid, cell, 1, root / "runs", root / "folds")
     folder = root / "runs" / "k8-sgd-lr0.05-lam0.1-ce-first" / "fold1"
-    assert rec == json.loads((folder / "metrics.json").read_text()) and rec["options"]["train"]["l1_start"] == 0.5
+    record = root / "folds" / cell["name"] / "fold1.json"
+    assert rec == json.loads(record.read_text()) and rec["options"]["train"]["l1_start"] == 0.5
     assert rec["n_held_out"] == 12 and rec["n_test"] == 8 and rec["options"]["train"]["data"] == grid["data"]
     assert {"accuracy", "l1_paper", "l1_relu", "iou_paper", "iou_relu", "pxap_paper", "fgsm_correct",
             "test_accuracy"} <= set(rec["metrics"])
@@ -178,8 +180,8 @@ def test_measure_trains_the_fold_measures_it_once_and_records_its_options(tiny):
     assert log["data"]["train"]["n"] == 12 and log["data"]["val"]["n"] == 12  # the fold's two halves
     config = json.loads((folder / "k8" / "config.json").read_text())
     assert config["lam"] == 0.1 and config["recipe"]["l1_start_epochs"] == 0.5 and config["recipe"]["lr"] == 0.05
-    stamp = (folder / "metrics.json").stat().st_mtime_ns
-    assert study.measure(grid, cell, 1, root / "runs") == rec and (folder / "metrics.json").stat().st_mtime_ns == stamp
+    stamp = record.stat().st_mtime_ns
+    assert study.measure(grid, cell, 1, root / "runs", root / "folds") == rec and record.stat().st_mtime_ns == stamp
 
 
 def test_a_pilot_without_a_usable_model_stops_with_what_to_do(tiny, capsys):
@@ -187,7 +189,7 @@ def test_a_pilot_without_a_usable_model_stops_with_what_to_do(tiny, capsys):
     path = write_grid(root / "stuck.json", data=grid["data"], pilot={**GRID["pilot"], "lr": {"sgd": [1e-7]}})
     assert main(["study", str(path), "--runs", str(root / "stuck"), "--report", str(root / "report")]) == 2
     assert "pilot: no learning rate of ['sgd'] trained a usable model; widen pilot.lr" in capsys.readouterr().err
-    rec = json.loads((root / "stuck" / "k8-sgd-lr1e-07-lam1-ramp" / "fold0" / "metrics.json").read_text())
+    rec = json.loads((root / "report" / "folds" / "k8-sgd-lr1e-07-lam1-ramp" / "fold0.json").read_text())
     assert rec["flag"].startswith("did not converge") and not (root / "stuck" / "k8-sgd-lr1e-07-lam1-ramp" / "fold1").exists()
     assert json.loads((root / "report" / "study.json").read_text())["runs_trained"] == 1
 
@@ -202,6 +204,6 @@ def test_a_diverging_setting_is_a_flagged_result_not_a_crash(tiny, monkeypatch):
 
     monkeypatch.setattr(topgap.train, "train_model", diverge)
     cell = stage_cells(grid, "pilot", {})[0]
-    rec = study.measure(grid, cell, 0, root / "diverged")
+    rec = study.measure(grid, cell, 0, root / "diverged", root / "diverged-folds")
     assert rec["flag"].startswith("diverged (training diverged: the loss is nan") and rec["metrics"] == {}
     assert summarise(cell, [0], {0: rec})["flag"].startswith("fold 0: diverged")

@@ -13,8 +13,10 @@ split) and measures it on the fold's held-out images (:func:`topgap.eval.evaluat
 ``evaluate`` options: accuracy, the map metrics under both protocols, the attacks) and its accuracy on the test
 split (reported, never used to choose). Folds run in order, fold 0 of every cell of a stage first; a cell whose
 fold-0 model collapsed, diverged or did not converge is flagged and not run on later folds (it cannot be chosen). Each
-fold's measurement is written atomically once (metrics.json) and training resumes, so the same command continues a
-killed study; a cell folder that holds a model of other options is refused by :func:`topgap.train.train_model`.
+fold's measurement is written atomically once, into the report (``folds/<cell>/fold<i>.json``, a few KB, meant to be
+committed: checkpoints under ``--runs`` are disposable, the record is not), and training resumes, so the same command
+continues a killed study, on this machine or on a fresh checkout; a cell folder that holds a model of other options is
+refused by :func:`topgap.train.train_model`.
 """
 from __future__ import annotations
 
@@ -148,8 +150,9 @@ def _train_args(grid: dict, cell: dict, folder: Path) -> argparse.Namespace:
     return parse_with_values(["train"], values, f"{grid['_path']} (cell {cell['name']})")
 
 
-def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
-    """Train `cell` on the training part of `fold` (resuming) and measure it; metrics.json of the fold, written once."""
+def measure(grid: dict, cell: dict, fold: int, runs: Path, records: Path) -> dict[str, Any]:
+    """Train `cell` on the training part of `fold` under `runs` (resuming) and measure it; the fold's record,
+    written once to `records`/<cell>/fold<i>.json."""
     import torch
     from torch.utils.data import Subset
 
@@ -157,8 +160,8 @@ def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
     from .eval.subsets import dataset_labels
     from .train import DivergedError, fold_splits, plan, train_model
 
-    folder = runs / cell["name"] / f"fold{fold}"
-    if (done := _measured(grid, runs, cell).get(fold)) is not None:
+    folder, path = runs / cell["name"] / f"fold{fold}", _record_path(records, cell, fold)
+    if (done := _measured(grid, records, cell).get(fold)) is not None:
         return done
     args = _train_args(grid, cell, folder)
     p = plan(args)
@@ -177,7 +180,7 @@ def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
                               dtype=torch.float16 if args.half else None)
     except DivergedError as e:  # a setting that diverges is a result: flagged, never chosen, the study goes on
         record |= {"metrics": {}, "converged": False, "convergence": str(e), "flag": f"diverged ({e})"}
-        write_json(folder / "metrics.json", record)
+        write_json(path, record)
         return record
     results = _evaluate(grid, folder, part, f"fold {fold} held out")["models"][name]
     test = open_dataset(p["data"]["root"], grid.get("test_split", "test"), **data)
@@ -185,7 +188,7 @@ def measure(grid: dict, cell: dict, fold: int, runs: Path) -> dict[str, Any]:
                "converged": results["converged"], "convergence": results["convergence"],
                "collapsed": results["collapsed"], "flag": _flag(results),
                "train_seconds": trained.get("train_seconds"), "kept_epoch": trained.get("kept_epoch")}
-    write_json(folder / "metrics.json", record)
+    write_json(path, record)
     return record
 
 
@@ -219,27 +222,31 @@ def test_accuracy(folder: Path, dataset, batch_size: int = 64) -> float:
     from torch.utils.data import DataLoader
 
     from .checkpoint import load_model
-    from .train import _evaluate as validate, _Trainable, make_accelerator
+    from .train import _evaluate as validate, Trainable, make_accelerator
 
     model, cfg = load_model(folder)
     acc = make_accelerator()
-    return validate(acc, _Trainable(model, cfg), DataLoader(dataset, batch_size=batch_size))["val_accuracy"]
+    return validate(acc, Trainable(model, cfg), DataLoader(dataset, batch_size=batch_size))["val_accuracy"]
 
 
 # ------------------------------------------------------------------------------------------------ the stages
 
-def _measured(grid: dict, runs: Path, cell: dict) -> dict[int, dict]:
-    """{fold: its metrics.json} of the cell, refusing a measurement made with other options than the grid's."""
+def _record_path(records: Path, cell: dict, fold: int) -> Path:
+    return records / cell["name"] / f"fold{fold}.json"
+
+
+def _measured(grid: dict, records: Path, cell: dict) -> dict[int, dict]:
+    """{fold: its record} of the cell, refusing a measurement made with other options than the grid's."""
     out, asked = {}, json.loads(json.dumps(cell_options(grid, cell)))
-    for path in sorted((runs / cell["name"]).glob("fold*/metrics.json")):
+    for path in sorted((records / cell["name"]).glob("fold*.json")):
         record = json.loads(path.read_text())
         if record.get("options") != asked:
             from .train import _differences
 
             diff = _differences(record.get("options"), asked, "options")
             raise ValueError(f"{path} was measured with other options ({'; '.join(diff[:4])}); the grid changed "
-                             "after it ran: give another --runs, or record the change under Deviations and delete "
-                             f"{path.parent.parent}")
+                             "after it ran: give another --report, or record the change under Deviations and delete "
+                             f"{path.parent} (and its checkpoints under --runs)")
         out[record["fold"]] = record
     return out
 
@@ -268,26 +275,28 @@ def _choices(grid: dict, stage: str, summaries: list[dict]) -> dict[str, Any]:
 
 def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = "tuned",
               plan_only: bool = False) -> dict[str, Any]:
-    """Run the stages up to `until`, fold 0 of every cell first; write report/study.json (after every fold),
-    study.md and prior.png (after every stage). `plan_only`: list the cells and count the runs, train nothing."""
+    """Run the stages up to `until`, fold 0 of every cell first, training under `runs`; write each fold's record
+    to report/folds/, report/study.json (after every fold), study.md and prior.png (after every stage).
+    `plan_only`: list the cells and count the runs, train nothing."""
     runs, report = Path(runs), Path(report)
+    records = report / "folds"
     study = {"title": grid["title"], "grid": grid["_path"], "rule": RULE, "tolerance": grid["tolerance"],
-             "folds": grid["folds"], "stages": {}, "runs_trained": 0, "runs_measured": _count(runs)}
+             "folds": grid["folds"], "stages": {}, "runs_trained": 0, "runs_measured": _count(records)}
     choices: dict[str, Any] = {}
     for stage in STAGES[:STAGES.index(until) + 1]:
         cells, folds = stage_cells(grid, stage, choices), _stage_folds(grid, stage)
         entry = study["stages"][stage] = {"folds": folds, "runs_at_most": len(cells) * len(folds)}
         for fold in ([] if plan_only else folds):
             for cell in cells:
-                done = _measured(grid, runs, cell)
+                done = _measured(grid, records, cell)
                 if fold in done or (fold != folds[0] and (folds[0] not in done or done[folds[0]]["flag"])):
                     continue  # measured, or flagged on the first fold: never chosen, not run further
-                measure(grid, cell, fold, runs)
-                study["runs_trained"], study["runs_measured"] = study["runs_trained"] + 1, _count(runs)
-                entry["cells"] = [summarise(c, folds, _measured(grid, runs, c)) for c in cells]
+                measure(grid, cell, fold, runs, records)
+                study["runs_trained"], study["runs_measured"] = study["runs_trained"] + 1, _count(records)
+                entry["cells"] = [summarise(c, folds, _measured(grid, records, c)) for c in cells]
                 _write(study, report, progress=True)
-        entry["cells"] = [summarise(c, folds, _measured(grid, runs, c)) for c in cells]
-        study["runs_measured"] = _count(runs)
+        entry["cells"] = [summarise(c, folds, _measured(grid, records, c)) for c in cells]
+        study["runs_measured"] = _count(records)
         try:
             entry["choice"] = choices[stage] = _choices(grid, stage, entry["cells"])
         except ValueError:
@@ -298,15 +307,15 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
             _write(study, report)
     if choices.get("tuned", {}).get("family", {}).get("chosen"):
         study |= chosen_family(grid, choices["tuned"])
-    study["runs_measured"] = _count(runs)
+    study["runs_measured"] = _count(records)
     if not plan_only:
         _write(study, report)
     return study
 
 
-def _count(runs: Path) -> int:
-    """Fold runs measured so far in `runs` (each cell's fold counted once, whichever stages share it)."""
-    return len(list(runs.glob("*/fold*/metrics.json"))) if runs.is_dir() else 0
+def _count(records: Path) -> int:
+    """Fold runs measured so far (each cell's fold counted once, whichever stages share it)."""
+    return len(list(records.glob("*/fold*.json"))) if records.is_dir() else 0
 
 
 def chosen_family(grid: dict, tuned: dict) -> dict[str, Any]:
@@ -479,7 +488,8 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", help="the grid file (JSON), e.g. reports/prior-study/synthetic.json")
     p.add_argument("--runs", help="where the cells train (default runs/study/<grid name>); resumable")
-    p.add_argument("--report", help="study.json, study.md, prior.png (default: beside the grid, <grid name>/)")
+    p.add_argument("--report", help="study.json, study.md, prior.png and folds/ (each fold's record: commit it) "
+                                     "(default: beside the grid, <grid name>/)")
     p.add_argument("--until", choices=STAGES, default="tuned", help="the last stage to run")
     p.add_argument("--plan", action="store_true", help="list the cells and count the runs; train nothing")
     p.add_argument("--train-commands", metavar="OUT", help="print the topgap train commands of the chosen family "

@@ -54,7 +54,8 @@ from .model import Normalize, TopGapNet
 if TYPE_CHECKING:  # accelerate is imported where it is used, so that `topgap --help` stays light
     from accelerate import Accelerator
 
-__all__ = ["Recipe", "DivergedError", "train_model", "family_configs", "pooling_name", "train_family", "fold_splits", "make_accelerator", "convergence",
+__all__ = ["Recipe", "DivergedError", "Trainable", "make_optimizer", "optimisation_step", "train_model",
+           "family_configs", "pooling_name", "train_family", "fold_splits", "make_accelerator", "convergence",
            "training_record", "data_fingerprint", "plan", "register", "KEEP_RULES", "COLLAPSE_SHARE"]
 
 RESUME, BEST, LOG = "resume.safetensors", "best.safetensors", "train_log.json"
@@ -204,7 +205,7 @@ def training_record(folder: str | Path) -> dict[str, Any]:
     return record
 
 
-class _Trainable(nn.Module):
+class Trainable(nn.Module):
     """[0, 1] images -> (logits, class maps or None); one forward, so DDP sees every parameter."""
 
     def __init__(self, model: nn.Module, cfg: ModelConfig):
@@ -231,7 +232,8 @@ def environment(acc: Accelerator) -> dict[str, Any]:
             "timm": timm.__version__, "python": platform.python_version()}
 
 
-def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9, Nesterov) or AdamW at the recipe's lr; weight decay on weights, not on biases and norms."""
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norms
     groups = [dict(params=decay, weight_decay=recipe.weight_decay), dict(params=no_decay, weight_decay=0.0)]
@@ -385,6 +387,33 @@ def _evaluate(acc: Accelerator, net: nn.Module, loader: DataLoader) -> dict[str,
     return {"val_accuracy": correct / max(1, len(preds)), "val_majority_share": majority(preds)[1]}
 
 
+def optimisation_step(acc: Accelerator, net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                      y: torch.Tensor, cfg: ModelConfig, recipe: Recipe, step: int, total: int) -> torch.Tensor:
+    """One optimisation step of eq. 3 at `step` of `total`: the recipe's lr and lam_t (:meth:`Recipe.lr_at`,
+    :meth:`Recipe.lam_at`), CE_s + lam_t * l1 term (:func:`topgap.loss.loss_terms`) under bf16 autocast if the
+    recipe asks, gradient clipping. `net` is a :class:`Trainable` (prepared by `acc`). Returns the sums over all
+    processes of (loss * n, CE * n, correct, n): one all-reduce, the same on every process. Raises
+    :class:`DivergedError` when the loss is not finite, before any weight moves."""
+    for group in opt.param_groups:
+        group["lr"] = recipe.lr_at(step, total)
+    lam = recipe.lam_at(cfg.lam, step, total)
+    with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+        logits, maps = net(x)
+        ce, l1 = loss_terms(logits, maps, y, recipe.label_smoothing, cfg.l1_norm)
+        loss = eq3(ce, l1, lam)
+    n = loss.new_tensor(len(y), dtype=torch.float64)
+    sums = acc.reduce(torch.stack([loss.detach().double() * n, ce.detach().double() * n,
+                                   (logits.argmax(1) == y).sum().double(), n]), "sum")
+    if not torch.isfinite(sums[0]):
+        raise DivergedError(f"training diverged: the loss is {float(sums[0])} at step {step + 1} of {total}")
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    if recipe.grad_clip:
+        acc.clip_grad_norm_(net.parameters(), recipe.grad_clip)
+    opt.step()
+    return sums
+
+
 def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str | Path, *,
                 val_set: Dataset | None = None, accelerator: Accelerator | None = None,
                 dtype: torch.dtype | None = None) -> dict[str, Any]:
@@ -417,8 +446,8 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
     _check_global_batch(len(train_set), recipe.batch_size, acc.num_processes)
     torch.manual_seed(recipe.seed)
     model = build_model(cfg, pretrained=recipe.pretrained)
-    raw = _Trainable(model, cfg)
-    opt = _optimizer(raw, recipe)
+    raw = Trainable(model, cfg)
+    opt = make_optimizer(raw, recipe)
     start, log = decision["epoch"] + 1, []
     if start:
         log = _load_resume(out, raw.model, opt, decision["epoch"])["log"]
@@ -447,28 +476,12 @@ def train_model(cfg: ModelConfig, recipe: Recipe, train_set: Dataset, out: str |
         bar = tqdm(loader(epoch), desc=f"{out.name} {label} epoch {epoch + 1}/{recipe.epochs}", leave=False,
                    disable=not acc.is_local_main_process)
         for i, batch in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = recipe.lr_at(step, total)
-            lam = recipe.lam_at(cfg.lam, step, total)
             x, y = batch["image"].contiguous(memory_format=memory), batch["label"]
-            with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
-                logits, maps = net(x)
-                ce, l1 = loss_terms(logits, maps, y, recipe.label_smoothing, cfg.l1_norm)
-                loss = eq3(ce, l1, lam)
-            # sums over all processes of (loss, CE, correct, images): one all-reduce, the same on every process
-            n = loss.new_tensor(len(y), dtype=torch.float64)
-            step_sums = acc.reduce(torch.stack([loss.detach().double() * n, ce.detach().double() * n,
-                                                (logits.argmax(1) == y).sum().double(), n]), "sum")
-            if not torch.isfinite(step_sums[0]):
-                raise DivergedError(f"training diverged: the loss is {float(step_sums[0])} at epoch {epoch + 1}, "
-                                 f"step {i + 1}; lower --lr (now {recipe.lr}) or --grad-clip, and delete "
-                                 f"{out / RESUME} to start over")
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if recipe.grad_clip:
-                acc.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-            opt.step()
+            try:
+                step_sums = optimisation_step(acc, net, opt, x, y, cfg, recipe, epoch * steps_per_epoch + i, total)
+            except DivergedError as e:
+                raise DivergedError(f"{e} (epoch {epoch + 1}, step {i + 1}); lower --lr (now {recipe.lr}) or "
+                                    f"--grad-clip, and delete {out / RESUME} to start over") from None
             sums += step_sums
             seen = max(1.0, float(sums[3]))
             bar.set_postfix(loss=f"{float(sums[0]) / seen:.3f}", acc=f"{float(sums[2]) / seen:.3f}")

@@ -26,8 +26,8 @@ from PIL import Image
 from .imageio import open_image, to_rgb
 from .masks import binary_mask
 
-__all__ = ["open_dataset", "list_splits", "ImageDataset", "read_image", "download_oxford_pet", "download_cifar10",
-           "IMAGE_EXTENSIONS", "FORMATS", "CLASSES_FILE"]
+__all__ = ["open_dataset", "pad_crop_flip", "PAD", "list_splits", "ImageDataset", "read_image", "download_oxford_pet",
+           "download_cifar10", "IMAGE_EXTENSIONS", "FORMATS", "CLASSES_FILE"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 FORMATS = ("auto", "folder", "oxford-pet", "cifar10")
@@ -137,6 +137,30 @@ def _crop_box(h: int, w: int, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[i
     return 0, 0, h, w
 
 
+PAD = 4  # the CIFAR augmentation's zero padding: crops are drawn at offsets 0..2 * PAD
+
+
+def pad_crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """The CIFAR training augmentation of :class:`ImageDataset` (inputs <= 64 px) on a batch, on its device: zero-pad
+    by :data:`PAD`, crop back to H x W at row `dy` and column `dx` (each in 0..2 * PAD), mirror where `flip`.
+
+    (B, C, H, W) images of any dtype, (B,) integer offsets, (B,) bool; equal to the per-image path for the same draws
+    (tests), so a GPU-resident training loop augments as the DataLoader does."""
+    b, c, h, w = images.shape
+    if not (dy.shape == dx.shape == flip.shape == (b,)):
+        raise ValueError(f"need one dy, dx and flip per image: {b} images, shapes {tuple(dy.shape)}, "
+                         f"{tuple(dx.shape)}, {tuple(flip.shape)}")
+    if min(int(dy.min()), int(dx.min())) < 0 or max(int(dy.max()), int(dx.max())) > 2 * PAD:
+        raise ValueError(f"crop offsets must lie in 0..{2 * PAD}")
+    padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))
+    dev = images.device
+    rows = dy.to(dev)[:, None] + torch.arange(h, device=dev)  # (B, H)
+    cols = dx.to(dev)[:, None] + torch.arange(w, device=dev)  # (B, W)
+    cols = torch.where(flip.to(dev)[:, None], cols.flip(1), cols)
+    batch, channel = torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Images with labels and optional aligned masks; build one with :func:`open_dataset`."""
 
@@ -187,9 +211,9 @@ class ImageDataset(torch.utils.data.Dataset):
             mask = np.full(image.shape[:2], IGNORE, np.uint8)
         if self.train and max(size) <= _SMALL:  # CIFAR: resize, pad 4, random crop back, flip
             image, mask = _resize(image, size), _resize(mask, size, nearest=True)
-            image = np.pad(image, ((4, 4), (4, 4), (0, 0)))
-            mask = np.pad(mask, 4, constant_values=0 if has_mask else IGNORE)
-            y, x = _randint(9), _randint(9)
+            image = np.pad(image, ((PAD, PAD), (PAD, PAD), (0, 0)))
+            mask = np.pad(mask, PAD, constant_values=0 if has_mask else IGNORE)
+            y, x = _randint(2 * PAD + 1), _randint(2 * PAD + 1)
             image, mask = image[y:y + size[0], x:x + size[1]], mask[y:y + size[0], x:x + size[1]]
         else:
             if self.train:
