@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="where results.json, train_log.json and README.md go")
     p.add_argument("--k", type=int, nargs="+", default=[8, 64], help="Top-GAP pixel budgets (paper: 8 ... 256)")
     p.add_argument("--epochs", default="auto", help="epochs of every model, or auto (as many as --train-minutes fit)")
-    p.add_argument("--train-minutes", type=float, default=4.0, help="training budget of all models together")
+    p.add_argument("--train-minutes", type=float, default=3.0, help="training budget of all models together")
+    p.add_argument("--autoattack-images", type=int, default=500, help="AutoAttack's share of the test subset")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=0.2, help="SGD (Nesterov, momentum 0.9) peak lr, cosine after 1 epoch")
     p.add_argument("--toy", action="store_true", help="CPU smoke scale: a quarter-width network, 64 training images, "
@@ -68,7 +69,7 @@ def scale(args: argparse.Namespace) -> dict:
         return {"backbone": "preact_resnet18_w16", "fpn_channels": 16, "n_train": 64, "n_held": 32, "n_test": 40,
                 "n_autoattack": 0, "pgd_steps": [2], "curve_steps": 2, "attack_batch": 40}
     return {"backbone": "preact_resnet18", "fpn_channels": 256, "n_train": None, "n_held": 5000, "n_test": 1000,
-            "n_autoattack": 500, "pgd_steps": [20, 50], "curve_steps": 10, "attack_batch": 500}
+            "n_autoattack": args.autoattack_images, "pgd_steps": [20, 50], "curve_steps": 10, "attack_batch": 500}
 
 
 def load_split(root: str, split: str, device: torch.device) -> dict:
@@ -287,17 +288,21 @@ def main(argv: list[str] | None = None) -> dict:
                "pgd_steps": sizes["pgd_steps"], "sizes": sizes, "eps": EPS, "eps_curve_values": CURVE,
                "recipe": vars(recipe), "configs": {n: c.to_dict() for n, c in cfgs.items()},
                "held_out": {"n": len(held_idx), "ids": held["ids"]}, "n_train": len(rest),
-               "test_subset": {"n": len(test["ids"]), "ids": test["ids"], "seed": 0},
-               "models": {name: evaluate(m, test, sizes) for name, m in models.items()}, "paper": PAPER,
+               "test_subset": {"n": len(test["ids"]), "ids": test["ids"], "seed": 0}, "models": {}, "paper": PAPER,
                "command": "python bench/gpu_table4.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     peak = peak_tflops(environment(acc)["device"])
     for m in logs.values():
         m["share_of_peak_bf16"] = m["achieved_tflops"] / peak if peak and recipe.bf16 else None
     log = {"environment": environment(acc), "peak_bf16_tflops": peak, "timing": timing, "models": logs,
            "total_train_seconds": sum(m["train_seconds"] for m in logs.values())}
-    results["wall_seconds"] = round(time.perf_counter() - wall, 1)
-    write_json(out / "results.json", results)
     write_json(out / "train_log.json", log)
+    order = [results["chosen"], "baseline", *(n for n in models if n not in (results["chosen"], "baseline"))]
+    for name in order:  # results.json after each model, the chosen k first: a run stopped at its limit keeps those
+        results["models"][name] = evaluate(models[name], test, sizes)
+        results["finished"], results["wall_seconds"] = len(results["models"]) == len(models), round(
+            time.perf_counter() - wall, 1)
+        write_json(out / "results.json", results)
+        print(f"{name} evaluated at {results['wall_seconds']} s", flush=True)
     text = report(results, log)
     atomic_write(out / "README.md", lambda tmp: Path(tmp).write_text(text))
     return results

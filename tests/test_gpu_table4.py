@@ -94,6 +94,7 @@ def test_the_toy_run_writes_the_report_a_gpu_run_writes(tmp_path):
     results = table4.main(["--data", str(data), "--out", str(out), "--toy", "--epochs", "1", "--k", "4", "16"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["chosen"] == results["chosen"] in ("k4", "k16") and set(saved["models"]) == {"baseline", "k4", "k16"}
+    assert saved["finished"] and list(saved["models"])[:2] == [saved["chosen"], "baseline"]
     assert saved["n_train"] == 64 and saved["held_out"]["n"] == 32 and saved["test_subset"]["n"] == 40
     assert not set(saved["held_out"]["ids"]) & set(saved["test_subset"]["ids"])
     assert len({i.split("/")[1] for i in saved["test_subset"]["ids"]}) == 10  # every class in the subset
