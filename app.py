@@ -821,8 +821,10 @@ def build_demo(dataset: ExampleSet | None = None, hub: ExampleSet | None = None)
             gr.Markdown("**Size prior.** Top-GAP pools the top k of the h x w cells of each class map: k should be "
                         "about the object's area in class-map cells (paper, section 3.2).")
             with gr.Row():
-                size_in = gr.Number(None, label="Object size (fraction of the image, 0 < f < 1; empty: from the mask)",
-                                    step=0.01, elem_id="size_fraction", min_width=300)
+                # a Textbox, not a Number: Gradio's Number cannot be empty (it shows and sends 0, which the
+                # assistant must refuse), and empty is how "from the mask" is asked for
+                size_in = gr.Textbox("", label="Object size (fraction of the image, 0 < f < 1; empty: from the mask)",
+                                     placeholder="e.g. 0.25", max_lines=1, elem_id="size_fraction", min_width=300)
                 size_btn = gr.Button("Use the nearest trained k", elem_id="use_k")
             size_md = gr.Markdown(elem_id="size_advice")
             bias_plot = gr.Plot(label="This image's figures against k (k/(h*w)); grey: the selected k, dotted: the "

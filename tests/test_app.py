@@ -368,6 +368,19 @@ def test_size_prior_from_the_mask_or_a_typed_size_without_models(app_module, fil
     assert app_module.use_advised_k(sess, 1.5) == gr.skip()
 
 
+def test_the_size_box_starts_empty_and_empty_means_from_the_mask(app_module, files):
+    """The box is a Textbox: a gr.Number cannot be empty, showed 0 and sent it, and 0 was refused (issue 26)."""
+    box = next(b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "size_fraction")
+    assert isinstance(box, gr.Textbox) and box.value == ""
+    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+    for empty in ("", "  ", None):
+        assert "(uploaded mask)" in app_module.size_view(sess, KS[1], empty)[0]
+        assert app_module.use_advised_k(sess, empty) == 64
+    assert "**2.0%** of the image (typed size)" in app_module.size_view(sess, KS[1], " 0.02 ")[0]
+    assert app_module.size_view(sess, KS[1], "a quarter")[0].startswith(
+        "⚠️ The object size must be a number between 0 and 1 (got 'a quarter')")
+
+
 def test_size_prior_without_mask_or_image_says_what_to_do(app_module, files):
     sess = _image_session(app_module, files)[0]
     text, fig = app_module.size_view(sess, KS[1], None)

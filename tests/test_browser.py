@@ -220,7 +220,8 @@ def test_size_prior_assistant(page, files):
     expect(page.locator("#size_advice")).to_contain_text("27.1% of the image (uploaded mask)", timeout=LONG)
     expect(page.locator("#size_advice")).to_contain_text("69.4 of the 16x16 = 256")
     expect(page.locator("#bias_plot")).to_be_visible()
-    box = page.locator("#size_fraction input")
+    box = page.locator("#size_fraction textarea, #size_fraction input").first
+    expect(box).to_have_value("")  # empty: the size comes from the mask
     box.fill("1.5")
     box.press("Enter")
     expect(page.locator("#size_advice")).to_contain_text("The object size must be between 0 and 1", timeout=LONG)
