@@ -292,6 +292,8 @@ def k_figure(result: Result, k=None, advice: SizeAdvice | None = None):
     return fig
 
 
+METHOD_INFO = ("gradcam, hirescam and xgradcam give the same map here: the layer feeds global average pooling, so "
+               "its gradient is constant over the map and their weightings agree. scorecam takes tens of seconds.")
 SIZE_HINT = ("Type the object's size as a fraction of the image (0 < f < 1), or upload or draw a mask of the object "
              "on the Explain tab: the assistant then says how many class-map cells it covers and which trained k "
              "is nearest.")
@@ -773,7 +775,7 @@ def build_demo(dataset: ExampleSet | None = None, hub: ExampleSet | None = None)
         with gr.Row():
             fam_dd = gr.Dropdown(FAMILIES, value=DEFAULT, label="Model family", elem_id="family", min_width=300)
             method_dd = gr.Dropdown(list(METHODS), value="gradcam", label="Baseline CAM method", elem_id="method",
-                                    min_width=300)
+                                    min_width=300, info=METHOD_INFO)
         family_msg = gr.Markdown(elem_id="family_msg", elem_classes="msg")
         ks0 = STORE.trained_ks(DEFAULT) if DEFAULT else []  # from config.json: no model is loaded here
         mask_in = lenient(gr.Image(type="filepath", image_mode=None, elem_id="mask_upload", format="png", render=False,

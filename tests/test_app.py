@@ -372,6 +372,8 @@ def test_the_size_box_starts_empty_and_empty_means_from_the_mask(app_module, fil
     """The box is a Textbox: a gr.Number cannot be empty, showed 0 and sent it, and 0 was refused (issue 26)."""
     box = next(b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "size_fraction")
     assert isinstance(box, gr.Textbox) and box.value == ""
+    method = next(b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "method")
+    assert method.info == app_module.METHOD_INFO and "same map" in method.info  # tests/test_cam.py proves it
     sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
     for empty in ("", "  ", None):
         assert "(uploaded mask)" in app_module.size_view(sess, KS[1], empty)[0]

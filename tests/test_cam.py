@@ -55,6 +55,16 @@ def test_gradcam_matches_pytorch_grad_cam_on_the_final_feature_map(baseline):
     assert_close(ours, minmax_scale(ref), atol=1e-4, rtol=0)
 
 
+def test_gradcam_hirescam_and_xgradcam_agree_at_the_layer_that_feeds_global_average_pooling(baseline):
+    """The explorer says so beside its method switch (app.METHOD_INFO): the gradient of a GAP-fed layer is the same
+    at every cell, so HiResCAM's elementwise product and XGradCAM's weights reduce to GradCAM's map."""
+    x = torch.randn(2, 3, 64, 64)
+    grad, _ = baseline_cam(baseline, x, targets=1, method="gradcam")
+    for method in ("hirescam", "xgradcam"):
+        assert_close(baseline_cam(baseline, x, targets=1, method=method)[0], grad, atol=1e-5, rtol=0)
+    assert not torch.allclose(baseline_cam(baseline, x, targets=1, method="gradcam++")[0], grad, atol=1e-3)
+
+
 def test_gradcam_on_a_topgap_model(tiny_net):
     cams, _ = baseline_cam(tiny_net, torch.randn(1, 3, 64, 64), targets=0)
     assert cams.shape == (1, 16, 16)  # the fused FPN map, at the class-map resolution
