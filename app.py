@@ -177,6 +177,7 @@ class Session:
     family: str | None = None
     method: str | None = None
     result: Result | None = None
+    k_by_family: dict[str, int] = dataclasses.field(default_factory=dict)  # the k last shown in each family
 
 
 def _key(value) -> str | None:
@@ -350,13 +351,17 @@ def update(fam_name, image, mask_upload, drawn, method, k, sess: Session | None)
     keeps it. Expected failures are shown next to their input, once; the other outputs keep what they showed."""
     old = sess or Session()
     sess = dataclasses.replace(old)
+    if fam_name != old.family and old.family is not None and k is not None:  # a round trip comes back to its k
+        sess.k_by_family = {**old.k_by_family, old.family: k}
+        k = sess.k_by_family.get(fam_name, k)
     skip = gr.skip()
     out = dict(family_msg=skip, image_msg=skip, mask_msg=skip)  # a message stays until its input is used again
     if image is None:  # cleared, or a file the page could not show: keep what is shown unless the family changed
         if fam_name == sess.family:
             return _outputs(sess, out, k, None, keep=True)
         fam = _try_family(fam_name, out)
-        return _outputs(Session(family=fam_name, method=method), out, k, fam, new_image=True) if fam else \
+        fresh = Session(family=fam_name, method=method, k_by_family=sess.k_by_family)
+        return _outputs(fresh, out, k, fam, new_image=True) if fam else \
             _outputs(sess, out, k, None, keep=True)
     image_key, upload_key = _key(image), _key(mask_upload)
     drawn_arr = drawn_mask(drawn)

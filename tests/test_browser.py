@@ -109,6 +109,14 @@ def test_k_control_speaks_k_across_families(page, files):
     expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS2[-1]))
     upload(page, "image", files / "b.png")  # every later action still works
     expect(page.locator("#metrics")).to_contain_text(f"k{KS2[-1]}", timeout=LONG)
+    pick_family(page, "fam")  # back: the k last shown there, not the nearest to fam2's (issue 26: 1024 -> 288 -> 256)
+    expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS[-1]), timeout=LONG)
+    page.locator("#k").get_by_text(str(KS[1]), exact=True).click()  # by nearest k alone: 16 -> 8 in fam2 -> 4 here
+    expect(page.locator("#metrics")).to_contain_text(f"k{KS[1]}", timeout=LONG)
+    pick_family(page, "fam2")
+    expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS2[-1]), timeout=LONG)
+    pick_family(page, "fam")
+    expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS[1]), timeout=LONG)
     page.get_by_role("button", name="Prepare downloads").click()
     expect(page.locator("#downloads")).to_contain_text("report", timeout=LONG)
     no_error_badges(page)
