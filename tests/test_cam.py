@@ -65,6 +65,14 @@ def test_gradcam_hirescam_and_xgradcam_agree_at_the_layer_that_feeds_global_aver
     assert not torch.allclose(baseline_cam(baseline, x, targets=1, method="gradcam++")[0], grad, atol=1e-3)
 
 
+def test_scorecam_leaves_no_progress_bar_in_the_log(baseline, capfd):
+    import pytorch_grad_cam.score_cam as score_cam
+
+    saved = score_cam.tqdm
+    baseline_cam(baseline, torch.randn(1, 3, 32, 32), targets=0, method="scorecam")
+    assert "it/s" not in capfd.readouterr().err and score_cam.tqdm is saved  # and the library is as it was
+
+
 def test_gradcam_on_a_topgap_model(tiny_net):
     cams, _ = baseline_cam(tiny_net, torch.randn(1, 3, 64, 64), targets=0)
     assert cams.shape == (1, 16, 16)  # the fused FPN map, at the class-map resolution

@@ -162,6 +162,22 @@ def _backward_stops_at(layer: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """ScoreCAM draws a tqdm bar per call (one line per batch of masks, ~80 in a server log): off while a CAM runs.
+    Called under :data:`_HOOKS`, so one call at a time swaps the module's name and puts it back."""
+    import types
+
+    import pytorch_grad_cam.score_cam as score_cam
+
+    saved = score_cam.tqdm
+    score_cam.tqdm = types.SimpleNamespace(tqdm=functools.partial(saved.tqdm, disable=True))
+    try:
+        yield
+    finally:
+        score_cam.tqdm = saved
+
+
 @functools.cache
 def _raw(name: str) -> type:
     """pytorch-grad-cam's `name` method returning its raw map at the layer's resolution: no ReLU, no scaling."""
@@ -209,7 +225,7 @@ def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = 
     runner, default_layer = _target_layer(model)
     layer = layer or default_layer
     t = None if targets is None else _check_targets(targets, len(x), model.num_classes, x.device)
-    with _HOOKS, eval_mode(runner), torch.enable_grad(), _backward_stops_at(layer), \
+    with _HOOKS, _no_progress_bar(), eval_mode(runner), torch.enable_grad(), _backward_stops_at(layer), \
             _raw(method)(model=runner, target_layers=[layer]) as cam:
         chosen = None if t is None else [ClassifierOutputTarget(int(c)) for c in t]  # None: predicted class
         raw = torch.from_numpy(np.asarray(cam(input_tensor=x, targets=chosen), dtype=np.float32)).to(x.device)
