@@ -112,6 +112,7 @@ class Prepared:
     x01: torch.Tensor  # (1, 3, h, w) in [0, 1], the model's input size
     box: tuple[int, int, int, int]  # (y0, y1, x0, x1) of the picture inside x01 (letterboxing)
     notes: list[str]
+    picture_size: tuple[int, int] | None = None  # (H, W) of the upload itself, before the display resize
 
 
 def _display_size(h: int, w: int, input_size: tuple[int, int]) -> tuple[int, int]:
@@ -150,7 +151,7 @@ def prepare(image, family: Family) -> Prepared:
         notes.append(f"resized to the model's {iw}x{ih} input (aspect ratio {dw / dh:.2f} stretched, as in evaluation)")
     small = cv2.resize(canvas, (iw, ih), interpolation=cv2.INTER_AREA if canvas.shape[0] >= ih else cv2.INTER_LINEAR)
     x01 = torch.from_numpy(small).permute(2, 0, 1)[None].float().div(255)
-    return Prepared(rgb, x01, box, notes)
+    return Prepared(rgb, x01, box, notes, (h0, w0))
 
 
 def _frames(image) -> int:
@@ -234,6 +235,7 @@ class Result:
     mask_notes: list[str] = field(default_factory=list)
     has_mask: bool = False
     mask: tuple[np.ndarray, np.ndarray] | None = None  # (object, ignore) at the shown size, when one was given
+    picture_size: tuple[int, int] | None = None  # (H, W) of the upload: what a mask is compared with
 
     def view(self, index: int) -> tuple[MapResult, MapResult | None]:
         """(Top-GAP result at the index-th k, baseline result): no computation."""
@@ -265,7 +267,9 @@ class Result:
             obj, ign, more = mask, (ignore if ignore is not None else np.zeros_like(mask)), []
         else:
             obj, ign, more = decode_mask(mask)
-        obj, ign, fit_notes = fit_mask(obj, ign, self.image.shape[:2])
+        # to the upload's own size first (the notes name it, not the display size), then to the shown size
+        obj, ign, fit_notes = fit_mask(obj, ign, self.picture_size or self.image.shape[:2])
+        obj, ign, _ = fit_mask(obj, ign, self.image.shape[:2])
         out.mask_notes += more + fit_notes
         out.mask = obj, ign
         valid = ~ign
@@ -384,7 +388,8 @@ def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Re
         raw, _, logits = baseline_cam(model, x, method=method, postprocessing=None, with_logits=True)
         base = _map_result(name, cfg, logits[0].softmax(0), raw, prep, family.class_names, family)
     notes = list(prep.notes) + ([] if base else ["this family has no baseline model"])
-    result = Result(family.name, method, prep.image, maps, base, family.ks, family.cam_size, prep.x01, prep.box, notes)
+    result = Result(family.name, method, prep.image, maps, base, family.ks, family.cam_size, prep.x01, prep.box, notes,
+                    picture_size=prep.picture_size)
     return result.with_mask(mask) if mask is not None else result
 
 
