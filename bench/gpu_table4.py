@@ -155,7 +155,9 @@ def train(cfg: ModelConfig, recipe: Recipe, train_set: dict, acc) -> tuple[torch
     per_epoch = max(1, n // recipe.batch_size)
     total, log, gen = per_epoch * recipe.epochs, [], torch.Generator().manual_seed(recipe.seed)
     x0, y0 = next(batches(train_set, recipe.batch_size, torch.Generator().manual_seed(0)))
-    flops = step_flops(net, x0, y0)
+    counted = Trainable(build_model(cfg), cfg).to(acc.device, memory_format=torch.channels_last)
+    flops = step_flops(counted, x0, y0)  # on a copy: a counted pass in train mode would move BatchNorm's statistics
+    del counted
     sync(acc.device)
     start = time.perf_counter()
     for epoch in range(recipe.epochs):
