@@ -142,6 +142,24 @@ def test_mask_resized_and_empty_and_full_masks_explained(fam):
         result.with_mask(b"garbage")
 
 
+def test_a_mask_is_compared_with_the_upload_and_a_drawing_with_the_shown_image(fam):
+    """The notes name the upload's own size, not the display size; a drawing (made on the shown image) is used as
+    drawn, not resized down to the upload's size and back."""
+    img = (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8)
+    result = explain_all(fam, img)
+    shown = result.image.shape[:2]
+    assert result.picture_size == (48, 64) and shown != (48, 64)  # a small picture is shown enlarged
+    own = np.zeros((48, 64), np.uint8)
+    own[10:30, 20:50] = 255
+    assert not any("resized" in n for n in result.with_mask(Image.fromarray(own)).mask_notes)
+    half = result.with_mask(Image.fromarray(own[::2, ::2]))
+    assert any("mask resized from 32x24 to 64x48" in n for n in half.mask_notes)
+    drawn = np.zeros(shown, bool)
+    drawn[5:7, 11:13] = True  # a stroke finer than one upload pixel
+    used = result.with_mask(drawn)
+    assert not used.mask_notes and (used.mask[0] == drawn).all()
+
+
 def test_drawn_mask_from_editor_layers():
     layer = np.zeros((800, 800, 4), np.uint8)
     assert drawn_mask({"background": None, "layers": [layer], "composite": None}) is None

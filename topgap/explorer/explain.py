@@ -267,9 +267,10 @@ class Result:
             obj, ign, more = mask, (ignore if ignore is not None else np.zeros_like(mask)), []
         else:
             obj, ign, more = decode_mask(mask)
-        # to the upload's own size first (the notes name it, not the display size), then to the shown size
-        obj, ign, fit_notes = fit_mask(obj, ign, self.picture_size or self.image.shape[:2])
-        obj, ign, _ = fit_mask(obj, ign, self.image.shape[:2])
+        shown, fit_notes = self.image.shape[:2], []
+        if obj.shape != shown:  # a drawing is made on the shown image; an upload is compared with the upload's size
+            obj, ign, fit_notes = fit_mask(obj, ign, self.picture_size or shown)  # its notes name that size
+            obj, ign, _ = fit_mask(obj, ign, shown)
         out.mask_notes += more + fit_notes
         out.mask = obj, ign
         valid = ~ign
