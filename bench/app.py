@@ -116,27 +116,29 @@ def main() -> None:
     import psutil
 
     import app  # noqa: E402  (after TOPGAP_MODELS is set)
+    from topgap.explorer.explain import PGD_RULE
 
-    fam = app.STORE.get(args.family.name)
+    ex = app.explorer_from_env()
+    fam = ex.store.get(args.family.name)
     out["upload_to_all_k_s"] = round(median_time(lambda: explain_all(fam, image), args.repeats), 4)
     mask = np.zeros(image.shape[:2], np.uint8)
     mask[100:300, 200:400] = 255
     Image.fromarray(mask).save(folder / "mask.png")
-    sess = app.update(fam.name, str(folder / "image.png"), None, None, "gradcam", fam.ks[0], None)[0]
+    sess = ex.update(fam.name, str(folder / "image.png"), None, None, "gradcam", fam.ks[0], None)[0]
     ks = iter(fam.ks * 10 ** 5)
-    out["k_change_s"] = round(median_time(lambda: app.switch_k(sess, next(ks)), args.repeats * 3), 4)
-    out["bias_plot_after_k_change_s"] = round(median_time(lambda: app.size_view(sess, next(ks), 0.1), args.repeats), 4)
-    masked = app.update(fam.name, str(folder / "image.png"), str(folder / "mask.png"), None, "gradcam", fam.ks[0],
-                        None)[0]
-    out["backgrounds_swap_s"] = round(median_time(lambda: app.backgrounds_view(masked, None), args.repeats), 3)
-    for name in app.FAMILIES:  # every family, every view
-        s = app.update(name, str(folder / "image.png"), str(folder / "mask.png"), None, "gradcam", 16, None)[0]
-        app.switch_k(s, s.result.ks[-1])
-        app.backgrounds_view(s, None)
-        app.size_view(s, s.result.ks[-1], None)
-        app.robustness(name, s, s.result.ks[0], "pgd", 2, app.PGD_RULE)
-        app.downloads(s, s.result.ks[0])
-        app.model_card(name)
+    out["k_change_s"] = round(median_time(lambda: ex.switch_k(sess, next(ks)), args.repeats * 3), 4)
+    out["bias_plot_after_k_change_s"] = round(median_time(lambda: ex.size_view(sess, next(ks), 0.1), args.repeats), 4)
+    masked = ex.update(fam.name, str(folder / "image.png"), str(folder / "mask.png"), None, "gradcam", fam.ks[0],
+                       None)[0]
+    out["backgrounds_swap_s"] = round(median_time(lambda: ex.backgrounds_view(masked, None), args.repeats), 3)
+    for name in ex.families:  # every family, every view
+        s = ex.update(name, str(folder / "image.png"), str(folder / "mask.png"), None, "gradcam", 16, None)[0]
+        ex.switch_k(s, s.result.ks[-1])
+        ex.backgrounds_view(s, None)
+        ex.size_view(s, s.result.ks[-1], None)
+        ex.robustness(name, s, s.result.ks[0], "pgd", 2, PGD_RULE)
+        ex.downloads(s, s.result.ks[0])
+        ex.model_card(name)
     out["rss_after_every_family_and_view_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
     name, model, cfg = fam.topgap[-1]
     x = fam.norms[name](sess.result.x01)

@@ -17,7 +17,12 @@ import pytest
 from PIL import Image
 
 from appfamily import KS, client_bursts, make_family, served_app
+from topgap.explorer import blocks
 from topgap.explorer.audit import COLUMNS
+from topgap.explorer.examples import bundled_examples, env_examples, examples_fit
+from topgap.explorer.handlers import PREFERRED
+from topgap.explorer.views import METHOD_INFO, SIZE_HINT
+from topgap.explorer.workspace import bound_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 gr = pytest.importorskip("gradio")
@@ -42,6 +47,18 @@ def app_module(tmp_path_factory):
             os.environ.pop("TOPGAP_MODELS", None)
         else:
             os.environ["TOPGAP_MODELS"] = old
+
+
+@pytest.fixture(scope="module")
+def page(app_module):
+    """The page build_demo() makes, against the temp models root."""
+    return app_module.build_demo()
+
+
+@pytest.fixture(scope="module")
+def ex(page):
+    """The handlers behind the page."""
+    return page.explorer
 
 
 @pytest.fixture(scope="module")
@@ -184,21 +201,21 @@ def test_user_errors_logged_without_traceback(served, client, files):
     assert "Traceback" not in log, log[-3000:]
 
 
-def test_mcp_off_by_default_and_without_the_package(app_module, monkeypatch, caplog):
+def test_mcp_off_by_default_and_without_the_package(monkeypatch, caplog):
     monkeypatch.delenv("TOPGAP_MCP", raising=False)
-    assert app_module.mcp_enabled() is False
+    assert blocks.mcp_enabled() is False
     monkeypatch.setenv("TOPGAP_MCP", "1")
-    monkeypatch.setattr(app_module.importlib.util, "find_spec", lambda name: None)
-    assert app_module.mcp_enabled() is False and "gradio[mcp] is not installed" in caplog.text
-    monkeypatch.setattr(app_module.importlib.util, "find_spec", lambda name: object() if name == "mcp" else None)
-    assert app_module.mcp_enabled() is True
+    monkeypatch.setattr(blocks.importlib.util, "find_spec", lambda name: None)
+    assert blocks.mcp_enabled() is False and "gradio[mcp] is not installed" in caplog.text
+    monkeypatch.setattr(blocks.importlib.util, "find_spec", lambda name: object() if name == "mcp" else None)
+    assert blocks.mcp_enabled() is True
 
 
-def test_api_docstrings_describe_every_argument(app_module):
-    doc = app_module.api_explain.__doc__
+def test_api_docstrings_describe_every_argument(ex):
+    doc = ex.api_explain.__doc__
     for name in ("image", "mask", "family", "k", "method", "maps"):
         assert re.search(rf"^\s+{name}: \w", doc, re.M), name
-    assert "Returns:" in app_module.api_families.__doc__
+    assert "Returns:" in ex.api_families.__doc__
 
 
 def test_uploads_and_outputs_inside_the_work_folder(served, client, files):
@@ -207,72 +224,72 @@ def test_uploads_and_outputs_inside_the_work_folder(served, client, files):
     assert list((work / "gradio").rglob("image.png")), "gradio's uploads are not in the app's work folder"
 
 
-def test_bound_storage_deletes_oldest_beyond_the_limit(app_module, tmp_path):
+def test_bound_storage_deletes_oldest_beyond_the_limit(tmp_path):
     now = time.time()
     for i, size in enumerate([100, 100, 100, 0]):  # oldest first; the empty file goes too
         f = tmp_path / f"f{i}"
         f.write_bytes(b"x" * size)
         os.utime(f, (now - 1000 + i, now - 1000 + i))
     (tmp_path / "new").write_bytes(b"x" * 100)  # younger than min_age_s: kept even over the limit
-    left = app_module.bound_storage(tmp_path, max_bytes=250, min_age_s=60, every_s=0)
+    left = bound_storage(tmp_path, max_bytes=250, min_age_s=60)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f2", "new"] and left == 200
 
 
-def _image_session(app_module, files, k=KS[1], mask=None):
-    out = app_module.update("fam", str(files / "image.png"), mask, None, "gradcam", k, None)
+def _image_session(ex, files, k=KS[1], mask=None):
+    out = ex.update("fam", str(files / "image.png"), mask, None, "gradcam", k, None)
     return out
 
 
-def test_k_control_lists_trained_k_and_switches_without_models(app_module, files, monkeypatch):
-    import topgap.explorer.explain as ex
+def test_k_control_lists_trained_k_and_switches_without_models(ex, files, monkeypatch):
+    import topgap.explorer.explain as explain
 
-    out = _image_session(app_module, files, k=999)  # any k: the nearest trained one is used
+    out = _image_session(ex, files, k=999)  # any k: the nearest trained one is used
     sess, radio = out[0], out[1]
     assert radio["choices"] == list(KS) and radio["value"] == KS[-1] and f"k = {KS[-1]}:" in radio["info"]
-    monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the k control must not run a model"))
-    monkeypatch.setattr(ex, "baseline_cam", lambda *a, **k: pytest.fail("the k control must not run a model"))
+    monkeypatch.setattr(explain, "topgap_cam", lambda *a, **k: pytest.fail("the k control must not run a model"))
+    monkeypatch.setattr(explain, "baseline_cam", lambda *a, **k: pytest.fail("the k control must not run a model"))
     for i, k in enumerate(KS):
-        info, top, labels, *_ = app_module.switch_k(sess, k)
+        info, top, labels, *_ = ex.switch_k(sess, k)
         assert f"k = {k}:" in info["info"] and (np.asarray(Image.open(top)) == sess.result.topgap[i].overlay).all()
-    paths, msg = app_module.downloads(sess, KS[1])
+    paths, msg = ex.downloads(sess, KS[1])
     assert {Path(p).suffix for p in paths} == {".png", ".npy", ".json"} and msg == ""
-    assert all(Path(p).is_relative_to(app_module.DOWNLOADS) for p in paths)
+    assert all(Path(p).is_relative_to(ex.work.downloads) for p in paths)
     assert json.loads(Path(paths[-1]).read_text())["k"] == KS[1]
 
 
-def test_mask_kept_for_its_image_cleared_for_a_new_one(app_module, files, tmp_path):
-    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+def test_mask_kept_for_its_image_cleared_for_a_new_one(ex, files, tmp_path):
+    sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
     assert sess.result.has_mask and sess.mask_source == "uploaded mask"
-    out = app_module.update("fam", str(files / "image.png"), str(files / "mask.png"), None, "gradcam++", KS[1], sess)
+    out = ex.update("fam", str(files / "image.png"), str(files / "mask.png"), None, "gradcam++", KS[1], sess)
     assert out[0].result.has_mask and out[0].result.method == "gradcam++"  # method change keeps the mask
     other = tmp_path / "other.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(other)
-    out = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
+    out = ex.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
     assert not out[0].result.has_mask and "previous image's mask was cleared" in out[4]
     assert "Upload or draw a mask" in out[10]
     # an event queued before the page emptied the mask box still carries the old mask: it must not come back,
     # nor erase the message
-    late = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
+    late = ex.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], out[0])
     assert not late[0].result.has_mask and late[4] == gr.skip()
-    emptied = app_module.update("fam", str(other), None, None, "gradcam", KS[1], late[0])  # the box is empty now
-    later = app_module.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], emptied[0])
+    emptied = ex.update("fam", str(other), None, None, "gradcam", KS[1], late[0])  # the box is empty now
+    later = ex.update("fam", str(other), str(files / "mask.png"), None, "gradcam", KS[1], emptied[0])
     assert not later[0].result.has_mask  # and one queued earlier arrives after it (seen in the browser): still ignored
     own = tmp_path / "own.png"
     Image.fromarray(np.eye(40, dtype=np.uint8) * 255).save(own)
-    mine = app_module.update("fam", str(other), str(own), None, "gradcam", KS[1], later[0])
+    mine = ex.update("fam", str(other), str(own), None, "gradcam", KS[1], later[0])
     assert mine[0].result.has_mask and mine[0].mask_source == "uploaded mask"  # this image's own mask: used
 
 
-def test_bad_image_keeps_the_results_and_says_so(app_module, files):
-    sess = _image_session(app_module, files)[0]
-    out = app_module.update("fam", str(files / "broken.png"), None, None, "gradcam", KS[1], sess)
+def test_bad_image_keeps_the_results_and_says_so(ex, files):
+    sess = _image_session(ex, files)[0]
+    out = ex.update("fam", str(files / "broken.png"), None, None, "gradcam", KS[1], sess)
     assert "Still showing the previous image's results" in out[3]
     assert out[0].result is sess.result and out[6] == gr.skip()  # the shown CAM is not replaced
 
 
-def test_bias_plot_marks_k_and_labels_do_not_overlap(app_module, files):
-    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
-    _, fig = app_module.bias_view(sess, KS[1])
+def test_bias_plot_marks_k_and_labels_do_not_overlap(ex, files):
+    sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
+    _, fig = ex.bias_view(sess, KS[1])
     ax = fig.axes[0]
     assert any(line.get_label() == f"selected k = {KS[1]}" for line in ax.get_lines())
     fig.canvas.draw()
@@ -281,8 +298,8 @@ def test_bias_plot_marks_k_and_labels_do_not_overlap(app_module, files):
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), "x labels overlap"
 
 
-def test_model_card_rendered_from_card_json(app_module):
-    text, plots = app_module.model_card("fam")
+def test_model_card_rendered_from_card_json(ex):
+    text, plots = ex.model_card("fam")
     assert "No model card yet for **fam**" in text and plots is None
 
 
@@ -321,86 +338,96 @@ def test_dockerfile():
     assert ".git" in (ROOT / ".dockerignore").read_text().split()
 
 
-def test_import_builds_the_ui_without_loading_a_family(tmp_path):
+def test_import_does_nothing_and_the_page_loads_no_family(tmp_path):
+    """Importing app.py makes no folder and sets no env (issue 26 item 1); build_demo() makes the workspace and
+    reads the trained k from config.json without loading a model."""
     import subprocess
 
-    make_family(tmp_path, "fam")
-    code = ("import app; k = next(b for b in app.demo.blocks.values() if getattr(b, 'elem_id', None) == 'k'); "
-            "print(sorted(app.STORE._loaded), [c[1] for c in k.choices], k.value, app.build_demo() is not app.demo); "
-            "import sys; print([m for m in ('timm', 'torchvision', 'pytorch_grad_cam') if m in sys.modules])")
+    make_family(tmp_path / "models", "fam")
+    (tmp_path / "tmp").mkdir()
+    code = ("import os, sys, app; print(os.listdir(os.environ['TMPDIR']), 'GRADIO_TEMP_DIR' in os.environ); "
+            "demo = app.build_demo(); k = next(b for b in demo.blocks.values() if getattr(b, 'elem_id', None) == 'k'); "
+            "print(sorted(demo.explorer.store._loaded), [c[1] for c in k.choices], k.value, "
+            "os.environ['GRADIO_TEMP_DIR'].startswith(str(demo.explorer.work.root))); "
+            "print([m for m in ('timm', 'torchvision', 'pytorch_grad_cam') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "TOPGAP_MODELS": str(tmp_path), "PYTHONPATH": str(ROOT)})
+                         env={**{n: v for n, v in os.environ.items() if n != "GRADIO_TEMP_DIR"},
+                              "TOPGAP_MODELS": str(tmp_path / "models"), "PYTHONPATH": str(ROOT),
+                              "TMPDIR": str(tmp_path / "tmp")})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[-3] == f"[] {list(KS)} {KS[1]} True"  # k from config.json, no model loaded
-    assert out.stdout.split("\n")[-2] == "[]"  # timm (torchvision, torch._dynamo) and grad-cam load with the models
+    lines = out.stdout.split("\n")
+    assert lines[-4] == "[] False"  # the import: no temp folder, no env
+    assert lines[-3] == f"[] {list(KS)} {KS[1]} True"  # k from config.json, no model loaded
+    assert lines[-2] == "[]"  # timm (torchvision, torch._dynamo) and grad-cam load with the models
+    assert not list((tmp_path / "tmp").glob("topgap-app-*")), "the workspace outlived the process"
 
 
-def test_first_use_loads_the_family_once(app_module, files, caplog):
+def test_first_use_loads_the_family_once(ex, files, caplog):
     import logging
 
-    app_module.STORE._loaded.pop("fam", None)
+    ex.store._loaded.pop("fam", None)
     with caplog.at_level(logging.INFO, logger="topgap.app"):
-        assert app_module.load_family("fam") is app_module.load_family("fam")
+        assert ex.load_family("fam") is ex.load_family("fam")
     assert caplog.text.count("loading model family fam") == 1
-    msgs = list(app_module.preload("fam"))
+    msgs = list(ex.preload("fam"))
     assert msgs == [gr.skip()]  # loaded already: the page load says nothing
-    app_module.STORE._loaded.pop("fam")
-    msgs = list(app_module.preload("fam"))
-    assert msgs[0].startswith("⏳ Loading model family 'fam'") and msgs[-1] == "" and app_module.STORE.loaded("fam")
+    ex.store._loaded.pop("fam")
+    msgs = list(ex.preload("fam"))
+    assert msgs[0].startswith("⏳ Loading model family 'fam'") and msgs[-1] == "" and ex.store.loaded("fam")
 
 
-def test_size_prior_from_the_mask_or_a_typed_size_without_models(app_module, files, monkeypatch):
-    import topgap.explorer.explain as ex
+def test_size_prior_from_the_mask_or_a_typed_size_without_models(ex, files, monkeypatch):
+    import topgap.explorer.explain as explain
 
-    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
-    monkeypatch.setattr(ex, "topgap_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
-    monkeypatch.setattr(ex, "baseline_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
+    sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
+    monkeypatch.setattr(explain, "topgap_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
+    monkeypatch.setattr(explain, "baseline_cam", lambda *a, **k: pytest.fail("the size prior must not run a model"))
     # mask: 20x30 of 48x64 pixels = 19.53% of the image; 0.1953125 * 16 * 16 = 50 cells; nearest k 64 (log scale)
-    text, fig = app_module.size_view(sess, KS[1], None)
+    text, fig = ex.size_view(sess, KS[1], None)
     assert "**19.5%** of the image (uploaded mask)" in text and "**50.0** of the 16x16 = 256" in text
     assert "**k = 64**" in text
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert {"object: 50.0 cells", "nearest trained k = 64", f"selected k = {KS[1]}", "Top-GAP iou"} <= set(labels)
-    assert app_module.use_advised_k(sess, None) == 64
-    text, _ = app_module.size_view(sess, KS[1], 0.02)  # typed wins over the mask: 5.12 cells, nearest k 4
+    assert ex.use_advised_k(sess, None) == 64
+    text, _ = ex.size_view(sess, KS[1], 0.02)  # typed wins over the mask: 5.12 cells, nearest k 4
     assert "**2.0%** of the image (typed size)" in text and "**k = 4**" in text
-    assert app_module.use_advised_k(sess, 0.02) == 4
-    text, fig = app_module.size_view(sess, KS[1], 1.5)
+    assert ex.use_advised_k(sess, 0.02) == 4
+    text, fig = ex.size_view(sess, KS[1], 1.5)
     assert text.startswith("⚠️ The object size must be between 0 and 1, both excluded (got 1.5)")
     assert "Top-GAP l1" in [line.get_label() for line in fig.axes[0].get_lines()]  # the curves stay
-    assert app_module.use_advised_k(sess, 1.5) == gr.skip()
+    assert ex.use_advised_k(sess, 1.5) == gr.skip()
 
 
-def test_the_size_box_starts_empty_and_empty_means_from_the_mask(app_module, files):
+def test_the_size_box_starts_empty_and_empty_means_from_the_mask(page, ex, files):
     """The box is a Textbox: a gr.Number cannot be empty, showed 0 and sent it, and 0 was refused (issue 26)."""
-    box = next(b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "size_fraction")
+    box = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "size_fraction")
     assert isinstance(box, gr.Textbox) and box.value == ""
-    method = next(b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "method")
-    assert method.info == app_module.METHOD_INFO and "same map" in method.info  # tests/test_cam.py proves it
-    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
+    method = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "method")
+    assert method.info == METHOD_INFO and "same map" in method.info  # tests/test_cam.py proves it
+    sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
     for empty in ("", "  ", None):
-        assert "(uploaded mask)" in app_module.size_view(sess, KS[1], empty)[0]
-        assert app_module.use_advised_k(sess, empty) == 64
-    assert "**2.0%** of the image (typed size)" in app_module.size_view(sess, KS[1], " 0.02 ")[0]
-    assert app_module.size_view(sess, KS[1], "a quarter")[0].startswith(
+        assert "(uploaded mask)" in ex.size_view(sess, KS[1], empty)[0]
+        assert ex.use_advised_k(sess, empty) == 64
+    assert "**2.0%** of the image (typed size)" in ex.size_view(sess, KS[1], " 0.02 ")[0]
+    assert ex.size_view(sess, KS[1], "a quarter")[0].startswith(
         "⚠️ The object size must be a number between 0 and 1 (got 'a quarter')")
 
 
-def test_size_prior_without_mask_or_image_says_what_to_do(app_module, files):
-    sess = _image_session(app_module, files)[0]
-    text, fig = app_module.size_view(sess, KS[1], None)
-    assert text == app_module.SIZE_HINT and fig is not None
-    assert app_module.size_view(None, KS[1], 0.5) == ("Upload an image (or pick an example) on the Explain tab "
-                                                      "first. " + app_module.SIZE_HINT, None)
+def test_size_prior_without_mask_or_image_says_what_to_do(ex, files):
+    sess = _image_session(ex, files)[0]
+    text, fig = ex.size_view(sess, KS[1], None)
+    assert text == SIZE_HINT and fig is not None
+    assert ex.size_view(None, KS[1], 0.5) == ("Upload an image (or pick an example) on the Explain tab "
+                                                      "first. " + SIZE_HINT, None)
 
 
-def test_faithfulness_view_plots_the_evaluations_road(app_module, files, monkeypatch):
+def test_faithfulness_view_plots_the_evaluations_road(ex, files, monkeypatch):
     from topgap.explorer.faith import road_curves
 
-    assert app_module.faithfulness_view(None, KS[1])[1].startswith("⚠️ Upload an image")
-    sess = _image_session(app_module, files)[0]
-    fig, text = app_module.faithfulness_view(sess, KS[1])
-    curves = road_curves(app_module.STORE.get("fam"), sess.result)
+    assert ex.faithfulness_view(None, KS[1])[1].startswith("⚠️ Upload an image")
+    sess = _image_session(ex, files)[0]
+    fig, text = ex.faithfulness_view(sess, KS[1])
+    curves = road_curves(ex.store.get("fam"), sess.result)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
     assert set(lines) == {f"k{k}: ROAD {curves[f'k{k}']['road']:.3f}" for k in KS} | {
         f"baseline (gradcam): ROAD {curves['baseline']['road']:.3f}"}
@@ -408,25 +435,25 @@ def test_faithfulness_view_plots_the_evaluations_road(app_module, files, monkeyp
     assert f"| k{KS[0]} | {curves[f'k{KS[0]}']['road']:.3f} |" in text and "| model | ROAD | 20% | 40% |" in text
 
 
-def test_attack_tab_offers_both_pgd_rules_and_shows_steps_step_size_and_reach(app_module, files):
+def test_attack_tab_offers_both_pgd_rules_and_shows_steps_step_size_and_reach(page, ex, files):
     from topgap.explorer.explain import PGD_HELP, PGD_RULE, PGD_STEPS
 
-    blocks = {getattr(b, "elem_id", None): b for b in app_module.demo.blocks.values()}
+    blocks = {getattr(b, "elem_id", None): b for b in page.blocks.values()}
     rule = blocks["pgd_rule"]
     assert rule.choices == [("Madry et al.: 2.5 eps / steps", "2.5eps/steps"),
                             ("Foolbox: eps / 30 per step", "foolbox")]
     assert rule.value == PGD_RULE and blocks["attack_help"].value == PGD_HELP
-    assert app_module.robustness("fam", None, KS[1], "pgd", 8, PGD_RULE)[1].startswith("⚠️ Upload an image")
-    sess = _image_session(app_module, files)[0]
-    gallery, text = app_module.robustness("fam", sess, KS[1], "pgd", 8, "foolbox")
+    assert ex.robustness("fam", None, KS[1], "pgd", 8, PGD_RULE)[1].startswith("⚠️ Upload an image")
+    sess = _image_session(ex, files)[0]
+    gallery, text = ex.robustness("fam", sess, KS[1], "pgd", 8, "foolbox")
     assert len(gallery) == 4 and text.startswith("| model | clean | attacked | changed |")
     assert f"- step rule: Foolbox: eps / 30 per step\n- {PGD_STEPS} steps of 0.267/255 = 0.00105" in text
     assert text.endswith("- reaches the eps boundary: no\n\nThese steps cannot reach the edge of the eps range: the "
                          "attack is weaker than its eps says.")
-    assert app_module.robustness("fam", sess, KS[1], "pgd", 8, "madry")[1].startswith("⚠️ unknown PGD step rule")
+    assert ex.robustness("fam", sess, KS[1], "pgd", 8, "madry")[1].startswith("⚠️ unknown PGD step rule")
 
 
-def test_audit_handler_table_csv_progress_and_refusals(app_module, files, tmp_path):
+def test_audit_handler_table_csv_progress_and_refusals(ex, files, tmp_path):
     with zipfile.ZipFile(tmp_path / "batch.zip", "w") as z:
         z.write(files / "image.png", "a.png")
         z.write(files / "image.png", "b.png")
@@ -438,31 +465,31 @@ def test_audit_handler_table_csv_progress_and_refusals(app_module, files, tmp_pa
             self.seen = (len(items), desc, unit)
             return items
     progress = Progress()
-    rows, csv_path, text = app_module.audit("fam", "gradcam", [str(tmp_path / "batch.zip")], progress)
+    rows, csv_path, text = ex.audit("fam", "gradcam", [str(tmp_path / "batch.zip")], progress)
     assert progress.seen == (2, "Auditing", "image")
     assert len(rows) == 2 * (len(KS) + 1) and {r[1] for r in rows} == {"masks/a.png", None}
     assert text.startswith("2 images (1 with a mask) through 3 Top-GAP models and the baseline of **fam**: 8 rows.")
     assert "../evil.png: a name outside the zip's folder, ignored" in text
-    assert Path(csv_path).is_relative_to(app_module.DOWNLOADS)
+    assert Path(csv_path).is_relative_to(ex.work.downloads)
     with open(csv_path, newline="") as f:
         assert next(csv.reader(f)) == COLUMNS and len(f.readlines()) == len(rows)
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
-    assert app_module.audit("fam", "gradcam", [str(tmp_path / "junk.zip")], progress) == (
+    assert ex.audit("fam", "gradcam", [str(tmp_path / "junk.zip")], progress) == (
         None, None, "⚠️ Audit refused: junk.zip is not a readable zip file (File is not a zip file); zip the images "
         "again and upload it.")
-    assert app_module.audit("nope", "gradcam", [str(tmp_path / "batch.zip")], progress)[2].startswith(
+    assert ex.audit("nope", "gradcam", [str(tmp_path / "batch.zip")], progress)[2].startswith(
         "⚠️ Audit refused: unknown model family 'nope'; available: fam")
-    assert app_module.audit("fam", "gradcam", None, progress)[2].startswith("⚠️ Upload a zip")
+    assert ex.audit("fam", "gradcam", None, progress)[2].startswith("⚠️ Upload a zip")
 
 
-def test_backgrounds_view_every_model_on_every_variant(app_module, files):
-    assert app_module.backgrounds_view(None, None)[2].startswith("⚠️ Upload an image (or pick an example)")
-    no_mask = _image_session(app_module, files)[0]
-    assert app_module.backgrounds_view(no_mask, None) == (None, None, "⚠️ This image has no mask: upload or draw a "
+def test_backgrounds_view_every_model_on_every_variant(ex, files):
+    assert ex.backgrounds_view(None, None)[2].startswith("⚠️ Upload an image (or pick an example)")
+    no_mask = _image_session(ex, files)[0]
+    assert ex.backgrounds_view(no_mask, None) == (None, None, "⚠️ This image has no mask: upload or draw a "
                                                           "mask of the object in the Explain tab, then swap its "
                                                           "background.")
-    sess = _image_session(app_module, files, mask=str(files / "mask.png"))[0]
-    pictures, frame, text = app_module.backgrounds_view(sess, str(files / "wide.png"))  # a second photo: 60x20
+    sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
+    pictures, frame, text = ex.backgrounds_view(sess, str(files / "wide.png"))  # a second photo: 60x20
     variants = ["original", "on brick", "on grass", "on gravel", "on your photo", "on grey", "no_fg", "only_bg_t"]
     models = [f"k{k}" for k in KS] + ["baseline (gradcam)"]
     assert frame.columns.tolist() == ["variant"] + models and frame["variant"].tolist() == variants
@@ -473,32 +500,33 @@ def test_backgrounds_view_every_model_on_every_variant(app_module, files):
     assert (shown[~obj] == 0).all() and (shown[obj] == sess.result.image[obj]).all()
     assert all(text.count(f"| {m} |") == 1 for m in models)
     sess.result = sess.result.with_mask(None)
-    _, _, text = app_module.backgrounds_view(sess, str(files / "broken.png"))
+    _, _, text = ex.backgrounds_view(sess, str(files / "broken.png"))
     assert text.startswith("⚠️ The second photo could not be used:")
 
 
-def test_examples_suit_the_family_and_come_from_a_dataset(app_module, tmp_path, monkeypatch):
-    assert app_module.DEFAULT == "fam"  # TOPGAP_MODELS holds only the fake family (classes: the synthetic shapes)
-    assert app_module.PREFERRED[1:] == ["oxford-pet-lite0", "synthetic-shapes", "synth"]
-    assert [app_module.examples_fit(k, "fam") for k in ("synthetic", "photo", "dataset")] == [True, False, True]
-    assert app_module.examples_fit("photo", "not-on-disk") and app_module.examples_fit("synthetic", None)
-    sets = dict((kind, s) for s, kind in app_module._bundled_examples())
-    assert sets["photo"].rows == [[str(ROOT / "assets/photos/chelsea.jpg"), str(ROOT / "assets/photos/masks/chelsea.png")]]
+def test_examples_suit_the_family_and_come_from_a_dataset(app_module, ex, tmp_path, monkeypatch):
+    assert ex.default == "fam"  # TOPGAP_MODELS holds only the fake family (classes: the synthetic shapes)
+    assert PREFERRED == ["oxford-pet-lite0", "synthetic-shapes", "synth"]
+    assert [examples_fit(ex.store, k, "fam") for k in ("synthetic", "photo", "dataset")] == [True, False, True]
+    assert examples_fit(ex.store, "photo", "not-on-disk") and examples_fit(ex.store, "synthetic", None)
+    sets = dict((kind, s) for s, kind in bundled_examples(ROOT / "assets"))
+    photos = ROOT / "assets" / "photos"
+    assert sets["photo"].rows == [[str(photos / "chelsea.jpg"), str(photos / "masks" / "chelsea.png")]]
     assert sets["photo"].captions == ["chelsea (CC0 photo from scikit-image)"]
     captions = sets["synthetic"].captions  # the shortcut test first: usual, other background, background alone
     assert captions[:4] == [f"{c}, usual background" for c in ("circle", "square", "star", "triangle")]
     assert captions[8:12] == [f"{c}'s background, no object" for c in ("circle", "square", "star", "triangle")]
     assert all(mask is None for _, mask in sets["synthetic"].rows[8:12])  # no object, no mask
     monkeypatch.setenv("TOPGAP_EXAMPLES", str(tmp_path / "nothing"))
-    assert app_module.env_examples() is None  # logged; the bundled examples stay
+    assert env_examples() is None  # logged; the bundled examples stay
     image = tmp_path / "data" / "test" / "cat" / "a.png"
     image.parent.mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     (tmp_path / "data" / "masks" / "test" / "cat").mkdir(parents=True)
     Image.fromarray(np.eye(8, dtype=np.uint8) * 255).save(tmp_path / "data" / "masks" / "test" / "cat" / "a.png")
     monkeypatch.setenv("TOPGAP_EXAMPLES", str(tmp_path / "data"))
-    assert app_module.env_examples().captions == ["cat (a)"]
-    assert isinstance(app_module.build_demo(app_module.env_examples()), gr.Blocks)
+    assert env_examples().captions == ["cat (a)"]
+    assert isinstance(app_module.build_demo(ex, env_examples()), gr.Blocks)
 
 
 def test_examples_flag_with_an_unusable_folder_stops_with_a_message(tmp_path):

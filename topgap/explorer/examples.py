@@ -6,14 +6,17 @@ the Hub (``TOPGAP_HUB_EXAMPLES``), downloaded on first use and cited.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.datasets import list_splits, open_dataset
-from .explain import InputError
+from ..data.synth import VARIANTS as SYNTH_VARIANTS
+from .explain import FamilyStore, InputError
 from .hub import parse_spec
 
-__all__ = ["ExampleSet", "dataset_examples", "hub_examples", "PER_CLASS", "MAX_EXAMPLES", "HUB_STEMS", "PETS_CITATION"]
+__all__ = ["ExampleSet", "dataset_examples", "hub_examples", "bundled_examples", "env_examples", "examples_fit",
+           "caption", "PER_CLASS", "MAX_EXAMPLES", "HUB_STEMS", "PETS_CITATION"]
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +87,60 @@ def hub_examples(spec: str, stems: tuple[str, ...] = HUB_STEMS) -> ExampleSet | 
         return None
     return ExampleSet(rows, [f"{s.rsplit('_', 1)[0]} ({s})" for s in stems],
                       f"Test images of Oxford-IIIT Pet from the Hub ({spec}). {PETS_CITATION}")
+
+
+def caption(name: str) -> str:
+    """An example's caption from its file name: 'usual-background-circle' -> 'circle, usual background'."""
+    words = name.split("-")
+    if len(words) == 3 and words[:2] == ["background", "only"]:
+        return f"{words[2]}'s background, no object"
+    if len(words) == 3 and words[1] == "background":
+        return f"{words[2]}, {words[0]} background"
+    return {"misclassified-by-baseline": "misclassified by the baseline",
+            "baseline-least-sure": "the baseline's least sure image"}.get(name, name.replace("-", " "))
+
+
+SHAPES = set(SYNTH_VARIANTS["shapes"]["classes"])  # the synthetic examples' classes
+
+
+def _example_order(path: Path) -> tuple[int, str]:
+    """The shortcut test first: usual background, another background, the background alone, then the rest."""
+    kinds = ("usual-background", "other-background", "background-only")
+    return next((i for i, k in enumerate(kinds) if path.stem.startswith(k)), len(kinds)), path.stem
+
+
+def bundled_examples(assets: Path) -> list[tuple[ExampleSet, str]]:
+    """(examples, kind): the synthetic images (assets/images + masks/) and the CC0 photos (assets/photos +
+    photos/masks/), each image with the mask of the same stem when there is one."""
+    sets = []
+    for kind, folder, masks, glob, label, name in (
+            ("synthetic", assets / "images", assets / "masks", "*.png",
+             "Examples from the synthetic-shapes data (with the mask, where there is an object)", caption),
+            ("photo", assets / "photos", assets / "photos" / "masks", "*.jpg",
+             "CC0 photo from scikit-image, with a mask made by assets/make_photo_masks.py (see assets/LICENSES.md)",
+             lambda stem: f"{stem} (CC0 photo from scikit-image)")):
+        images = sorted(folder.glob(glob), key=_example_order) if folder.is_dir() else []
+        rows = [[str(p), str(masks / f"{p.stem}.png") if (masks / f"{p.stem}.png").is_file() else None]
+                for p in images]
+        if rows:
+            sets.append((ExampleSet(rows, [name(p.stem) for p in images], label), kind))
+    return sets
+
+
+def examples_fit(store: FamilyStore, kind: str, fam_name: str | None) -> bool:
+    """Whether examples of `kind` suit the family: synthetic ones a family of the synthetic shapes, photos the
+    others; a dataset's (--examples) and a family whose classes are not on disk (a Hub family) take all."""
+    classes = set(store.class_names(fam_name)) if fam_name else set()
+    return kind == "dataset" or not classes or (classes <= SHAPES) == (kind == "synthetic")
+
+
+def env_examples() -> ExampleSet | None:
+    """The examples of TOPGAP_EXAMPLES's dataset; a folder without usable pairs is logged and left out."""
+    folder = os.environ.get("TOPGAP_EXAMPLES")
+    if not folder:
+        return None
+    try:
+        return dataset_examples(folder)
+    except InputError as e:
+        log.warning("TOPGAP_EXAMPLES: %s; showing the bundled examples only", e)
+        return None

@@ -246,6 +246,10 @@ class Result:
     def k_label(self, index: int) -> str:
         return k_label(self.ks[index], self.cam_size)
 
+    def nearest_index(self, k) -> int:
+        """Index of k, or of the trained k nearest to it (a k from another family, or None: the middle one)."""
+        return self.ks.index(nearest_k(self.ks, k))
+
     def index_of(self, k: int) -> int:
         if k not in self.ks:
             raise InputError(f"k = {k} was not trained in family {self.family!r}; choose one of {self.ks}")

@@ -1,0 +1,75 @@
+"""gradio pieces the explorer's page is built from: Blocks that answer short API calls with a message, image
+inputs that let an unreadable file through to its handler, the page's CSS, and the MCP switch."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+
+import gradio as gr
+from gradio.components.api_component import Api
+
+from .handlers import user_error
+
+__all__ = ["ExplorerBlocks", "lenient", "mcp_enabled", "CSS"]
+
+log = logging.getLogger("topgap.app")
+
+CSS = """
+#metrics table, .card table {display: block; overflow-x: auto; max-width: 100%}
+#metrics td, #metrics th, .card td, .card th {white-space: nowrap}
+.msg p {color: #b45309; margin: 0}
+@media (max-width: 640px) {
+  .gradio-container {padding: 4px !important}
+  #metrics table, .card table {font-size: 12px}
+}
+"""
+
+
+class ExplorerBlocks(gr.Blocks):
+    """gr.Blocks whose API calls with too few values get the defaults of a typed endpoint's (gr.api) optional
+    arguments, or a message naming the missing ones (gradio raises a plain ValueError there, which reaches REST
+    clients as {"error": null})."""
+
+    def validate_inputs(self, block_fn, inputs):
+        params = list(inspect.signature(block_fn.fn).parameters.values()) if block_fn.fn else []
+        if len(inputs) < len(block_fn.inputs) == len(params) and all(isinstance(b, Api) for b in block_fn.inputs):
+            missing = [p.name for p in params[len(inputs):] if p.default is p.empty]
+            if missing:
+                raise user_error(f"/{block_fn.api_name} needs {', '.join(missing)}; send at least "
+                                 f"{', '.join(p.name for p in params if p.default is p.empty)}")
+            inputs.extend(p.default for p in params[len(inputs):])  # gradio goes on with this list
+        if len(inputs) < len(block_fn.inputs):
+            names = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs]
+            raise user_error(f"/{block_fn.api_name or block_fn.name} takes {len(names)} values ({', '.join(names)}); "
+                             f"got {len(inputs)}. Send all of them, null for the optional ones.")
+        super().validate_inputs(block_fn, inputs)
+
+
+def lenient(component: gr.Image) -> gr.Image:
+    """Let a file Gradio cannot open through as its path, so the handler reports it next to its input (once,
+    in words) instead of failing the whole event (every output an "Error" badge, one toast per event).
+
+    Wraps the instance's preprocess (a gr.Image subclass would make gradio write an app.pyi stub).
+    """
+    preprocess = component.preprocess
+
+    def safe(payload):
+        try:
+            return preprocess(payload)
+        except Exception:  # noqa: BLE001  (any decoding failure; the handler decodes the file again and says why)
+            return getattr(payload, "path", None)
+
+    component.preprocess = safe
+    return component
+
+
+def mcp_enabled() -> bool:
+    """MCP tools (the typed endpoints) on when TOPGAP_MCP=1 and gradio[mcp] is installed; off by default."""
+    if os.environ.get("TOPGAP_MCP", "0") != "1":
+        return False
+    if importlib.util.find_spec("mcp") is None:
+        log.warning("TOPGAP_MCP=1 but gradio[mcp] is not installed (pip install 'gradio[mcp]'); MCP stays off")
+        return False
+    return True

@@ -1,0 +1,303 @@
+"""The explorer's event handlers and typed API: what each click does, for gradio (this module and blocks.py are
+the only ones of the package that import it). `Explorer` holds the families, the default and the workspace; app.py
+builds the page and wires these methods to it. No `from __future__ import annotations` here: gr.api reads the
+typed endpoints' annotations as objects."""
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from gradio.data_classes import FileData
+from PIL import Image
+
+from ..cam import METHODS
+from ..data.imageio import decode_image
+from .api import ExplainReport, FamiliesReport, explain_payload, families_payload
+from .audit import collect, run_audit, write_csv
+from .card_view import CardError, render_card
+from .explain import Family, InputError, Result, attack_view, explain_all, family_hint, k_info, mask_overlay, own_mask
+from .faith import road_curves
+from .hub import store_from_env
+from .plots import k_figure, road_figure
+from .session import USER_ERRORS, Session, Step, advance, warning
+from .swap import gallery, summary, swap_all, table
+from .views import SIZE_HINT, attack_md, bias_rows, metrics_md, road_md, size_advice, write_downloads
+from .workspace import Workspace
+
+__all__ = ["Explorer", "user_error", "PREFERRED", "FIRST_IMAGE"]
+
+log = logging.getLogger("topgap.app")
+PREFERRED = ["oxford-pet-lite0", "synthetic-shapes", "synth"]  # the default family: TOPGAP_DEFAULT_FAMILY, else these
+FIRST_IMAGE = "Upload an image (or pick an example) on the Explain tab first"
+
+
+def user_error(message: str) -> gr.Error:
+    """A gr.Error for an expected failure: shown to the user, logged on one line without a traceback."""
+    log.info("user error: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def _path(file) -> str | None:
+    """A file argument of a typed endpoint as a path (gradio hands over a path or a FileData dict)."""
+    return file.get("path") if isinstance(file, dict) else file
+
+
+class Explorer:
+    """The families under `models` (and TOPGAP_HUB_FAMILIES), the default one, and the files the app writes."""
+
+    def __init__(self, models: str | Path, assets: str | Path, workspace: Workspace | None = None):
+        self.models, self.assets = Path(models), Path(assets)
+        self.store = store_from_env(self.models)
+        self.families = self.store.names()
+        preferred = [os.environ.get("TOPGAP_DEFAULT_FAMILY"), *PREFERRED]
+        self.default = next((f for f in preferred if f in self.families), self.families[0] if self.families else None)
+        self.work = workspace or Workspace()
+
+    def load_family(self, name: str | None) -> Family:
+        """The named family, loaded (and warmed up) on its first use, with a message to the page while it loads."""
+        if not name:
+            raise InputError(f"no model family found under {self.models}; train one (topgap train --out "
+                             f"{self.models}/<family>) or set TOPGAP_MODELS to a folder of families")
+        if self.store.loaded(name) is None:
+            if name not in self.families:
+                self.store.folder(name)  # the unknown-family message
+            log.info("loading model family %s", name)
+            gr.Info(f"Loading model family {name} (first use, a few seconds)…", duration=5)
+        return self.store.get(name)
+
+    def preload(self, fam_name: str | None):
+        """On page load: the family's models, loaded now if this is their first use, with a message meanwhile."""
+        if not fam_name or fam_name not in self.families or self.store.loaded(fam_name) is not None:
+            yield gr.skip()
+            return
+        yield f"⏳ Loading model family {fam_name!r} (first use, a few seconds)…"
+        try:
+            self.store.get(fam_name)
+            yield ""
+        except USER_ERRORS as e:
+            log.info("user error (family): %s", e)
+            yield f"⚠️ Model family {fam_name!r} could not be loaded: {e}."
+
+    @functools.lru_cache(maxsize=32)
+    def _about(self, fam_name: str) -> str | None:
+        """The family's data in a few words (its card's title), for the out-of-distribution hint."""
+        try:
+            return json.loads((self.models / fam_name / "card.json").read_text()).get("title")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    # ---- Explain: one event for image, mask, drawing, family and method; k only reads the stored result ----
+
+    def render(self, sess: Session | None, k):
+        """Overlays, top-3 labels, metrics and hint for k: reads the stored result only."""
+        result = sess.result if sess else None
+        if result is None:
+            return None, None, None, None, "Upload an image (or pick an example) to see the CAMs.", ""
+        index = result.nearest_index(k)
+        chosen, base = result.view(index)
+        names = self.store.get(result.family).class_names
+        return (self.work.png(chosen.overlay), chosen.top, self.work.png(base.overlay) if base else None,
+                base.top if base else None, metrics_md(result, index, sess.mask_source),
+                family_hint(result, index, names, self._about(result.family)))
+
+    def update(self, fam_name, image, mask_upload, drawn, method, k, sess: Session | None):
+        """New image, mask, drawing, family or method (session.advance); outputs in the order app.py wires."""
+        return self._outputs(advance(sess, fam_name, image, mask_upload, drawn, method, k, self.load_family))
+
+    def _outputs(self, step: Step):
+        skip, sess, result = gr.skip(), step.sess, step.sess.result
+        k = step.family.nearest_k(step.k) if step.family is not None else step.k
+        views = (skip,) * 6 if step.keep else self.render(sess, k)
+        # the plot follows in size_view (chained after this event), with the object's size marked when known
+        bias = (skip, skip) if step.keep else (bias_rows(result) if result is not None else None, skip)
+        if step.new_image and not step.keep:
+            editor = {"background": result.image, "layers": [], "composite": result.image} if result else None
+        else:
+            editor = skip
+        mask_view = skip if step.keep else (mask_overlay(result.image, *result.mask) if result and result.mask
+                                            else None)
+        k_control = (gr.update(choices=list(step.family.ks), value=k, info=k_info(k, step.family.cam_size))
+                     if step.family is not None else skip)
+        msgs = [skip if step.messages[n] is None else step.messages[n] for n in ("family", "image", "mask")]
+        return (sess, k_control, *msgs, mask_view, *views, *bias, editor)
+
+    def switch_k(self, sess: Session | None, k):
+        """k changed: pick the stored result for that k (no model runs)."""
+        if sess is None or sess.result is None:
+            return (gr.skip(),) * 7
+        k = sess.result.ks[sess.result.nearest_index(k)]
+        return (gr.update(info=k_info(k, sess.result.cam_size)), *self.render(sess, k))
+
+    def downloads(self, sess, k):
+        """CAM PNGs, raw .npy and the JSON report of the chosen k, in a fresh folder of the workspace."""
+        if sess is None or sess.result is None:
+            return gr.skip(), "⚠️ Upload an image first; the downloads hold its CAMs."
+        files = write_downloads(sess.result, sess.result.nearest_index(k), self.work.folder())
+        self.work.bound()
+        return [str(f) for f in files], ""
+
+    # ---- Bias: the size prior and faithfulness ----
+
+    def bias_view(self, sess: Session | None, k=None):
+        """Table and plot across all k and the baseline, the selected k marked."""
+        result = sess.result if sess else None
+        return (None, None) if result is None else (bias_rows(result), k_figure(result, k))
+
+    def size_view(self, sess: Session | None, k, typed):
+        """The size-prior assistant: the object's area in class-map cells, the nearest trained k, the curves."""
+        if sess is None or sess.result is None:
+            return f"{FIRST_IMAGE}. {SIZE_HINT}", None
+        advice, text = size_advice(sess, typed)
+        return text, k_figure(sess.result, k, advice)
+
+    def use_advised_k(self, sess: Session | None, typed):
+        """Set the k control to the advised k (its change event shows that k's maps)."""
+        if sess is None or sess.result is None:
+            return gr.skip()
+        advice, _ = size_advice(sess, typed)
+        return advice.k if advice else gr.skip()
+
+    def faithfulness_view(self, sess: Session | None, k):
+        """ROAD per percentile for every k and the baseline on this image (the evaluation's road_scores), as a plot
+        and a table; the selected k drawn bold."""
+        if sess is None or sess.result is None:
+            return gr.skip(), f"⚠️ {FIRST_IMAGE}, then measure."
+        try:
+            curves = road_curves(self.load_family(sess.result.family), sess.result)
+        except USER_ERRORS as e:
+            log.info("user error (faithfulness): %s", e)
+            return gr.skip(), f"⚠️ {e}."
+        return road_figure(curves, sess.result, k), road_md(curves)
+
+    # ---- Attack, Backgrounds, Card, Audit ----
+
+    def robustness(self, fam_name, sess, k, kind, eps255, rule):
+        """FGSM / PGD (with the chosen step rule) on this image against Top-GAP at the chosen k and the baseline."""
+        if sess is None or sess.result is None:
+            return gr.skip(), f"⚠️ {FIRST_IMAGE}, then run the attack."
+        result: Result = sess.result
+        index = result.nearest_index(k)
+        try:
+            adv, setup = attack_view(self.load_family(result.family), result, index, kind, float(eps255) / 255, rule)
+        except USER_ERRORS as e:
+            log.info("user error (attack): %s", e)
+            return gr.skip(), f"⚠️ {e}."
+        models = [m for m in result.view(index) if m is not None]
+        pictures = [(self.work.png(x.overlay), f"{m.name} {when}: {x.label}")
+                    for m in models for x, when in ((m, "clean"), (adv[m.name], "attacked"))]
+        self.work.bound()
+        return pictures, attack_md(models, adv, setup.text())
+
+    @functools.cache
+    def textures(self) -> dict[str, np.ndarray]:
+        """The CC0 textures of assets/textures (see assets/LICENSES.md), decoded once."""
+        return {p.stem: decode_image(p)[0] for p in sorted((self.assets / "textures").glob("*.jpg"))}
+
+    def backgrounds_view(self, sess: Session | None, photo):
+        """The explained image's object on other backgrounds (swap.swap_all): a gallery of every model's map on
+        each variant, a table of labels, and a summary per model."""
+        if sess is None or sess.result is None:
+            return gr.skip(), gr.skip(), f"⚠️ {FIRST_IMAGE}, with a mask of the object, then swap its background."
+        try:
+            second = decode_image(photo)[0] if photo else None
+        except InputError as e:
+            log.info("user error (background photo): %s", e)
+            return gr.skip(), gr.skip(), f"⚠️ The second photo could not be used: {e}."
+        try:
+            variants = swap_all(self.load_family(sess.result.family), sess.result, self.textures(), second)
+        except USER_ERRORS as e:
+            log.info("user error (backgrounds): %s", e)
+            return None, None, warning(e)
+        headers, rows = table(variants)
+        self.work.bound()
+        return (gr.update(value=[(self.work.png(a), c) for a, c in gallery(variants)], columns=len(headers)),
+                pd.DataFrame(rows, columns=headers), summary(variants))
+
+    def model_card(self, fam_name):
+        """The family's card rendered from card.json, and its plots (whole, not cropped)."""
+        if not fam_name:
+            return "No model family found; see the README for training one.", None
+        try:
+            text, plots = render_card(self.store.folder(fam_name))  # a Hub family: its downloaded folder
+        except (CardError, InputError) as e:
+            return f"⚠️ {e}", None
+        return text, [(np.asarray(Image.open(p).convert("RGB")), cap) for p, cap in plots] or None
+
+    def audit(self, fam_name, method, files, progress=gr.Progress()):
+        """Table, CSV and summary of a batch audit: every uploaded image through every k and the baseline."""
+        if not files:
+            return gr.skip(), gr.skip(), "⚠️ Upload a zip of images or several image files first (masks optional)."
+        try:
+            fam = self.load_family(fam_name)
+            items, notes = collect([_path(f) for f in files])
+            rows = run_audit(fam, items, method, track=lambda xs: progress.tqdm(xs, desc="Auditing", unit="image"))
+        except USER_ERRORS as e:
+            log.info("user error (audit): %s", e)
+            return None, None, f"⚠️ Audit refused: {e}."
+        csv_path = write_csv(rows, self.work.folder())
+        self.work.bound()
+        masked = sum(item.mask is not None for item in items)
+        text = (f"{len(items)} images ({masked} with a mask) through {len(fam.ks)} Top-GAP models"
+                f"{' and the baseline' if fam.baseline else ''} of **{fam.name}**: {len(rows)} rows.")
+        return rows, str(csv_path), text + ("\n\n**Notes:** " + "; ".join(notes) + "." if notes else "")
+
+    # ---- the typed API (gr.api) ----
+
+    def api_explain(self, image: FileData, mask: FileData | None = None, family: str | None = None,
+                    k: int | None = None, method: str = "gradcam", maps: bool = False) -> ExplainReport:
+        """Explain an image with a Top-GAP family: its own CAM at every trained k against a post-hoc CAM of the
+        unmodified baseline, with the prediction and (given a mask) IOU and CAM mass on the object.
+
+        Args:
+            image: the image file (PNG, JPEG, WEBP, ...; at most 10 MB and 40 megapixels).
+            mask: optional object mask of this image (0/255, 0/1, palette or Oxford-IIIT trimap; nonzero = object),
+                the same size as the image or scaled with its aspect ratio; adds IOU, threshold and mass per model.
+            family: the model family's name as /families lists it; default: the app's default family.
+            k: a trained k of the family (how many class-map cells Top-GAP pools); default: the middle trained k.
+            method: the baseline's CAM method: gradcam, gradcam++, scorecam, ablationcam, eigencam, layercam, ...
+            maps: also return each model's CAM ("map": min-max scaled, at the class-map resolution cam_size, 4
+                decimals).
+        Returns:
+            The report: prediction, probability and top-3 probabilities of the Top-GAP model at k; for every k and
+            the baseline: label, probability, l1 sparsity, IOU, threshold, mass on the object and PxAP (None without
+            a mask), and with maps=True the CAM.
+        """
+        if not image:
+            raise user_error("image: send an image file (the first value)")
+        if method not in METHODS:
+            raise user_error(f"method: unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+        try:
+            fam = self.load_family(family or self.default)
+        except USER_ERRORS as e:
+            raise user_error(f"family: {e}") from None
+        k = fam.nearest_k(None) if k is None else k
+        if k not in fam.ks:
+            raise user_error(f"k: k = {k} was not trained in family {fam.name!r}; choose one of {fam.ks}")
+        try:
+            result = explain_all(fam, _path(image), method=method)
+        except USER_ERRORS as e:
+            raise user_error(f"image: {e}") from None
+        if mask:
+            try:
+                result = result.with_mask(*own_mask(_path(mask), result.image.shape[:2]))
+            except USER_ERRORS as e:
+                raise user_error(f"mask: {e}") from None
+        self.work.bound()
+        return explain_payload(result, result.index_of(k), maps=bool(maps))
+
+    def api_families(self) -> FamiliesReport:
+        """The model families this app serves, without loading any: for each its source (local folder or Hub),
+        whether it is loaded, its trained k, class-map size and classes (once loaded), and its model card's figures
+        (accuracy, IOU, PxAP, mass on the object, l1, ROAD, attack rates per model, and the verdicts against the
+        baseline).
+
+        Returns:
+            {"default": the default family, "families": [{name, source, default, loaded, ks, cam_size, classes,
+            card, card_error}]}.
+        """
+        return families_payload(self.store, self.default)

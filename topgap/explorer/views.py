@@ -1,0 +1,113 @@
+"""What the explorer's tabs say, as text and tables, from a stored Result (no model runs, no gradio)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .audit import BOUNDS
+from .explain import InputError, MapResult, Result
+from .session import Session, warning
+from .sizeprior import SizeAdvice, advise, mask_fraction, parse_fraction, picture_share
+
+__all__ = ["METHOD_INFO", "SIZE_HINT", "AUDIT_HELP", "metrics_md", "bias_rows", "size_advice", "road_md",
+           "attack_md", "write_downloads"]
+
+METHOD_INFO = ("gradcam, hirescam and xgradcam give the same map here: the layer feeds global average pooling, so "
+               "its gradient is constant over the map and their weightings agree. scorecam takes tens of seconds.")
+SIZE_HINT = ("Type the object's size as a fraction of the image (0 < f < 1), or upload or draw a mask of the object "
+             "on the Explain tab: the assistant then says how many class-map cells it covers and which trained k "
+             "is nearest.")
+AUDIT_HELP = (f"Upload a zip of images or several image files (at most {BOUNDS.images} images, "
+              f"{BOUNDS.upload // 2**20} MB uploaded, {BOUNDS.total // 2**20} MB unpacked, {BOUNDS.member // 2**20} MB per image). Masks are "
+              "optional: in the zip's `masks/` folder with the image's stem (`masks/cat.png` for `cat.jpg`), or named "
+              "`<stem>_mask.png` / `<stem>.mask.png`. Every image runs through every k and the baseline of the family "
+              "above, with the baseline CAM method above.")
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def metrics_md(result: Result, index: int, source: str | None) -> str:
+    """The chosen k and the baseline: prediction, l1, IOU, threshold, mass on the object; then what the mask is."""
+    chosen, base = result.view(index)
+    rows = [("Top-GAP " + chosen.name, chosen)] + ([(f"baseline ({result.method})", base)] if base else [])
+    lines = ["| map | prediction | l1 | IOU | threshold | mass on object |", "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {m.label} ({m.probability:.1%}) | {m.l1:.3f} | {_fmt(m.iou)} | {_fmt(m.threshold)} | "
+              f"{_fmt(m.mass)} |" for n, m in rows]
+    if result.has_mask:
+        lines.append(f"\nIOU and mass on the object use the **{source}** of this image (shown under *Mask in use*).")
+    else:
+        lines.append("\nUpload or draw a mask to get IOU and mass on the object.")
+    notes = result.notes + result.mask_notes
+    if notes:
+        lines.append("\n**Notes:** " + "; ".join(notes) + ".")
+    return "\n".join(lines)
+
+
+def bias_rows(result: Result) -> list[list]:
+    """Every k and the baseline on this image: k, k/(h*w), prediction, probability, IOU, l1, mass."""
+    h, w = result.cam_size
+    rows = [[m.name, m.k, round(m.k / (h * w), 4), m.label, round(m.probability, 3), m.iou, m.l1, m.mass]
+            for m in result.topgap]
+    if result.baseline:
+        b = result.baseline
+        rows.append([f"{b.name} ({result.method})", None, None, b.label, round(b.probability, 3), b.iou, b.l1, b.mass])
+    return [[round(v, 3) if isinstance(v, float) else v for v in row] for row in rows]
+
+
+def size_advice(sess: Session, typed) -> tuple[SizeAdvice | None, str]:
+    """The size prior's advice from the typed size, else from the mask in use; (None, what to do) without either."""
+    result = sess.result
+    try:
+        fraction = parse_fraction(typed)
+    except InputError as e:
+        return None, warning(e)
+    source = "typed size"
+    if fraction is None:
+        if result.mask is None:
+            return None, SIZE_HINT
+        fraction, source = mask_fraction(*result.mask), sess.mask_source or "mask"
+        if fraction == 0:
+            return None, "⚠️ The mask in use marks no object pixel; draw or upload the object, or type its size."
+    advice = advise(fraction, result.cam_size, result.ks, picture_share(result), source)
+    return advice, advice.markdown()
+
+
+def road_md(curves: dict[str, dict]) -> str:
+    """ROAD and its score per percentile for every model, as a table with what it means."""
+    rows = [f"| {n} | {c['road']:.3f} | " + " | ".join(f"{v:.3f}" for v in c["scores"]) + " |"
+            for n, c in curves.items()]
+    pcts = next(iter(curves.values()))["percentiles"]
+    return "\n".join(["| model | ROAD | " + " | ".join(f"{p}%" for p in pcts) + " |",
+                      "|---|" + "---|" * (len(pcts) + 1), *rows, "",
+                      "ROAD (Rong et al., 2022) with the evaluation's implementation and blur imputation, each model "
+                      "on its own prediction: higher means the map ranks pixels by their real influence."])
+
+
+def attack_md(models: list[MapResult], adv: dict[str, MapResult], setup_text: str) -> str:
+    """Clean and attacked label per model, whether it changed, and the attack's setup."""
+    lines = ["| model | clean | attacked | changed |", "|---|---|---|---|"]
+    for m in models:
+        a = adv[m.name]
+        lines.append(f"| {m.name} | {m.label} ({m.probability:.1%}) | {a.label} ({a.probability:.1%}) | "
+                     f"{'yes' if a.label != m.label else 'no'} |")
+    return "\n".join(lines) + "\n\n" + setup_text
+
+
+def write_downloads(result: Result, index: int, folder: Path) -> list[Path]:
+    """The chosen k's and the baseline's overlay and CAM as PNG, the CAM as .npy, and the JSON report."""
+    chosen, base = result.view(index)
+    files = []
+    for m in [chosen] + ([base] if base else []):
+        for suffix, array in (("overlay", m.overlay), ("cam", (m.cam * 255 + 0.5).astype(np.uint8))):
+            files.append(folder / f"{m.name}_{suffix}.png")
+            Image.fromarray(array).save(files[-1])
+        files.append(folder / f"{m.name}_cam.npy")
+        np.save(files[-1], m.cam)
+    files.append(folder / "report.json")
+    files[-1].write_text(json.dumps(result.report(index), indent=2))
+    return files
