@@ -32,7 +32,8 @@ from topgap.explorer.audit import COLUMNS, IMAGE_SUFFIXES
 from topgap.explorer.blocks import CSS, ExplorerBlocks, lenient, mcp_enabled
 from topgap.explorer.examples import ExampleSet, bundled_examples, dataset_examples, env_examples, examples_fit, \
     hub_examples
-from topgap.explorer.explain import ATTACKS, PGD_HELP, PGD_RULE, PGD_RULE_NAMES, PGD_STEPS, InputError, nearest_k
+from topgap.explorer.explain import (ATTACKS, PGD_HELP, PGD_RULE, PGD_RULE_NAMES, PGD_STEPS, PROTOCOL, PROTOCOL_NAMES,
+                                     InputError, nearest_k)
 from topgap.explorer.handlers import Explorer
 from topgap.explorer.views import AUDIT_HELP, METHOD_INFO
 from topgap.explorer.zerogpu import gpu
@@ -69,6 +70,10 @@ def _explain_tab(ui: dict, example_sets, ex: Explorer):
                                                     height=300)
                         ui[f"{key}_lbl"] = gr.Label(num_top_classes=3, label=label.split(" CAM")[0] + " prediction")
             ui["metrics"] = gr.Markdown("Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
+            with gr.Accordion("Wipe between the own CAM (left) and the baseline's (right) on the same image",
+                              open=False):
+                ui["slider"] = gr.ImageSlider(label="own CAM | baseline CAM", interactive=False, format="png",
+                                              elem_id="wipe", height=320)
     with gr.Accordion("Mask: IOU and mass on the object (optional; belongs to the image above)", open=True):
         with gr.Row():
             ui["mask"].render()
@@ -153,12 +158,13 @@ def _audit_tab(ui: dict):
 
 def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     """Every event: the one for image, mask, drawing, family and method; k, the tabs' buttons, the API."""
-    views = [ui[n] for n in ("topgap_img", "topgap_lbl", "base_img", "base_lbl", "metrics", "hint")]
+    views = [ui[n] for n in ("topgap_img", "topgap_lbl", "base_img", "base_lbl", "metrics", "hint", "slider")]
     state, fam, k = ui["state"], ui["family"], ui["k"]
     size_args = dict(fn=ex.size_view, inputs=[state, k, ui["size"]], outputs=[ui["size_md"], ui["bias_plot"]],
                      **PRIVATE)
-    gr.on([ui["image"].change, ui["mask"].change, ui["draw"].change, fam.change, ui["method"].change],
-          gpu(ex.update), [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state],
+    gr.on([ui["image"].change, ui["mask"].change, ui["draw"].change, fam.change, ui["method"].change,
+           ui["protocol"].change], gpu(ex.update),
+          [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]],
           [state, k, ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views, ui["bias_table"],
            ui["bias_plot"], ui["draw"]], trigger_mode="always_last", **MODEL_EVENT, **PRIVATE).then(**size_args)
     gr.on([ui["size"].submit, ui["size"].blur], **size_args)
@@ -204,6 +210,9 @@ def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None,
                                        min_width=300)
             ui["method"] = gr.Dropdown(list(METHODS), value="gradcam", label="Baseline CAM method", elem_id="method",
                                        min_width=300, info=METHOD_INFO)
+            ui["protocol"] = gr.Radio([(name, key) for key, name in PROTOCOL_NAMES.items()], value=PROTOCOL,
+                                      label="Own CAM post-processing", elem_id="protocol", min_width=300,
+                                      info="The baseline's map is pytorch-grad-cam's (ReLU, then min-max) in both.")
         ui["family_msg"] = gr.Markdown(elem_id="family_msg", elem_classes="msg")
         ui["mask"] = lenient(gr.Image(type="filepath", image_mode=None, elem_id="mask_upload", format="png",
                                       render=False, label="Upload a mask (0/255, 0/1, palette, trimap)", height=260))

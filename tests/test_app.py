@@ -99,7 +99,8 @@ def files(tmp_path_factory):
 def test_view_api_only_the_image_is_required(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     params = {p["parameter_name"]: p for p in api["/explain"]["parameters"]}
-    assert list(params) == ["image", "mask", "family", "k", "method", "maps"]
+    assert list(params) == ["image", "mask", "family", "k", "method", "maps", "protocol"]
+    assert params["protocol"]["parameter_default"] == "relu"
     assert [n for n, p in params.items() if not p["parameter_has_default"]] == ["image"]
     assert params["method"]["parameter_default"] == "gradcam" and params["k"]["parameter_default"] is None
     assert params["maps"]["parameter_default"] is False
@@ -155,6 +156,7 @@ def test_families_lists_ks_and_card_figures(client, served):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(family="nope"), r"^family: unknown model family 'nope'; available: fam"),
     (dict(method="nope"), r"^method: unknown CAM method 'nope'; choose one of gradcam"),
+    (dict(protocol="nope"), r"^protocol: unknown CAM protocol 'nope'; choose one of paper, relu"),
     (dict(k=5), r"^k: k = 5 was not trained in family 'fam'; choose one of \[4, 16, 64\]"),
     (dict(mask="wide.png"),
      r"^mask: the mask is 60x20 \(aspect ratio 3.00\) but the image's aspect ratio is 1.33; send this image's mask"),
@@ -255,6 +257,39 @@ def test_k_control_lists_trained_k_and_switches_without_models(ex, files, monkey
     assert {Path(p).suffix for p in paths} == {".png", ".npy", ".json"} and msg == ""
     assert all(Path(p).is_relative_to(ex.work.downloads) for p in paths)
     assert json.loads(Path(paths[-1]).read_text())["k"] == KS[1]
+
+
+def test_protocol_toggle_redoes_the_own_maps_without_a_model_and_keeps_the_mask(ex, files, monkeypatch):
+    """Issue 26 item 3: the paper's CAM mode is min-max of the raw class map; the page's l1 is that map's mean and
+    its IOU the library's best_iou on it; the baseline's map does not change."""
+    import torch
+
+    import topgap.explorer.explain as explain
+    from topgap.data.imageio import fit_mask
+    from topgap.metrics import best_iou
+
+    image, mask = str(files / "image.png"), str(files / "mask.png")
+    sess = _image_session(ex, files, mask=mask)[0]
+    monkeypatch.setattr(explain, "topgap_cam", lambda *a, **k: pytest.fail("a protocol switch must not run a model"))
+    monkeypatch.setattr(explain, "baseline_cam", lambda *a, **k: pytest.fail("a protocol switch must not run a model"))
+    out = ex.update("fam", image, mask, None, "gradcam", KS[1], sess, "paper")
+    paper = out[0].result
+    assert paper.protocol == "paper" and paper.has_mask and out[0].mask_source == "uploaded mask"
+    chosen = paper.topgap[1]
+    raw = chosen.raw[0].double()
+    expected = ((raw - raw.min()) / (raw.max() - raw.min())).numpy()  # the class map is 16x16: no resize
+    np.testing.assert_allclose(chosen.cam_map, expected, atol=1e-5)
+    assert chosen.l1 == pytest.approx(expected.mean(), abs=1e-5)
+    obj, ign = paper.mask
+    o, i, _ = fit_mask(obj, ign, chosen.cam_input.shape)
+    assert chosen.iou == pytest.approx(best_iou(chosen.cam_input, o, i)[0])
+    metrics = out[10]
+    assert f"| {chosen.l1:.3f} | {chosen.iou:.3f} |" in metrics and "min-max of the raw map (the paper's" in metrics
+    assert (paper.baseline.overlay == sess.result.baseline.overlay).all()
+    back = ex.update("fam", image, mask, None, "gradcam", KS[1], out[0], "relu")[0].result
+    assert back.protocol == "relu" and [m.l1 for m in back.topgap] == pytest.approx(
+        [m.l1 for m in sess.result.topgap])
+    assert torch.equal(back.topgap[0].raw, sess.result.topgap[0].raw)
 
 
 def test_mask_kept_for_its_image_cleared_for_a_new_one(ex, files, tmp_path):

@@ -366,8 +366,9 @@ def test_card_rendered_from_its_schema(tmp_path):
 
 
 def test_app_and_evaluate_give_the_same_l1_and_iou(fam):
-    """One image at the family's input size with its mask: the app's numbers (maps for the predicted class, the own
-    CAM ReLU-ed) are `topgap evaluate`'s under the relu protocol with --cam-target predicted."""
+    """One image at the family's input size with its mask: the app's numbers (maps for the predicted class) are
+    `topgap evaluate`'s with --cam-target predicted under both protocols: the own CAM ReLU-ed (the default) or
+    min-max of its raw map (the paper's CAM mode); the baseline's are the same under both (issue 26 item 3)."""
     import torch
 
     from topgap.eval.evaluate import evaluate_family
@@ -392,10 +393,23 @@ def test_app_and_evaluate_give_the_same_l1_and_iou(fam):
     models = {n: (m, c) for n, m, c in fam.topgap + [fam.baseline]}
     ev = evaluate_family(models, One(), attacks=(), eps_curve=(), faithfulness_images=0, sanity_images=0,
                          cam_target="predicted", progress=False, bootstrap_samples=10)
-    for m in result.topgap + [result.baseline]:
-        assert m.l1 == pytest.approx(ev["models"][m.name]["l1_relu"], abs=1e-6), m.name
-        assert m.iou == pytest.approx(ev["models"][m.name]["iou_relu"], abs=1e-6), m.name
-        assert m.mass == pytest.approx(ev["models"][m.name]["mass_in_mask_relu"], abs=1e-6), m.name
+    paper = explain_all(fam, png(Image.fromarray(img)), mask=png(Image.fromarray(mask)), protocol="paper")
+    switched = result.with_protocol("paper").with_mask(png(Image.fromarray(mask)))  # no model runs
+    assert result.protocol == "relu" and paper.protocol == switched.protocol == "paper"
+    for protocol, r in (("relu", result), ("paper", paper), ("paper", switched)):
+        for m in r.topgap + [r.baseline]:
+            e = ev["models"][m.name]
+            assert m.l1 == pytest.approx(e[f"l1_{protocol}"], abs=1e-6), (protocol, m.name)
+            assert m.iou == pytest.approx(e[f"iou_{protocol}"], abs=1e-6), (protocol, m.name)
+            assert m.mass == pytest.approx(e[f"mass_in_mask_{protocol}"], abs=1e-6), (protocol, m.name)
+    for a, b in zip(paper.topgap, switched.topgap):
+        np.testing.assert_allclose(a.cam, b.cam, atol=1e-6)
+    assert (result.baseline.overlay == paper.baseline.overlay).all()
+    assert any(not np.allclose(a.cam_map, b.cam_map) for a, b in zip(result.topgap, paper.topgap))  # it differs
+    back = paper.with_protocol("relu").with_mask(png(Image.fromarray(mask)))
+    assert [m.l1 for m in back.topgap] == pytest.approx([m.l1 for m in result.topgap], abs=1e-6)
+    with pytest.raises(InputError, match="unknown CAM protocol 'x'; choose one of paper, relu"):
+        result.with_protocol("x")
 
 
 def test_card_view_shows_the_seeds_of_a_carded_family(tmp_path):

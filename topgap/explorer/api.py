@@ -36,9 +36,11 @@ class ModelReport(TypedDict):
 class ExplainReport(TypedDict):
     """/explain's answer: the chosen k and its share k/(h*w) of the h x w class map (cam_size), the Top-GAP model
     at k (model) with its prediction, probability and top-3 probabilities, every k's and the baseline's
-    ModelReport (models), whether a mask was used, and notes on conversions."""
+    ModelReport (models), whether a mask was used, notes on conversions, and the protocol: the own CAMs'
+    post-processing ("relu": ReLU then min-max, as GradCAM's; "paper": min-max of the raw class map)."""
     family: str
     method: str
+    protocol: str
     k: int
     k_fraction: float
     cam_size: list[int]
@@ -80,9 +82,9 @@ def explain_payload(result: Result, index: int, maps: bool = False) -> ExplainRe
     chosen, _ = result.view(index)
     report = result.report(maps=maps)
     h, w = result.cam_size
-    return {"family": result.family, "method": result.method, "k": chosen.k, "k_fraction": round(chosen.k / (h * w), 6),
-            "cam_size": [h, w], "model": chosen.name, "prediction": chosen.label,
-            "probability": round(chosen.probability, 6),
+    return {"family": result.family, "method": result.method, "protocol": result.protocol, "k": chosen.k,
+            "k_fraction": round(chosen.k / (h * w), 6), "cam_size": [h, w], "model": chosen.name,
+            "prediction": chosen.label, "probability": round(chosen.probability, 6),
             "probabilities": {n: round(p, 6) for n, p in chosen.top.items()},
             "has_mask": result.has_mask, "models": report["models"], "notes": report["notes"]}
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..cam import METHODS, baseline_cam, cam_size, postprocess, topgap_cam
+from ..cam import GRADCAM_POSTPROCESSING, METHODS, PROTOCOLS, baseline_cam, cam_size, postprocess, topgap_cam
 from ..checkpoint import CheckpointError, family_members, load_family, read_config
 from ..config import ModelConfig
 from ..data.imageio import InputError, decode_image, decode_mask, fit_mask
@@ -36,13 +36,17 @@ from ..model import Normalize, minmax_scale
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
            "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label", "k_info",
            "mask_overlay", "own_mask", "family_hint", "LOW_PROBABILITY", "nearest_k", "AttackSetup", "attack_setup",
-           "perturb", "PGD_RULE", "PGD_RULE_NAMES", "PGD_STEPS", "PGD_HELP"]
+           "perturb", "PGD_RULE", "PGD_RULE_NAMES", "PGD_STEPS", "PGD_HELP", "PROTOCOL", "PROTOCOL_NAMES"]
 
 DISPLAY_MAX = 512
 DISPLAY_MIN = 384  # smaller pictures are enlarged (nearest neighbour) for display; the model input is unchanged
 MAX_STRETCH = 2.0
 TOP = 3
 ALPHA = 0.5  # heat-map opacity of every overlay
+# how the own CAM is post-processed (topgap.cam.PROTOCOLS); the baseline's map is pytorch-grad-cam's under both
+PROTOCOL = "relu"  # the default: the own CAM gets the post-processing GradCAM has, so both sides are treated alike
+PROTOCOL_NAMES = {"relu": "ReLU, then min-max (the post-processing GradCAM has)",
+                  "paper": "min-max of the raw map (the paper's CAM mode, section 3.1)"}
 
 
 def k_label(k: int, cam_size: tuple[int, int]) -> str:
@@ -204,6 +208,7 @@ class MapResult:
     mass: float | None = None
     pxap: float | None = None  # PxAP (Choe et al.) of this one image, as `topgap evaluate` pools it over a split
     cam_map: np.ndarray | None = None  # min-max scaled at the class-map resolution: the map l1 is measured on
+    raw: torch.Tensor | None = None  # (1, h, w): the map before post-processing (a protocol switch redoes the rest)
 
     def summary(self, maps: bool = False) -> dict:
         """The figures of /explain and the reports; maps=True adds "map", `cam_map` rounded to 4 decimals."""
@@ -236,6 +241,7 @@ class Result:
     has_mask: bool = False
     mask: tuple[np.ndarray, np.ndarray] | None = None  # (object, ignore) at the shown size, when one was given
     picture_size: tuple[int, int] | None = None  # (H, W) of the upload: what a mask is compared with
+    protocol: str = PROTOCOL  # how the own CAMs were post-processed (PROTOCOL_NAMES)
 
     def view(self, index: int) -> tuple[MapResult, MapResult | None]:
         """(Top-GAP result at the index-th k, baseline result): no computation."""
@@ -254,6 +260,15 @@ class Result:
         if k not in self.ks:
             raise InputError(f"k = {k} was not trained in family {self.family!r}; choose one of {self.ks}")
         return self.ks.index(k)
+
+    def with_protocol(self, protocol: str) -> "Result":
+        """A copy with the own CAMs post-processed under `protocol` (no model runs; the baseline's map stays
+        pytorch-grad-cam's); mask metrics are cleared: apply the mask again."""
+        if protocol not in PROTOCOLS:
+            raise InputError(f"unknown CAM protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        geometry = _Geometry(self.image, self.box, tuple(self.x01.shape[-2:]), self.cam_size)
+        maps = [_postprocessed(m, PROTOCOLS[protocol], geometry) for m in self.topgap]
+        return dataclasses.replace(self, topgap=maps, protocol=protocol).with_mask(None)
 
     def with_mask(self, mask=None, ignore: np.ndarray | None = None, notes: list[str] | None = None) -> "Result":
         """A copy with IOU, threshold and mass computed against a mask (an upload, or a bool array).
@@ -309,7 +324,7 @@ class Result:
         h, w = self.cam_size
         return {"family": self.family, "k": None if index is None else self.ks[index],
                 "k_fraction": None if index is None else round(self.ks[index] / (h * w), 6),
-                "cam_size": [h, w], "method": self.method, "models": models,
+                "cam_size": [h, w], "method": self.method, "protocol": self.protocol, "models": models,
                 "notes": self.notes + self.mask_notes}
 
 
@@ -359,42 +374,64 @@ def _top(probs: torch.Tensor, names: list[str]) -> dict[str, float]:
     return {names[j]: float(v) for v, j in zip(p.tolist(), i.tolist())}
 
 
-def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, raw: torch.Tensor, prep: Prepared,
-                names: list[str], family: Family) -> MapResult:
-    """Post-process the raw map as `topgap evaluate` does: l1 at the class-map resolution, the shown map (and IOU)
-    at the input size, then cropped to the image."""
-    crop = _crop(postprocess(raw, family.input_size)[0], prep.box)
-    c = _to_image(crop, prep.image.shape[:2])
+@dataclass
+class _Geometry:
+    """Where a map is shown: the shown image, the picture's box in the model input, input and class-map sizes."""
+    image: np.ndarray
+    box: tuple[int, int, int, int]
+    input_size: tuple[int, int]
+    cam_size: tuple[int, int]
+
+
+def _postprocessed(m: MapResult, mode: str, geometry: _Geometry) -> MapResult:
+    """m's maps from its raw map as `topgap evaluate` post-processes them (`mode`, topgap.cam.postprocess): l1 at
+    the class-map resolution, the shown map (and IOU) at the input size, then cropped to the image."""
+    crop = _crop(postprocess(m.raw, geometry.input_size, mode)[0], geometry.box)
+    shown = _to_image(crop, geometry.image.shape[:2])
+    cam_map = postprocess(m.raw, geometry.cam_size, mode)[0].float().cpu().numpy()
+    return dataclasses.replace(m, cam=shown, overlay=overlay(geometry.image, shown), l1=l1_sparsity(cam_map),
+                               cam_input=crop, cam_map=cam_map, iou=None, threshold=None, mass=None, pxap=None)
+
+
+def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, raw: torch.Tensor, names: list[str],
+                mode: str, geometry: _Geometry) -> MapResult:
     label = int(probs.argmax())
-    cam_map = postprocess(raw, family.cam_size)[0].float().cpu().numpy()
-    return MapResult(name, cfg.kind, cfg.k, _top(probs, names), names[label], float(probs[label]), c,
-                     overlay(prep.image, c), l1_sparsity(cam_map), crop, cam_map=cam_map)
+    bare = MapResult(name, cfg.kind, cfg.k, _top(probs, names), names[label], float(probs[label]), cam=None,
+                     overlay=None, l1=float("nan"), raw=raw.detach().cpu())
+    return _postprocessed(bare, mode, geometry)
 
 
-def explain_all(family: Family, image, mask=None, method: str = "gradcam") -> Result:
+def explain_all(family: Family, image, mask=None, method: str = "gradcam", protocol: str = PROTOCOL) -> Result:
     """Run every model of `family` on `image` once: CAM and prediction per k, and the baseline's.
 
     Args:
         image: path, bytes, PIL image or array (any mode, see :mod:`topgap.data.imageio`).
         mask: optional mask upload (any encoding) or bool array; metrics are added when given.
         method: the baseline's CAM method, one of :data:`topgap.cam.METHODS`.
+        protocol: the own CAMs' post-processing, a key of :data:`topgap.cam.PROTOCOLS` (PROTOCOL_NAMES says what
+            each is); the baseline's map is pytorch-grad-cam's (ReLU, then min-max) under both.
     """
     if method not in METHODS:
         raise InputError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown CAM protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     prep = prepare(image, family)
+    geometry = _Geometry(prep.image, prep.box, family.input_size, family.cam_size)
     maps = []
     for name, model, cfg in family.topgap:
         raw, _, logits = topgap_cam(model, family.norms[name](prep.x01), postprocessing=None, with_logits=True)
-        maps.append(_map_result(name, cfg, logits[0].softmax(0), raw, prep, family.class_names, family))
+        maps.append(_map_result(name, cfg, logits[0].softmax(0), raw, family.class_names, PROTOCOLS[protocol],
+                                geometry))
     base = None
     if family.baseline:
         name, model, cfg = family.baseline
         x = family.norms[name](prep.x01)
         raw, _, logits = baseline_cam(model, x, method=method, postprocessing=None, with_logits=True)
-        base = _map_result(name, cfg, logits[0].softmax(0), raw, prep, family.class_names, family)
+        base = _map_result(name, cfg, logits[0].softmax(0), raw, family.class_names, GRADCAM_POSTPROCESSING,
+                           geometry)
     notes = list(prep.notes) + ([] if base else ["this family has no baseline model"])
     result = Result(family.name, method, prep.image, maps, base, family.ks, family.cam_size, prep.x01, prep.box, notes,
-                    picture_size=prep.picture_size)
+                    picture_size=prep.picture_size, protocol=protocol)
     return result.with_mask(mask) if mask is not None else result
 
 
@@ -535,7 +572,6 @@ def attack_view(family: Family, result: Result, index: int, kind: str, eps: floa
     """
     setup = attack_setup(kind, eps, rule, steps)
     chosen, base = result.view(index)
-    prep = Prepared(result.image, result.x01, result.box, [])
     out = {}
     for m in [chosen] + ([base] if base else []):
         model01 = family.model01(m.name)
@@ -545,8 +581,9 @@ def attack_view(family: Family, result: Result, index: int, kind: str, eps: floa
             raw, _, logits = topgap_cam(model01[1], x, postprocessing=None, with_logits=True)
         else:
             raw, _, logits = baseline_cam(model01[1], x, method=result.method, postprocessing=None, with_logits=True)
-        adv_prep = dataclasses.replace(prep, image=_adv_image(adv, result))
-        out[m.name] = _map_result(m.name, cfg, logits[0].softmax(0), raw, adv_prep, family.class_names, family)
+        geometry = _Geometry(_adv_image(adv, result), result.box, family.input_size, family.cam_size)
+        mode = PROTOCOLS[result.protocol] if m.kind == "topgap" else GRADCAM_POSTPROCESSING
+        out[m.name] = _map_result(m.name, cfg, logits[0].softmax(0), raw, family.class_names, mode, geometry)
     return out, setup
 
 

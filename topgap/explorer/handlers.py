@@ -15,12 +15,13 @@ import pandas as pd
 from gradio.data_classes import FileData
 from PIL import Image
 
-from ..cam import METHODS
+from ..cam import METHODS, PROTOCOLS
 from ..data.imageio import decode_image
 from .api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from .audit import collect, run_audit, write_csv
 from .card_view import CardError, render_card
-from .explain import Family, InputError, Result, attack_view, explain_all, family_hint, k_info, mask_overlay, own_mask
+from .explain import (PROTOCOL, Family, InputError, Result, attack_view, explain_all, family_hint, k_info,
+                      mask_overlay, own_mask)
 from .faith import road_curves
 from .hub import store_from_env
 from .plots import k_figure, road_figure
@@ -94,25 +95,27 @@ class Explorer:
     # ---- Explain: one event for image, mask, drawing, family and method; k only reads the stored result ----
 
     def render(self, sess: Session | None, k):
-        """Overlays, top-3 labels, metrics and hint for k: reads the stored result only."""
+        """Overlays, top-3 labels, metrics, hint and the (own, baseline) pair of the wipe slider for k: reads the
+        stored result only."""
         result = sess.result if sess else None
         if result is None:
-            return None, None, None, None, "Upload an image (or pick an example) to see the CAMs.", ""
+            return None, None, None, None, "Upload an image (or pick an example) to see the CAMs.", "", None
         index = result.nearest_index(k)
         chosen, base = result.view(index)
         names = self.store.get(result.family).class_names
-        return (self.work.png(chosen.overlay), chosen.top, self.work.png(base.overlay) if base else None,
-                base.top if base else None, metrics_md(result, index, sess.mask_source),
-                family_hint(result, index, names, self._about(result.family)))
+        own, theirs = self.work.png(chosen.overlay), self.work.png(base.overlay) if base else None
+        return (own, chosen.top, theirs, base.top if base else None, metrics_md(result, index, sess.mask_source),
+                family_hint(result, index, names, self._about(result.family)), (own, theirs) if theirs else None)
 
-    def update(self, fam_name, image, mask_upload, drawn, method, k, sess: Session | None):
-        """New image, mask, drawing, family or method (session.advance); outputs in the order app.py wires."""
-        return self._outputs(advance(sess, fam_name, image, mask_upload, drawn, method, k, self.load_family))
+    def update(self, fam_name, image, mask_upload, drawn, method, k, sess: Session | None, protocol=PROTOCOL):
+        """New image, mask, drawing, family, method or protocol (session.advance); outputs in app.py's order."""
+        return self._outputs(advance(sess, fam_name, image, mask_upload, drawn, method, k, self.load_family,
+                                     protocol=protocol or PROTOCOL))
 
     def _outputs(self, step: Step):
         skip, sess, result = gr.skip(), step.sess, step.sess.result
         k = step.family.nearest_k(step.k) if step.family is not None else step.k
-        views = (skip,) * 6 if step.keep else self.render(sess, k)
+        views = (skip,) * 7 if step.keep else self.render(sess, k)
         # the plot follows in size_view (chained after this event), with the object's size marked when known
         bias = (skip, skip) if step.keep else (bias_rows(result) if result is not None else None, skip)
         if step.new_image and not step.keep:
@@ -129,7 +132,7 @@ class Explorer:
     def switch_k(self, sess: Session | None, k):
         """k changed: pick the stored result for that k (no model runs)."""
         if sess is None or sess.result is None:
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 8
         k = sess.result.ks[sess.result.nearest_index(k)]
         return (gr.update(info=k_info(k, sess.result.cam_size)), *self.render(sess, k))
 
@@ -249,7 +252,8 @@ class Explorer:
     # ---- the typed API (gr.api) ----
 
     def api_explain(self, image: FileData, mask: FileData | None = None, family: str | None = None,
-                    k: int | None = None, method: str = "gradcam", maps: bool = False) -> ExplainReport:
+                    k: int | None = None, method: str = "gradcam", maps: bool = False,
+                    protocol: str = PROTOCOL) -> ExplainReport:
         """Explain an image with a Top-GAP family: its own CAM at every trained k against a post-hoc CAM of the
         unmodified baseline, with the prediction and (given a mask) IOU and CAM mass on the object.
 
@@ -262,6 +266,9 @@ class Explorer:
             method: the baseline's CAM method: gradcam, gradcam++, scorecam, ablationcam, eigencam, layercam, ...
             maps: also return each model's CAM ("map": min-max scaled, at the class-map resolution cam_size, 4
                 decimals).
+            protocol: the own CAM's post-processing: "relu" (ReLU, then min-max: what GradCAM's map gets; the
+                default) or "paper" (min-max of the raw class map, the paper's CAM mode); GradCAM's is always
+                pytorch-grad-cam's.
         Returns:
             The report: prediction, probability and top-3 probabilities of the Top-GAP model at k; for every k and
             the baseline: label, probability, l1 sparsity, IOU, threshold, mass on the object and PxAP (None without
@@ -271,6 +278,8 @@ class Explorer:
             raise user_error("image: send an image file (the first value)")
         if method not in METHODS:
             raise user_error(f"method: unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+        if protocol not in PROTOCOLS:
+            raise user_error(f"protocol: unknown CAM protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         try:
             fam = self.load_family(family or self.default)
         except USER_ERRORS as e:
@@ -279,7 +288,7 @@ class Explorer:
         if k not in fam.ks:
             raise user_error(f"k: k = {k} was not trained in family {fam.name!r}; choose one of {fam.ks}")
         try:
-            result = explain_all(fam, _path(image), method=method)
+            result = explain_all(fam, _path(image), method=method, protocol=protocol)
         except USER_ERRORS as e:
             raise user_error(f"image: {e}") from None
         if mask:

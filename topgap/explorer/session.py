@@ -13,7 +13,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointError
 from ..data.imageio import drawn_mask
-from .explain import Family, InputError, Result, explain_all
+from .explain import PROTOCOL, Family, InputError, Result, explain_all
 
 __all__ = ["Session", "Step", "advance", "content_key", "USER_ERRORS", "warning"]
 
@@ -111,9 +111,10 @@ def _apply_mask(sess: Session, out: dict) -> None:
 
 
 def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
-            load: Callable[[str | None], Family], explain: Callable = explain_all) -> Step:
-    """New image, mask, drawing, family or method. Expected failures are reported next to their input, once; the
-    other outputs keep what they showed. `load` gives the family (raising USER_ERRORS), `explain` runs the models."""
+            load: Callable[[str | None], Family], explain: Callable = explain_all, protocol: str = PROTOCOL) -> Step:
+    """New image, mask, drawing, family, method or protocol (the own CAM's post-processing: no model runs for it).
+    Expected failures are reported next to their input, once; the other outputs keep what they showed. `load`
+    gives the family (raising USER_ERRORS), `explain` runs the models."""
     old = old or Session()
     sess = dataclasses.replace(old)
     if fam_name != old.family and old.family is not None and k is not None:  # a round trip comes back to its k
@@ -142,7 +143,7 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         if fam is None:
             return Step(sess, out, k, keep=True)
         try:
-            result = explain(fam, image, method=method)
+            result = explain(fam, image, method=method, protocol=protocol)
         except USER_ERRORS as e:
             log.info("user error (image): %s", e)
             out["image"] = warning(e) + (" Still showing the previous image's results." if old.result else "")
@@ -150,6 +151,8 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
             return Step(dataclasses.replace(old, image_key=image_key), {**out, "mask": None}, k, keep=True)
         sess.image_key, sess.family, sess.method, sess.result = image_key, fam_name, method, result
         out["image"] = out["family"] = ""
+    elif sess.result is not None and sess.result.protocol != protocol:
+        sess.result = sess.result.with_protocol(protocol)
     elif not mask_changed or sess.result is None:
         return Step(sess, out, k, keep=True)
     _apply_mask(sess, out)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .audit import BOUNDS
-from .explain import InputError, MapResult, Result
+from .explain import PROTOCOL_NAMES, InputError, MapResult, Result
 from .session import Session, warning
 from .sizeprior import SizeAdvice, advise, mask_fraction, parse_fraction, picture_share
 
@@ -21,10 +21,10 @@ SIZE_HINT = ("Type the object's size as a fraction of the image (0 < f < 1), or 
              "on the Explain tab: the assistant then says how many class-map cells it covers and which trained k "
              "is nearest.")
 AUDIT_HELP = (f"Upload a zip of images or several image files (at most {BOUNDS.images} images, "
-              f"{BOUNDS.upload // 2**20} MB uploaded, {BOUNDS.total // 2**20} MB unpacked, {BOUNDS.member // 2**20} MB per image). Masks are "
-              "optional: in the zip's `masks/` folder with the image's stem (`masks/cat.png` for `cat.jpg`), or named "
-              "`<stem>_mask.png` / `<stem>.mask.png`. Every image runs through every k and the baseline of the family "
-              "above, with the baseline CAM method above.")
+              f"{BOUNDS.upload // 2**20} MB uploaded, {BOUNDS.total // 2**20} MB unpacked, "
+              f"{BOUNDS.member // 2**20} MB per image). Masks are optional: in the zip's `masks/` folder with the "
+              "image's stem (`masks/cat.png` for `cat.jpg`), or named `<stem>_mask.png` / `<stem>.mask.png`. Every "
+              "image runs through every k and the baseline of the family above, with the baseline CAM method above.")
 
 
 def _fmt(v: float | None) -> str:
@@ -38,6 +38,8 @@ def metrics_md(result: Result, index: int, source: str | None) -> str:
     lines = ["| map | prediction | l1 | IOU | threshold | mass on object |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {m.label} ({m.probability:.1%}) | {m.l1:.3f} | {_fmt(m.iou)} | {_fmt(m.threshold)} | "
               f"{_fmt(m.mass)} |" for n, m in rows]
+    lines.append(f"\nOwn CAM: {PROTOCOL_NAMES[result.protocol]}; baseline: pytorch-grad-cam's map (ReLU, then "
+                 "min-max). l1 is the mean of each map at the class-map resolution (lower: sparser).")
     if result.has_mask:
         lines.append(f"\nIOU and mass on the object use the **{source}** of this image (shown under *Mask in use*).")
     else:
