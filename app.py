@@ -39,6 +39,15 @@ from topgap.explorer.views import AUDIT_HELP, METHOD_INFO
 from topgap.explorer.zerogpu import gpu
 
 HERE = Path(__file__).resolve().parent
+PITCH = """## Top-GAP explorer
+**Top-GAP** (*Top-GAP: Integrating Size Priors in CNNs for more Robustness, Interpretability, and Bias Mitigation*)
+pools only the **k** highest cells of each class map, and an l1 term pushes the rest to zero. **Look for:** is the own
+CAM (left) tighter on the object than GradCAM on the same backbone trained without it (right)? Lower l1 is sparser."""
+# the JET colour map of every overlay (cv2.COLORMAP_JET), low to high
+JET = "#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000"
+COLOUR_BAR = ('<div id="colour_bar" style="display:flex;align-items:center;gap:8px;font-size:13px">'
+              '<span>CAM low</span><span style="flex:0 1 260px;height:12px;border-radius:3px;'
+              f'background:linear-gradient(to right,{JET})"></span><span>high (each map min-max scaled)</span></div>')
 MODEL_EVENT = dict(concurrency_id="models", concurrency_limit=1)  # every event that runs a model: one queue
 PRIVATE = dict(api_visibility="undocumented")
 
@@ -48,28 +57,32 @@ def explorer_from_env() -> Explorer:
     return Explorer(os.environ.get("TOPGAP_MODELS", HERE / "models"), HERE / "assets")
 
 
-def _explain_tab(ui: dict, example_sets, ex: Explorer):
-    with gr.Row():
-        with gr.Column(min_width=300):
-            ui["image"] = lenient(gr.Image(type="filepath", image_mode=None, label="Image", elem_id="image",
-                                           format="png", height=320))
+def _explain_tab(ui: dict, example_sets, ex: Explorer, first: tuple):
+    with gr.Row(elem_id="explain_row"):
+        with gr.Column(min_width=300, elem_id="left_col"):
+            ui["image"] = lenient(gr.Image(first[0], type="filepath", image_mode=None, label="Image",
+                                           elem_id="image", format="png", height=260))
             ui["image_msg"] = gr.Markdown(elem_id="image_msg", elem_classes="msg")
             ui["example_cols"] = []
             for examples, kind in example_sets:  # shown when they suit the family (examples_fit)
-                with gr.Column(visible=examples_fit(ex.store, kind, ex.default), min_width=300) as col:
-                    gr.Examples(examples.rows, [ui["image"], ui["mask"]], example_labels=examples.captions,
-                                label=examples.label, cache_examples=False, examples_per_page=20)
+                with gr.Column(visible=examples_fit(ex.store, kind, ex.default), min_width=300,
+                               elem_classes="examples") as col:
+                    gr.Examples(examples.rows, [ui["image"], ui["mask"]], label=examples.label,
+                                cache_examples=False, examples_per_page=8)
                 ui["example_cols"].append(col)
-        with gr.Column(min_width=300, scale=2):
-            ui["hint"] = gr.Markdown(elem_id="hint")
-            with gr.Row():
+        with gr.Column(min_width=300, scale=2, elem_id="maps_col"):
+            with gr.Row(equal_height=True):
                 for key, label, elem in (("topgap", "Top-GAP CAM (own)", "topgap_cam"),
                                          ("base", "Baseline CAM", "baseline_cam")):
-                    with gr.Column(min_width=180):
-                        ui[f"{key}_img"] = gr.Image(label=label, format="png", interactive=False, elem_id=elem,
-                                                    height=300)
-                        ui[f"{key}_lbl"] = gr.Label(num_top_classes=3, label=label.split(" CAM")[0] + " prediction")
+                    ui[f"{key}_img"] = gr.Image(label=label, format="png", interactive=False, elem_id=elem, height=260,
+                                                min_width=150)
+            gr.HTML(COLOUR_BAR)
             ui["metrics"] = gr.Markdown("Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
+            ui["hint"] = gr.Markdown(elem_id="hint")
+            with gr.Accordion("Top-3 predictions of both models", open=False):
+                with gr.Row():
+                    for key, label in (("topgap", "Top-GAP"), ("base", "Baseline")):
+                        ui[f"{key}_lbl"] = gr.Label(num_top_classes=3, label=f"{label} prediction", min_width=150)
             with gr.Accordion("Wipe between the own CAM (left) and the baseline's (right) on the same image",
                               open=False):
                 ui["slider"] = gr.ImageSlider(label="own CAM | baseline CAM", interactive=False, format="png",
@@ -159,20 +172,22 @@ def _audit_tab(ui: dict):
 def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     """Every event: the one for image, mask, drawing, family and method; k, the tabs' buttons, the API."""
     views = [ui[n] for n in ("topgap_img", "topgap_lbl", "base_img", "base_lbl", "metrics", "hint", "slider")]
-    state, fam, k = ui["state"], ui["family"], ui["k"]
+    state, fam, k = ui["state"], ui["family"], ui["k_value"]
+    ui["k"].change(None, ui["k"], k, js="(k) => k", queue=False, **PRIVATE)
     size_args = dict(fn=ex.size_view, inputs=[state, k, ui["size"]], outputs=[ui["size_md"], ui["bias_plot"]],
                      **PRIVATE)
+    update_inputs = [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]]
+    update_outputs = [state, ui["k"], ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views,
+                      ui["bias_table"], ui["bias_plot"], ui["draw"]]
     gr.on([ui["image"].change, ui["mask"].change, ui["draw"].change, fam.change, ui["method"].change,
-           ui["protocol"].change], gpu(ex.update),
-          [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]],
-          [state, k, ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views, ui["bias_table"],
-           ui["bias_plot"], ui["draw"]], trigger_mode="always_last", **MODEL_EVENT, **PRIVATE).then(**size_args)
+           ui["protocol"].change], gpu(ex.update), update_inputs, update_outputs, trigger_mode="always_last",
+          **MODEL_EVENT, **PRIVATE).then(**size_args)
     gr.on([ui["size"].submit, ui["size"].blur], **size_args)
-    ui["size_btn"].click(ex.use_advised_k, [state, ui["size"]], k, **PRIVATE)
+    ui["size_btn"].click(ex.use_advised_k, [state, ui["size"]], ui["k"], **PRIVATE)
     # a new upload makes the mask box empty in the page itself: an output to the mask box would make gradio rebuild
     # the component per session without lenient()'s preprocess
     ui["image"].upload(None, None, ui["mask"], js="() => null", queue=False, **PRIVATE)
-    k.change(ex.switch_k, [state, k], [k, *views], **PRIVATE).then(**size_args)
+    k.change(ex.switch_k, [state, k], [ui["k"], *views], **PRIVATE).then(**size_args)
     ui["faith_btn"].click(gpu(ex.faithfulness_view), [state, k], [ui["faith_plot"], ui["faith_md"]], **MODEL_EVENT,
                           **PRIVATE)
     ui["dl_btn"].click(ex.downloads, [state, k], [ui["dl_files"], ui["dl_msg"]], **PRIVATE)
@@ -186,39 +201,47 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     fam.change(lambda f: [gr.update(visible=examples_fit(ex.store, kind, f)) for _, kind in example_sets], fam,
                ui["example_cols"], queue=False, **PRIVATE)
     demo.load(ex.preload, fam, ui["family_msg"], **MODEL_EVENT, **PRIVATE)
+    if ui["image"].value:  # the first view: the default family's first example, computed at start (warm_up), cached
+        demo.load(gpu(ex.update), update_inputs, update_outputs, **MODEL_EVENT, **PRIVATE).then(**size_args)
     gr.api(gpu(ex.api_explain), api_name="explain", **MODEL_EVENT)
     gr.api(ex.api_families, api_name="families", concurrency_limit=None)
 
 
-def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None,
-               hub: ExampleSet | None = None) -> gr.Blocks:
+def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None, hub: ExampleSet | None = None,
+               warm: bool = False) -> gr.Blocks:
     """The explorer's page and its typed API (/explain, /families). Cheap: no family is loaded here; the default
     family's trained k are read from its config files and its models load on first use. `ex`: the families and
     workspace (default: explorer_from_env()); `dataset`: examples from a local dataset (--examples), shown first;
-    `hub`: Oxford-IIIT Pet photos from the Hub."""
+    `hub`: Oxford-IIIT Pet photos from the Hub; `warm`: load the default family and compute the first view now."""
     ex = ex or explorer_from_env()
     example_sets = ([(dataset, "dataset")] if dataset else []) + ([(hub, "photo")] if hub else []) + \
         bundled_examples(ex.assets)
+    if warm:
+        ex.warm_up(example_sets)
     ks0 = ex.store.trained_ks(ex.default) if ex.default else []  # from config.json: no model is loaded here
     ui: dict = {}
     with ExplorerBlocks(title="Top-GAP explorer", delete_cache=(600, 3600)) as demo:
-        gr.Markdown("# Top-GAP explorer\nThe model's own CAM (Top-GAP, min-max scaled) at each trained **k** against a "
-                    "post-hoc CAM of the unmodified model. Same scaling and colour map for both.")
+        gr.Markdown(PITCH, elem_id="pitch")
         ui["state"] = gr.State(None)
-        with gr.Row():
+        with gr.Row(equal_height=True):
             ui["family"] = gr.Dropdown(ex.families, value=ex.default, label="Model family", elem_id="family",
-                                       min_width=300)
+                                       min_width=160)
+            k0 = nearest_k(ks0, None) if ks0 else None
+            ui["k"] = gr.Radio(ks0, value=k0, elem_id="k", min_width=300, scale=2,
+                               label="k (trained values of this family)")
+            # the handlers read k from this mirror, never from the radio: gradio checks a radio's value against the
+            # choices it last sent this session, and a family switch can race its own new choices
+            ui["k_value"] = gr.Number(k0, visible="hidden", precision=0, elem_id="k_value")
             ui["method"] = gr.Dropdown(list(METHODS), value="gradcam", label="Baseline CAM method", elem_id="method",
-                                       min_width=300, info=METHOD_INFO)
+                                       min_width=160, info=METHOD_INFO)
             ui["protocol"] = gr.Radio([(name, key) for key, name in PROTOCOL_NAMES.items()], value=PROTOCOL,
-                                      label="Own CAM post-processing", elem_id="protocol", min_width=300,
-                                      info="The baseline's map is pytorch-grad-cam's (ReLU, then min-max) in both.")
+                                      label="Own CAM post-processing", elem_id="protocol", min_width=300, scale=2)
         ui["family_msg"] = gr.Markdown(elem_id="family_msg", elem_classes="msg")
-        ui["mask"] = lenient(gr.Image(type="filepath", image_mode=None, elem_id="mask_upload", format="png",
-                                      render=False, label="Upload a mask (0/255, 0/1, palette, trimap)", height=260))
-        ui["k"] = gr.Radio(ks0, value=nearest_k(ks0, None) if ks0 else None, label="k (trained values of this family)",
-                           elem_id="k")
-        for title, builder in (("Explain", lambda: _explain_tab(ui, example_sets, ex)), ("Bias", lambda: _bias_tab(ui)),
+        first = ex.first_example(ex.default, example_sets)
+        ui["mask"] = lenient(gr.Image(first[1], type="filepath", image_mode=None, elem_id="mask_upload",
+                                      format="png", render=False, height=260,
+                                      label="Upload a mask (0/255, 0/1, palette, trimap)"))
+        for title, builder in (("Explain", lambda: _explain_tab(ui, example_sets, ex, first)), ("Bias", lambda: _bias_tab(ui)),
                                ("Attack", lambda: _attack_tab(ui)),
                                ("Backgrounds", lambda: _backgrounds_tab(ui, len(ks0) + 1)),
                                ("Card", lambda: _card_tab(ui)), ("Audit", lambda: _audit_tab(ui))):
@@ -239,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     hub = hub_examples(os.environ["TOPGAP_HUB_EXAMPLES"]) if os.environ.get("TOPGAP_HUB_EXAMPLES") else None
     try:
-        demo = build_demo(None, dataset_examples(args.examples) if args.examples else env_examples(), hub)
+        demo = build_demo(None, dataset_examples(args.examples) if args.examples else env_examples(), hub, warm=True)
     except InputError as e:
         parser.error(str(e))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # sys.exit runs atexit: the temp folder is removed

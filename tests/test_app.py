@@ -541,7 +541,7 @@ def test_backgrounds_view_every_model_on_every_variant(ex, files):
 
 def test_examples_suit_the_family_and_come_from_a_dataset(app_module, ex, tmp_path, monkeypatch):
     assert ex.default == "fam"  # TOPGAP_MODELS holds only the fake family (classes: the synthetic shapes)
-    assert PREFERRED == ["oxford-pet-lite0", "synthetic-shapes", "synth"]
+    assert PREFERRED == ["synthetic-shapes", "oxford-pet-lite0", "synth"]  # in-distribution examples first
     assert [examples_fit(ex.store, k, "fam") for k in ("synthetic", "photo", "dataset")] == [True, False, True]
     assert examples_fit(ex.store, "photo", "not-on-disk") and examples_fit(ex.store, "synthetic", None)
     sets = dict((kind, s) for s, kind in bundled_examples(ROOT / "assets"))

@@ -52,6 +52,7 @@ def page(browser, url, request):
                           is_mobile=phone, has_touch=phone)
     pg.goto(url)
     expect(pg.locator("#k")).to_contain_text(str(KS[1]), timeout=LONG)
+    expect(pg.locator("#metrics")).to_contain_text(f"Top-GAP k{KS[1]}", timeout=LONG)  # the first view is shown
     yield pg
     pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     pg.close()
@@ -73,8 +74,14 @@ def files(tmp_path_factory):
     return d
 
 
-def upload(page, elem: str, path: Path):
+def upload(page, elem: str, path: Path, explained: bool = True):
+    """Upload `path` into `elem`; for an image that is `explained`, wait until the metrics show its result (they
+    showed another: the first view, or the previous image)."""
+    before = page.locator("#metrics").inner_text() if elem == "image" and explained else None
     page.locator(f"#{elem} input[type=file]").set_input_files(str(path))
+    if before is not None:
+        page.wait_for_function("(t) => !document.querySelector('#metrics').innerText.includes(t)", arg=before[:200],
+                               timeout=LONG)
 
 
 def uploaded(page, elem: str, name: str):
@@ -127,6 +134,7 @@ def test_mask_belongs_to_its_image(page, files):
     expect(page.locator("#metrics")).to_contain_text("Upload or draw a mask", timeout=LONG)
     upload(page, "mask_upload", files / "mask.png")
     expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
+    page.locator("#mask_view").scroll_into_view_if_needed()  # its picture loads lazily, once on screen
     expect(page.locator("#mask_view img")).to_be_visible()
     page.locator("#method input").click()
     page.get_by_role("option", name="gradcam++", exact=True).click()  # kept across a method change
@@ -150,7 +158,7 @@ def test_errors_next_to_their_input_once_and_outputs_kept(page, files):
     upload(page, "mask_upload", files / "broken.png")  # a bad mask: said by the mask, the old IOU goes
     expect(page.locator("#mask_msg")).to_contain_text("mask could not be used", timeout=LONG)
     expect(page.locator("#metrics")).to_contain_text("Upload or draw a mask")
-    upload(page, "image", files / "broken.png")  # a bad image: said once by the image, the CAMs stay
+    upload(page, "image", files / "broken.png", explained=False)  # a bad image: said once by the image, the CAMs stay
     expect(page.locator("#image_msg")).to_contain_text("upload it again", timeout=LONG)
     page.wait_for_timeout(1500)
     assert page.get_by_text("Still showing the previous image").count() == 1  # once, not a toast per event
@@ -164,6 +172,7 @@ def test_trimap_shown_visibly(page, files):
     upload(page, "mask_upload", files / "trimap.png")
     expect(page.locator("#metrics")).to_contain_text("trimap", timeout=LONG)
     view = page.locator("#mask_view img")
+    page.locator("#mask_view").scroll_into_view_if_needed()  # lazy loading
     expect(view).to_be_visible()
     page.wait_for_function("document.querySelector('#mask_view img').naturalWidth > 0")
     green = page.evaluate("""() => { const img = document.querySelector('#mask_view img');
@@ -204,8 +213,12 @@ def test_phone_layout(page, files):
         for tab in hidden:
             expect(page.locator(".overflow-dropdown").get_by_role("button", name=tab, exact=True)).to_be_visible()
         page.get_by_role("button", name="More tabs").click()
-    expect(page.get_by_text("circle, usual background")).to_be_visible()  # example captions
-    page.get_by_text("misclassified by the baseline").click()
+    thumbs = page.locator(".examples img")  # examples as thumbnails: each row's image, then its mask
+    expect(thumbs.first).to_be_visible()
+    before = page.locator("#metrics").inner_text()
+    thumbs.nth(2).click()  # the second example (a square on its usual background), with its mask
+    page.wait_for_function("(t) => !document.querySelector('#metrics').innerText.includes(t)", arg=before[:200],
+                           timeout=LONG)
     expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"page scrolls sideways: {width} px"
@@ -213,9 +226,10 @@ def test_phone_layout(page, files):
     assert ys == sorted(ys), ys  # image, maps and metrics in reading order
     dd = page.locator("#family").bounding_box()
     assert dd["width"] >= 300
-    cells = page.locator("#metrics td")
-    heights = {round(c.bounding_box()["height"]) for c in cells.all()}
-    assert max(heights) < 40, heights  # digits not wrapped
+    lines = page.evaluate("""() => [...document.querySelectorAll('#metrics td')]
+        .filter(td => /^[0-9.]+$/.test(td.innerText.trim())).map(td => {
+            const r = document.createRange(); r.selectNodeContents(td); return r.getClientRects().length; })""")
+    assert lines and set(lines) == {1}, lines  # figures on one line each (names may wrap between words)
 
 
 def test_size_prior_assistant(page, files):
@@ -295,9 +309,8 @@ def test_backgrounds_tab_every_model_on_every_background(page, files):
 
 def test_faithfulness_road_per_image(page, files):
     page.get_by_role("tab", name="Bias").click()
-    page.locator("#faith_btn").click()  # before any image: says what to do first
-    expect(page.locator("#faith_md")).to_contain_text("Upload an image (or pick an example) on the Explain tab first",
-                                                      timeout=LONG)
+    page.locator("#faith_btn").click()  # the first view's example (without an image: tests/test_app.py)
+    expect(page.locator("#faith_md tbody tr")).to_have_count(len(KS) + 1, timeout=LONG)
     page.get_by_role("tab", name="Explain").click()
     upload(page, "image", files / "a.png")
     expect(page.locator("#metrics")).to_contain_text(f"k{KS[1]}", timeout=LONG)
@@ -308,3 +321,48 @@ def test_faithfulness_road_per_image(page, files):
     assert [r.locator("td").first.inner_text() for r in rows.all()] == [f"k{k}" for k in KS] + ["baseline"]
     expect(page.locator("#faith_plot")).to_be_visible()
     no_error_badges(page)
+
+
+def test_protocol_toggle_and_wipe_slider(page, files):
+    """Issue 26 item 3: the own CAM's post-processing is chosen on the page and said in the metrics; the baseline's
+    map stays; the wipe slider shows both maps of the chosen k."""
+    upload(page, "image", files / "a.png")
+    expect(page.locator("#metrics")).to_contain_text("Own CAM: ReLU, then min-max", timeout=LONG)
+    base = page.locator("#baseline_cam img").get_attribute("src")
+    page.locator("#protocol").get_by_text("min-max of the raw map", exact=False).click()
+    # the fake family's class maps are positive everywhere, so both protocols draw the same own map here; that they
+    # differ where the map has negative cells is tests/test_explain.py's
+    expect(page.locator("#metrics")).to_contain_text("Own CAM: min-max of the raw map", timeout=LONG)
+    assert page.locator("#baseline_cam img").get_attribute("src") == base
+    page.get_by_text("Wipe between the own CAM").click()
+    expect(page.locator("#wipe img")).to_have_count(2, timeout=LONG)
+    no_error_badges(page)
+
+
+def _bottom(page, selector: str) -> float:
+    box = page.locator(selector).bounding_box()
+    return box["y"] + box["height"]
+
+
+@pytest.mark.parametrize("screens", [1])
+def test_first_view_explains_itself(page, screens):
+    """Issue 26 item 2, desktop: pitch with the paper's title, colour bar, the first example's image, both maps and
+    their figures above the fold without a click."""
+    expect(page.locator("#pitch")).to_contain_text("Top-GAP: Integrating Size Priors in CNNs")
+    expect(page.locator("#colour_bar")).to_contain_text("CAM low")
+    for elem in ("#image img", "#topgap_cam img", "#baseline_cam img", "#metrics table"):
+        expect(page.locator(elem).first).to_be_visible()
+        assert _bottom(page, elem) <= screens * 900, elem
+    no_error_badges(page)
+
+
+def test_first_view_on_a_phone(page):
+    """Issue 26 items 2 and 6, phone: image, both maps side by side and the metrics within two screens; the page and
+    the metrics table no wider than the screen (no inner scroll, no column hidden)."""
+    for elem in ("#image img", "#topgap_cam img", "#baseline_cam img", "#metrics table"):
+        assert _bottom(page, elem) <= 2 * 844, elem
+    own, base = page.locator("#topgap_cam").bounding_box(), page.locator("#baseline_cam").bounding_box()
+    assert abs(own["y"] - base["y"]) < 5 and own["x"] + own["width"] <= base["x"] + 1  # side by side
+    widths = page.evaluate("""() => [document.documentElement.scrollWidth,
+        ...[...document.querySelectorAll('#metrics table')].map(t => t.scrollWidth - t.clientWidth)]""")
+    assert widths[0] <= 390 and all(w <= 0 for w in widths[1:]), widths

@@ -23,6 +23,15 @@ CSS = """
 @media (max-width: 640px) {
   .gradio-container {padding: 4px !important}
   #metrics table, .card table {font-size: 12px}
+  /* the metrics fit 390 px: cells wrap between words (never inside one) instead of scrolling */
+  #metrics table {display: table; width: 100%}
+  #metrics td, #metrics th {white-space: normal; word-break: normal; overflow-wrap: normal; padding: 3px !important}
+  /* the phone's first screens: image, then both maps and their figures, then the examples */
+  #left_col {display: contents !important}
+  #explain_row > * {flex: 1 1 100% !important; min-width: 100% !important}
+  #image, #image_msg {order: 1}
+  #maps_col {order: 2}
+  #explain_row .examples {order: 3}
 }
 """
 

@@ -115,9 +115,11 @@ def bundled_examples(assets: Path) -> list[tuple[ExampleSet, str]]:
     sets = []
     for kind, folder, masks, glob, label, name in (
             ("synthetic", assets / "images", assets / "masks", "*.png",
-             "Examples from the synthetic-shapes data (with the mask, where there is an object)", caption),
+             "Synthetic shapes, in-distribution (with the mask where there is an object): each shape on its usual "
+             "background, on another one, the background alone; then images a model got wrong", caption),
             ("photo", assets / "photos", assets / "photos" / "masks", "*.jpg",
-             "CC0 photo from scikit-image, with a mask made by assets/make_photo_masks.py (see assets/LICENSES.md)",
+             "Out-of-distribution test: a tabby cat, none of the pets family's three breeds (CC0 photo from "
+             "scikit-image; mask by assets/make_photo_masks.py, see assets/LICENSES.md)",
              lambda stem: f"{stem} (CC0 photo from scikit-image)")):
         images = sorted(folder.glob(glob), key=_example_order) if folder.is_dir() else []
         rows = [[str(p), str(masks / f"{p.stem}.png") if (masks / f"{p.stem}.png").is_file() else None]

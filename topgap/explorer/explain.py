@@ -45,8 +45,8 @@ TOP = 3
 ALPHA = 0.5  # heat-map opacity of every overlay
 # how the own CAM is post-processed (topgap.cam.PROTOCOLS); the baseline's map is pytorch-grad-cam's under both
 PROTOCOL = "relu"  # the default: the own CAM gets the post-processing GradCAM has, so both sides are treated alike
-PROTOCOL_NAMES = {"relu": "ReLU, then min-max (the post-processing GradCAM has)",
-                  "paper": "min-max of the raw map (the paper's CAM mode, section 3.1)"}
+PROTOCOL_NAMES = {"relu": "ReLU, then min-max (as GradCAM's map)",
+                  "paper": "min-max of the raw map (the paper's CAM mode)"}
 
 
 def k_label(k: int, cam_size: tuple[int, int]) -> str:

@@ -15,8 +15,8 @@ from .sizeprior import SizeAdvice, advise, mask_fraction, parse_fraction, pictur
 __all__ = ["METHOD_INFO", "SIZE_HINT", "AUDIT_HELP", "metrics_md", "bias_rows", "size_advice", "road_md",
            "attack_md", "write_downloads"]
 
-METHOD_INFO = ("gradcam, hirescam and xgradcam give the same map here: the layer feeds global average pooling, so "
-               "its gradient is constant over the map and their weightings agree. scorecam takes tens of seconds.")
+# the layer feeds global average pooling, so its gradient is constant over the map and their weightings agree
+METHOD_INFO = "gradcam, hirescam and xgradcam give the same map here (the layer feeds GAP); scorecam is slow."
 SIZE_HINT = ("Type the object's size as a fraction of the image (0 < f < 1), or upload or draw a mask of the object "
              "on the Explain tab: the assistant then says how many class-map cells it covers and which trained k "
              "is nearest.")
