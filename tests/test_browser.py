@@ -71,6 +71,7 @@ def files(tmp_path_factory):
     trimap[30:60, 30:60], trimap[28:30, 28:62] = 1, 3
     Image.fromarray(trimap).save(d / "trimap.png")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n definitely not a png")
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(d / "tiny.png")
     return d
 
 
@@ -163,6 +164,8 @@ def test_errors_next_to_their_input_once_and_outputs_kept(page, files):
     page.wait_for_timeout(1500)
     assert page.get_by_text("Still showing the previous image").count() == 1  # once, not a toast per event
     expect(page.locator("#topgap_cam img")).to_be_visible()
+    upload(page, "image", files / "tiny.png", explained=False)  # 1x1: refused, not "explained" (issue 26)
+    expect(page.locator("#image_msg")).to_contain_text("The image is 1x1 px, too small to explain", timeout=LONG)
     no_error_badges(page)
 
 

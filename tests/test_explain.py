@@ -91,9 +91,13 @@ def test_bomb_and_broken_files_give_clear_errors():
 
 
 def test_tiny_and_panoramic_images(fam):
-    tiny = explain_all(fam, np.full((3, 5, 3), 200, np.uint8))
-    assert min(tiny.image.shape[:2]) >= 3 and max(tiny.image.shape[:2]) >= max(fam.input_size)
-    assert any("tiny" in n for n in tiny.notes)
+    for shape in ((1, 1, 3), (15, 40, 3)):  # under 16 px on a side: refused (a 1x1 image was "explained", issue 26)
+        with pytest.raises(InputError, match=rf"^the image is {shape[1]}x{shape[0]} px, too small to explain; send "
+                           "one of at least 16 px on each side"):
+            explain_all(fam, np.full(shape, 200, np.uint8))
+    tiny = explain_all(fam, np.full((16, 20, 3), 200, np.uint8))  # enlarged for display, noted
+    assert tiny.picture_size == (16, 20) and max(tiny.image.shape[:2]) >= max(fam.input_size)
+    assert any("tiny image (20x16)" in n for n in tiny.notes)
     pano = explain_all(fam, (np.random.default_rng(0).random((50, 400, 3)) * 255).astype(np.uint8))
     assert pano.image.shape[:2] == (50, 400) and any("letterboxed" in n for n in pano.notes)
     y0, y1, x0, x1 = pano.box

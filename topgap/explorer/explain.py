@@ -34,11 +34,12 @@ from ..metrics import PxAP, best_iou, l1_sparsity, mass_in_mask
 from ..model import Normalize, minmax_scale
 
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
-           "DISPLAY_MAX", "MAX_STRETCH", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label", "k_info",
+           "DISPLAY_MAX", "MAX_STRETCH", "MIN_SIDE", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label", "k_info",
            "mask_overlay", "own_mask", "family_hint", "LOW_PROBABILITY", "nearest_k", "AttackSetup", "attack_setup",
            "perturb", "PGD_RULE", "PGD_RULE_NAMES", "PGD_STEPS", "PGD_HELP", "PROTOCOL", "PROTOCOL_NAMES"]
 
 DISPLAY_MAX = 512
+MIN_SIDE = 16  # a smaller picture holds too little to explain (a 1x1 image would get a confident label)
 DISPLAY_MIN = 384  # smaller pictures are enlarged (nearest neighbour) for display; the model input is unchanged
 MAX_STRETCH = 2.0
 TOP = 3
@@ -128,6 +129,9 @@ def _display_size(h: int, w: int, input_size: tuple[int, int]) -> tuple[int, int
 def prepare(image, family: Family) -> Prepared:
     """Decode an upload and make the model input (see the module docstring for the geometry)."""
     rgb, notes = decode_image(image)
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise InputError(f"the image is {rgb.shape[1]}x{rgb.shape[0]} px, too small to explain; send one of at least "
+                         f"{MIN_SIDE} px on each side")
     frames = _frames(image)
     if frames > 1:
         notes.append(f"animated image with {frames} frames: only the first frame is explained")
