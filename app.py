@@ -179,9 +179,14 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     update_inputs = [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]]
     update_outputs = [state, ui["k"], ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views,
                       ui["bias_table"], ui["bias_plot"], ui["draw"]]
-    gr.on([ui["image"].change, ui["mask"].change, ui["draw"].change, fam.change, ui["method"].change,
-           ui["protocol"].change], gpu(ex.update), update_inputs, update_outputs, trigger_mode="always_last",
-          **MODEL_EVENT, **PRIVATE).then(**size_args)
+    slow_args = dict(fn=gpu(ex.complete_baseline), inputs=[state, k], outputs=[state, *views, ui["bias_table"]],
+                     concurrency_id="slow", concurrency_limit=1, show_progress_on=[ui["base_img"]],
+                     show_progress="minimal", **PRIVATE)  # its own queue: the others are not held up
+    changed = gr.on([ui["image"].change, ui["mask"].change, ui["draw"].change, fam.change, ui["method"].change,
+                     ui["protocol"].change], gpu(ex.update), update_inputs, update_outputs,
+                    trigger_mode="always_last", **MODEL_EVENT, **PRIVATE)
+    changed.then(**size_args)
+    changed.then(**slow_args)
     gr.on([ui["size"].submit, ui["size"].blur], **size_args)
     ui["size_btn"].click(ex.use_advised_k, [state, ui["size"]], ui["k"], **PRIVATE)
     # a new upload makes the mask box empty in the page itself: an output to the mask box would make gradio rebuild
@@ -241,8 +246,8 @@ def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None, hu
         ui["mask"] = lenient(gr.Image(first[1], type="filepath", image_mode=None, elem_id="mask_upload",
                                       format="png", render=False, height=260,
                                       label="Upload a mask (0/255, 0/1, palette, trimap)"))
-        for title, builder in (("Explain", lambda: _explain_tab(ui, example_sets, ex, first)), ("Bias", lambda: _bias_tab(ui)),
-                               ("Attack", lambda: _attack_tab(ui)),
+        for title, builder in (("Explain", lambda: _explain_tab(ui, example_sets, ex, first)),
+                               ("Bias", lambda: _bias_tab(ui)), ("Attack", lambda: _attack_tab(ui)),
                                ("Backgrounds", lambda: _backgrounds_tab(ui, len(ks0) + 1)),
                                ("Card", lambda: _card_tab(ui)), ("Audit", lambda: _audit_tab(ui))):
             with gr.Tab(title):

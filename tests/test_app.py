@@ -292,6 +292,24 @@ def test_protocol_toggle_redoes_the_own_maps_without_a_model_and_keeps_the_mask(
     assert torch.equal(back.topgap[0].raw, sess.result.topgap[0].raw)
 
 
+def test_a_slow_method_keeps_the_topgap_maps_and_completes_in_its_own_step(ex, files):
+    """Issue 26 item 5: with ScoreCAM the update answers with the Top-GAP maps and says the baseline is computing;
+    complete_baseline (the "slow" queue) adds it, with the mask applied again; once done it is cached."""
+    mask = str(files / "mask.png")
+    sess = _image_session(ex, files, mask=mask)[0]
+    out = ex.update("fam", str(files / "image.png"), mask, None, "scorecam", KS[1], sess)
+    slow = out[0]
+    assert slow.result.pending == "scorecam" and slow.result.baseline is None and out[6] is not None  # own map
+    assert out[8] is None and "| baseline (scorecam) | computing… |" in out[10]  # no baseline map yet
+    done = ex.complete_baseline(slow, KS[1])
+    assert len(done) == 9 and done[0].result.pending is None and done[0].result.has_mask
+    assert done[0].result.baseline.iou is not None and "baseline (scorecam)" in done[5] and done[3] is not None
+    assert done[0].result.topgap[1].l1 == slow.result.topgap[1].l1  # the own maps are the ones shown before
+    assert ex.complete_baseline(done[0], KS[1]) == (gr.skip(),) * 9  # nothing pending
+    again = ex.update("fam", str(files / "image.png"), mask, None, "scorecam", KS[1], sess)[0]
+    assert again.result.pending is None  # the cache holds the completed result
+
+
 def test_mask_kept_for_its_image_cleared_for_a_new_one(ex, files, tmp_path):
     sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
     assert sess.result.has_mask and sess.mask_source == "uploaded mask"

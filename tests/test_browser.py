@@ -369,3 +369,17 @@ def test_first_view_on_a_phone(page):
     widths = page.evaluate("""() => [document.documentElement.scrollWidth,
         ...[...document.querySelectorAll('#metrics table')].map(t => t.scrollWidth - t.clientWidth)]""")
     assert widths[0] <= 390 and all(w <= 0 for w in widths[1:]), widths
+
+
+def test_scorecam_keeps_the_topgap_maps_and_follows(page, files):
+    """Issue 26 item 5: ScoreCAM runs in its own queue: the Top-GAP map and the k control stay on screen, the
+    metrics say it is computing, then its map and figures arrive."""
+    upload(page, "image", files / "a.png")
+    page.locator("#method input").click()
+    page.get_by_role("option", name="scorecam", exact=True).click()
+    expect(page.locator("#metrics")).to_contain_text("baseline (scorecam)", timeout=LONG)
+    expect(page.locator("#topgap_cam img")).to_be_visible()
+    expect(page.locator("#k")).to_be_visible()
+    expect(page.locator("#metrics")).not_to_contain_text("computing", timeout=LONG)
+    expect(page.locator("#baseline_cam img")).to_be_visible()
+    no_error_badges(page)

@@ -436,3 +436,22 @@ def test_card_view_shows_the_seeds_of_a_carded_family(tmp_path):
         (folder / "card.json").write_text(json.dumps(card | {"seeds": seeds}))
         shown.append(render_card(folder)[0])
     assert shown[0] == shown[1] and table[0] in shown[1] and "Dataset **bg60**" not in shown[1]
+
+
+def test_a_slow_method_is_left_pending_and_completed_on_a_copy_of_the_baseline(fam):
+    """Issue 26 item 5: the page computes ScoreCAM (and AblationCAM) after the Top-GAP maps, in its own queue, on a
+    copy of the baseline model (pytorch-grad-cam hooks the modules it explains); the map is the same as in one go."""
+    from topgap.explorer.explain import SLOW_METHODS, baseline_map
+
+    image = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert SLOW_METHODS == ("scorecam", "ablationcam")
+    pending = explain_all(fam, image, method="scorecam", slow_baseline=False)
+    assert pending.pending == "scorecam" and pending.baseline is None and len(pending.topgap) == len(KS)
+    whole = explain_all(fam, image, method="scorecam")
+    assert whole.pending is None and whole.baseline is not None
+    copy = fam.slow_baseline()
+    assert copy is not fam.baseline[1] and copy is fam.slow_baseline()
+    done = pending.with_baseline(baseline_map(fam, pending, copy))
+    assert done.pending is None and done.baseline.label == whole.baseline.label
+    np.testing.assert_allclose(done.baseline.cam, whole.baseline.cam, atol=1e-5)
+    assert explain_all(fam, image, method="gradcam", slow_baseline=False).pending is None  # fast: computed at once

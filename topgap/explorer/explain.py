@@ -14,6 +14,7 @@ over it, then drawn with the same JET colour map and opacity.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import threading
@@ -34,11 +35,16 @@ from ..metrics import PxAP, best_iou, l1_sparsity, mass_in_mask
 from ..model import Normalize, minmax_scale
 
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
-           "DISPLAY_MAX", "MAX_STRETCH", "MIN_SIDE", "TOP", "FamilyStore", "attack_view", "ATTACKS", "k_label", "k_info",
+           "DISPLAY_MAX", "MAX_STRETCH", "MIN_SIDE", "SLOW_METHODS", "baseline_map", "TOP", "FamilyStore",
+           "attack_view", "ATTACKS", "k_label", "k_info",
            "mask_overlay", "own_mask", "family_hint", "LOW_PROBABILITY", "nearest_k", "AttackSetup", "attack_setup",
            "perturb", "PGD_RULE", "PGD_RULE_NAMES", "PGD_STEPS", "PGD_HELP", "PROTOCOL", "PROTOCOL_NAMES"]
 
 DISPLAY_MAX = 512
+# baseline methods that take tens of seconds on 2 cores (ScoreCAM: one forward pass per channel batch; AblationCAM:
+# one per ablated channel; GradCAM takes well under a second): the page computes them in their own queue
+SLOW_METHODS = ("scorecam", "ablationcam")
+_COPY_LOCK = threading.Lock()
 MIN_SIDE = 16  # a smaller picture holds too little to explain (a 1x1 image would get a confident label)
 DISPLAY_MIN = 384  # smaller pictures are enlarged (nearest neighbour) for display; the model input is unchanged
 MAX_STRETCH = 2.0
@@ -103,6 +109,14 @@ class Family:
         image = np.full((*self.input_size, 3), 128, np.uint8)
         for _ in range(rounds):
             explain_all(self, image)
+
+    def slow_baseline(self) -> nn.Module:
+        """A copy of the baseline model for the slow methods' own queue (SLOW_METHODS): pytorch-grad-cam hooks the
+        modules it explains, so two queues never share one model. Made on first use."""
+        with _COPY_LOCK:
+            if getattr(self, "_slow_copy", None) is None:
+                self._slow_copy = copy.deepcopy(self.baseline[1]).eval()
+            return self._slow_copy
 
     def model01(self, name: str) -> nn.Module:
         """The named model behind its Normalize: takes [0, 1] images (for attacks)."""
@@ -246,6 +260,7 @@ class Result:
     mask: tuple[np.ndarray, np.ndarray] | None = None  # (object, ignore) at the shown size, when one was given
     picture_size: tuple[int, int] | None = None  # (H, W) of the upload: what a mask is compared with
     protocol: str = PROTOCOL  # how the own CAMs were post-processed (PROTOCOL_NAMES)
+    pending: str | None = None  # a slow baseline method still being computed (SLOW_METHODS); baseline None until then
 
     def view(self, index: int) -> tuple[MapResult, MapResult | None]:
         """(Top-GAP result at the index-th k, baseline result): no computation."""
@@ -264,6 +279,10 @@ class Result:
         if k not in self.ks:
             raise InputError(f"k = {k} was not trained in family {self.family!r}; choose one of {self.ks}")
         return self.ks.index(k)
+
+    def with_baseline(self, base: MapResult) -> "Result":
+        """A copy with the baseline's map computed later (a slow method); mask metrics cleared: apply it again."""
+        return dataclasses.replace(self, baseline=base, pending=None).with_mask(None)
 
     def with_protocol(self, protocol: str) -> "Result":
         """A copy with the own CAMs post-processed under `protocol` (no model runs; the baseline's map stays
@@ -405,7 +424,18 @@ def _map_result(name: str, cfg: ModelConfig, probs: torch.Tensor, raw: torch.Ten
     return _postprocessed(bare, mode, geometry)
 
 
-def explain_all(family: Family, image, mask=None, method: str = "gradcam", protocol: str = PROTOCOL) -> Result:
+def baseline_map(family: Family, result: Result, model: nn.Module | None = None) -> MapResult:
+    """The baseline's prediction and CAM (result.method) on the result's input; `model`: a copy of the baseline
+    (Family.slow_baseline) for the slow queue."""
+    name, own, cfg = family.baseline
+    raw, _, logits = baseline_cam(model or own, family.norms[name](result.x01), method=result.method,
+                                  postprocessing=None, with_logits=True)
+    geometry = _Geometry(result.image, result.box, family.input_size, family.cam_size)
+    return _map_result(name, cfg, logits[0].softmax(0), raw, family.class_names, GRADCAM_POSTPROCESSING, geometry)
+
+
+def explain_all(family: Family, image, mask=None, method: str = "gradcam", protocol: str = PROTOCOL,
+                slow_baseline: bool = True) -> Result:
     """Run every model of `family` on `image` once: CAM and prediction per k, and the baseline's.
 
     Args:
@@ -414,6 +444,8 @@ def explain_all(family: Family, image, mask=None, method: str = "gradcam", proto
         method: the baseline's CAM method, one of :data:`topgap.cam.METHODS`.
         protocol: the own CAMs' post-processing, a key of :data:`topgap.cam.PROTOCOLS` (PROTOCOL_NAMES says what
             each is); the baseline's map is pytorch-grad-cam's (ReLU, then min-max) under both.
+        slow_baseline: False leaves a method of SLOW_METHODS pending (``result.pending``; the app computes it in
+            its own queue with :func:`baseline_map` and :meth:`Result.with_baseline`).
     """
     if method not in METHODS:
         raise InputError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
@@ -426,16 +458,13 @@ def explain_all(family: Family, image, mask=None, method: str = "gradcam", proto
         raw, _, logits = topgap_cam(model, family.norms[name](prep.x01), postprocessing=None, with_logits=True)
         maps.append(_map_result(name, cfg, logits[0].softmax(0), raw, family.class_names, PROTOCOLS[protocol],
                                 geometry))
-    base = None
-    if family.baseline:
-        name, model, cfg = family.baseline
-        x = family.norms[name](prep.x01)
-        raw, _, logits = baseline_cam(model, x, method=method, postprocessing=None, with_logits=True)
-        base = _map_result(name, cfg, logits[0].softmax(0), raw, family.class_names, GRADCAM_POSTPROCESSING,
-                           geometry)
-    notes = list(prep.notes) + ([] if base else ["this family has no baseline model"])
-    result = Result(family.name, method, prep.image, maps, base, family.ks, family.cam_size, prep.x01, prep.box, notes,
+    notes = list(prep.notes) + ([] if family.baseline else ["this family has no baseline model"])
+    result = Result(family.name, method, prep.image, maps, None, family.ks, family.cam_size, prep.x01, prep.box, notes,
                     picture_size=prep.picture_size, protocol=protocol)
+    if family.baseline and method in SLOW_METHODS and not slow_baseline:
+        result.pending = method
+    elif family.baseline:
+        result.baseline = baseline_map(family, result)
     return result.with_mask(mask) if mask is not None else result
 
 

@@ -3,6 +3,7 @@ the only ones of the package that import it). `Explorer` holds the families, the
 builds the page and wires these methods to it. No `from __future__ import annotations` here: gr.api reads the
 typed endpoints' annotations as objects."""
 
+import dataclasses
 import functools
 import json
 import logging
@@ -22,13 +23,13 @@ from ..data.imageio import decode_image
 from .api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from .audit import collect, run_audit, write_csv
 from .card_view import CardError, render_card
-from .explain import (PROTOCOL, Family, InputError, Result, attack_view, explain_all, family_hint, k_info,
-                      mask_overlay, own_mask)
+from .explain import (PROTOCOL, Family, InputError, Result, attack_view, baseline_map, explain_all, family_hint,
+                      k_info, mask_overlay, own_mask)
 from .examples import examples_fit
 from .faith import road_curves
 from .hub import store_from_env
 from .plots import k_figure, road_figure
-from .session import USER_ERRORS, Session, Step, advance, content_key, warning
+from .session import USER_ERRORS, Session, Step, advance, apply_mask, content_key, warning
 from .swap import gallery, summary, swap_all, table
 from .views import SIZE_HINT, attack_md, bias_rows, metrics_md, road_md, size_advice, write_downloads
 from .workspace import Workspace
@@ -67,21 +68,52 @@ class Explorer:
         self._results: OrderedDict[tuple, Result] = OrderedDict()
         self._lock = threading.Lock()
 
-    def explain(self, fam: Family, image, method: str, protocol: str = PROTOCOL) -> Result:
+    def explain(self, fam: Family, image, method: str, protocol: str = PROTOCOL, slow_baseline: bool = False) -> Result:
         """explain_all, remembered for the CACHED_RESULTS latest (family, image content, method, protocol): the
-        first view and the examples are computed once for every visitor."""
+        first view and the examples are computed once for every visitor. A slow method's baseline (SLOW_METHODS)
+        is left pending unless `slow_baseline` (complete_baseline computes it in its own queue)."""
         key = (fam.name, content_key(image) if isinstance(image, (str, Path)) else None, method, protocol)
-        with self._lock:
-            if key[1] is not None and key in self._results:
-                self._results.move_to_end(key)
-                return self._results[key]
-        result = explain_all(fam, image, method=method, protocol=protocol)
-        if key[1] is not None:
-            with self._lock:
-                self._results[key] = result
-                while len(self._results) > CACHED_RESULTS:
-                    self._results.popitem(last=False)
+        result = self._cached(key)
+        if result is None:
+            result = explain_all(fam, image, method=method, protocol=protocol, slow_baseline=False)
+        if slow_baseline and result.pending:
+            result = result.with_baseline(baseline_map(fam, result))
+        self._remember(key, result)
         return result
+
+    def _cached(self, key: tuple) -> Result | None:
+        with self._lock:
+            if key[1] is None or key not in self._results:
+                return None
+            self._results.move_to_end(key)
+            return self._results[key]
+
+    def _remember(self, key: tuple, result: Result) -> None:
+        if key[1] is None:
+            return
+        with self._lock:
+            if key not in self._results or self._results[key].pending:
+                self._results[key] = result
+            while len(self._results) > CACHED_RESULTS:
+                self._results.popitem(last=False)
+
+    def complete_baseline(self, sess: Session | None, k):
+        """The baseline's map of a slow method (SLOW_METHODS), in its own queue on a copy of the baseline model: the
+        Top-GAP maps stay on screen and other visitors' events go on. Outputs: the session, the Explain views and
+        the bias table."""
+        result = sess.result if sess else None
+        if result is None or result.pending is None:
+            return (gr.skip(),) * 9
+        fam = self.store.get(result.family)
+        key = (result.family, sess.image_key, result.method, result.protocol)
+        done = self._cached(key)
+        base = done.baseline if done is not None and not done.pending else baseline_map(fam, result,
+                                                                                         fam.slow_baseline())
+        if done is not None and done.pending:
+            self._remember(key, done.with_baseline(base))
+        sess = dataclasses.replace(sess, result=result.with_baseline(base))
+        apply_mask(sess, {})
+        return (sess, *self.render(sess, k), bias_rows(sess.result))
 
     def first_example(self, fam_name: str | None, example_sets) -> tuple[str | None, str | None]:
         """The (image, mask) of the first example that suits the family, for the page's first view; (None, None)
@@ -329,7 +361,7 @@ class Explorer:
         if k not in fam.ks:
             raise user_error(f"k: k = {k} was not trained in family {fam.name!r}; choose one of {fam.ks}")
         try:
-            result = self.explain(fam, _path(image), method, protocol)
+            result = self.explain(fam, _path(image), method, protocol, slow_baseline=True)
         except USER_ERRORS as e:
             raise user_error(f"image: {e}") from None
         if mask:

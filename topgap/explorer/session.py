@@ -15,7 +15,7 @@ from ..checkpoint import CheckpointError
 from ..data.imageio import drawn_mask
 from .explain import PROTOCOL, Family, InputError, Result, explain_all
 
-__all__ = ["Session", "Step", "advance", "content_key", "USER_ERRORS", "warning"]
+__all__ = ["Session", "Step", "advance", "apply_mask", "content_key", "USER_ERRORS", "warning"]
 
 log = logging.getLogger("topgap.app")
 USER_ERRORS = (InputError, CheckpointError)
@@ -99,7 +99,8 @@ def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, dr
     return changed
 
 
-def _apply_mask(sess: Session, out: dict) -> None:
+def apply_mask(sess: Session, out: dict) -> None:
+    """The session's mask onto its result (again); a mask that cannot be used is dropped, said in out['mask']."""
     try:
         notes = [f"using the {sess.mask_source}"] if sess.mask is not None else []
         sess.result = sess.result.with_mask(sess.mask, notes=notes)
@@ -155,5 +156,5 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         sess.result = sess.result.with_protocol(protocol)
     elif not mask_changed or sess.result is None:
         return Step(sess, out, k, keep=True)
-    _apply_mask(sess, out)
+    apply_mask(sess, out)
     return Step(sess, out, k, fam, new_image=new_image)

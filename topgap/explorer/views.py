@@ -38,6 +38,10 @@ def metrics_md(result: Result, index: int, source: str | None) -> str:
     lines = ["| map | prediction | l1 | IOU | threshold | mass on object |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {m.label} ({m.probability:.1%}) | {m.l1:.3f} | {_fmt(m.iou)} | {_fmt(m.threshold)} | "
               f"{_fmt(m.mass)} |" for n, m in rows]
+    if result.pending:
+        lines.append(f"| baseline ({result.pending}) | computing… | | | | |")
+        lines.append(f"\n**{result.pending}** takes tens of seconds: it runs in its own queue, so the Top-GAP maps "
+                     "above are final and other visitors are not held up; its map and figures follow.")
     lines.append(f"\nOwn CAM: {PROTOCOL_NAMES[result.protocol]}; baseline: pytorch-grad-cam's map (ReLU, then "
                  "min-max). l1 is the mean of each map at the class-map resolution (lower: sparser).")
     if result.has_mask:
