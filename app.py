@@ -155,6 +155,8 @@ def _card_tab(ui: dict):
     ui["card_md"] = gr.Markdown(elem_id="card", elem_classes="card")
     ui["card_plots"] = gr.Gallery(label="Plots (click to enlarge)", columns=2, object_fit="contain", height="auto",
                                   format="png", elem_id="card_plots")
+    with gr.Accordion("Details: every figure, the training, the commands", open=False):
+        ui["card_details"] = gr.Markdown(elem_id="card_details", elem_classes="card")
 
 
 def _audit_tab(ui: dict):
@@ -200,7 +202,8 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
                            [ui["attack_gallery"], ui["attack_md"]], **MODEL_EVENT, **PRIVATE)
     ui["audit_btn"].click(gpu(ex.audit), [fam, ui["method"], ui["audit_files"]],
                           [ui["audit_table"], ui["audit_csv"], ui["audit_md"]], **MODEL_EVENT, **PRIVATE)
-    gr.on([demo.load, fam.change], ex.model_card, fam, [ui["card_md"], ui["card_plots"]], **PRIVATE)
+    gr.on([demo.load, fam.change], ex.model_card, fam, [ui["card_md"], ui["card_plots"], ui["card_details"]],
+          **PRIVATE)
     ui["swap_btn"].click(gpu(ex.backgrounds_view), [state, ui["photo"]],
                          [ui["swap_gallery"], ui["swap_table"], ui["swap_md"]], **MODEL_EVENT, **PRIVATE)
     fam.change(lambda f: [gr.update(visible=examples_fit(ex.store, kind, f)) for _, kind in example_sets], fam,

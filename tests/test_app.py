@@ -352,8 +352,35 @@ def test_bias_plot_marks_k_and_labels_do_not_overlap(ex, files):
 
 
 def test_model_card_rendered_from_card_json(ex):
-    text, plots = ex.model_card("fam")
-    assert "No model card yet for **fam**" in text and plots is None
+    text, plots, details = ex.model_card("fam")
+    assert "No model card yet for **fam**" in text and plots is None and details == ""
+
+
+def test_card_summary_first_no_local_paths_no_empty_columns(tmp_path):
+    """Issue 26 item 7: what reproduces and what does not first, the tables in the details; the card machine's
+    paths shown as DATA and OUT/; a column empty in every row is left out."""
+    import shutil
+
+    from appfamily import CARD
+    from topgap.explorer.card_view import card_parts
+
+    fam = tmp_path / "fam"
+    shutil.copytree(CARD, fam)
+    card = json.loads((fam / "card.json").read_text())
+    card["commands"] = ["topgap train --data ../shared/data/pets --out runs/pets/seed$S", "ls ./runs/x myruns/y"]
+    card["data"] = "Pets in ../../shared/data, research use."
+    (fam / "card.json").write_text(json.dumps(card))
+    summary, details, plots = card_parts(fam)
+    assert summary.startswith(f"## {card['title']}") and "In words" in summary and "The promise" in summary
+    assert "| metric |" not in summary and "| metric |" in details and "| ROAD |" in details  # tables: details
+    assert "white-box" not in details  # no attack ran for this card: the columns empty in every row are left out
+    assert "Pets in DATA, research use." in summary and "shared/data" not in summary + details
+    assert "topgap train --data DATA/pets --out OUT/pets/seed$S" in details and "./runs/x myruns/y" in details
+    assert len(plots) == len(card["plots"])
+    from topgap.explorer.card_view import _table
+
+    assert _table(["model", "ROAD", "k"], [["a", "–", "4"], ["b", "–", "–"]]).splitlines() == [
+        "| model | k |", "|---|---|", "| a | 4 |", "| b | – |"]  # ROAD is empty in every row: left out
 
 
 def test_eight_clients_memory_flat(server, files):

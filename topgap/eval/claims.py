@@ -218,6 +218,9 @@ def _promise(rows: list[dict], chosen: list[str], names: list[str]) -> list[str]
     return out or ["- not answered: this report has no l1 and IOU comparison of the chosen model."]
 
 
+IN_WORDS = "In words (the verdicts above, nothing else):"  # the claims block's summary starts here
+
+
 def render_claims(data: dict) -> str:
     """The claims block: the comparison table, the verdicts in words, what does not reproduce (Markdown)."""
     rows, names = comparisons(data), _models(data["models"])
@@ -235,7 +238,7 @@ def render_claims(data: dict) -> str:
            + ("; 'descriptive': no k was chosen on validation data, so no verdict." if "descriptive" in verdicts
               else ".")
            + (f" Chosen on validation data: {_choice_words(data)}." if chosen else ""), "",
-           *_table(rows, names, set(chosen)), "", "In words (the verdicts above, nothing else):", "",
+           *_table(rows, names, set(chosen)), "", IN_WORDS, "",
            *_in_words(rows, names), ""]
     controls = {n for n in names if is_control(data["models"][n])}
     missing = _not_reproduced(rows, names, chosen, controls)

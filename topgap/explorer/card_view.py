@@ -13,9 +13,12 @@ files of the family folder that exist.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-__all__ = ["render_card", "load_card", "card_figures", "CardError"]
+__all__ = ["render_card", "card_parts", "load_card", "card_figures", "CardError"]
+# paths of the machine a card was made on, as a reader should read them: the data folder and the run folders
+LOCAL_PATHS = ((re.compile(r"(\.\./)+shared/data"), "DATA"), (re.compile(r"(?<![\w/.])runs/"), "OUT/"))
 
 
 class CardError(ValueError):
@@ -33,8 +36,19 @@ def _get(d: dict | None, *path):
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table without the columns that are empty ("–") in every row (the first column always stays)."""
+    keep = [i for i in range(len(header)) if i == 0 or any(r[i] != "–" for r in rows)]
+    header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _public(text: str) -> str:
+    """`text` with the card machine's paths as placeholders (LOCAL_PATHS): DATA for the data folder, OUT/ for
+    the run folders."""
+    for pattern, name in LOCAL_PATHS:
+        text = pattern.sub(name, text)
+    return text
 
 
 def load_card(folder: str | Path) -> dict | None:
@@ -108,8 +122,16 @@ def _claims(data: dict, folder: Path) -> str:
 
 
 def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
-    """(Markdown, [(plot file, caption)]) of the family in `folder`; README.md without images when there is no
-    card.json, and a 'no card yet' line when there is neither.
+    """(Markdown, [(plot file, caption)]) of the family in `folder`: card_parts' summary and details in one."""
+    summary, details, plots = card_parts(folder)
+    return summary + ("\n\n" + details if details else ""), plots
+
+
+def card_parts(folder: str | Path) -> tuple[str, str, list[tuple[Path, str]]]:
+    """(summary, details, [(plot file, caption)]) of the family in `folder`: the summary is the title, the data and
+    what reproduces and what does not (the verdicts in words, per CAM protocol); the details hold the tables, the
+    training and the commands. The card machine's paths are shown as DATA and OUT/. A 'no card yet' line when there
+    is no card.json.
 
     Raises:
         CardError: card.json is not valid JSON or not an object.
@@ -117,29 +139,48 @@ def render_card(folder: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     folder = Path(folder)
     card = load_card(folder)
     if card is None:
-        return f"No model card yet for **{folder.name}**: run `topgap evaluate` then `topgap card` on it.", []
+        return f"No model card yet for **{folder.name}**: run `topgap evaluate` then `topgap card` on it.", "", []
     ev = card.get("evaluation") or {}
-    parts = [f"## {card.get('title') or folder.name}", "", str(card.get("data") or "")]
+    summary, details = [f"## {card.get('title') or folder.name}", "", str(card.get("data") or "")], []
     if card.get("seeds"):  # `topgap card --seeds-report`: the recipe over seeds first, then one seed's report
         from ..eval.seeds import seeds_markdown
 
         seeds = card["seeds"] if isinstance(card["seeds"], list) else [card["seeds"]]  # one dict in older cards
-        parts += ["", "### Across seeds (mean ± std)", "",
-                  *[line for s in seeds
-                    for line in (*seeds_markdown(s, differences=False), "", _claims(s, folder), "")]]
+        for s in seeds:
+            table, words = _split_claims(_claims(s, folder))
+            summary += ["", "### Across seeds", "", words]
+            details += ["", "### Across seeds (mean ± std)", "", *seeds_markdown(s, differences=False), "", table]
     if ev.get("models"):
-        parts += ["", "### Top-GAP against the baseline" + " (seed 0)" * bool(card.get("seeds")), "",
-                  _claims(ev, folder), "", *_evaluation_table(ev)]
-    training = card.get("training") or {}
-    if training:
-        parts += ["", "### Training", "", f"Hardware: {card.get('hardware') or '–'}.", "",
-                  _table(["model", "kind", "k", "backbone", "input", "epochs", "val acc.", "train s"],
-                         [[n, str(t.get("kind", "–")), str(t.get("k") if t.get("k") is not None else "–"),
-                           str(t.get("backbone", "–")), "x".join(map(str, t.get("input_size") or [])) or "–",
-                           str(t.get("epochs", "–")), _num(t.get("val_accuracy")), _num(t.get("train_seconds"), 0)]
-                          for n, t in training.items()])]
+        seed0 = " (seed 0)" * bool(card.get("seeds"))
+        table, words = _split_claims(_claims(ev, folder))
+        summary += ["", "### Top-GAP against the baseline" + seed0, "", words] if not card.get("seeds") else []
+        details += ["", "### Top-GAP against the baseline" + seed0, "", table, words if card.get("seeds") else "",
+                    *_evaluation_table(ev)]
+    details += _training(card)
     if card.get("commands"):
-        parts += ["", "### Reproduce", "", "```", *map(str, card["commands"]), "```"]
+        details += ["", "### Reproduce (DATA: the dataset's folder; OUT/: where runs go)", "", "```",
+                    *map(str, card["commands"]), "```"]
+    inside = lambda p: (folder / p).resolve().is_relative_to(folder.resolve()) and (folder / p).is_file()  # noqa: E731
     plots = [(folder / p, Path(p).stem.replace("_", " ")) for p in card.get("plots") or []
-             if isinstance(p, str) and (folder / p).resolve().is_relative_to(folder.resolve()) and (folder / p).is_file()]
-    return "\n".join(parts), plots
+             if isinstance(p, str) and inside(p)]
+    return _public("\n".join(summary)), _public("\n".join(details).strip()), plots
+
+
+def _split_claims(text: str) -> tuple[str, str]:
+    """A claims block as (its comparison table, its verdicts in words onwards)."""
+    from ..eval.claims import IN_WORDS
+
+    head, sep, words = text.partition(IN_WORDS)
+    return (head.strip(), sep + words) if sep else ("", text)
+
+
+def _training(card: dict) -> list[str]:
+    training = card.get("training") or {}
+    if not training:
+        return []
+    return ["", "### Training", "", f"Hardware: {card.get('hardware') or '–'}.", "",
+            _table(["model", "kind", "k", "backbone", "input", "epochs", "val acc.", "train s"],
+                   [[n, str(t.get("kind", "–")), str(t.get("k") if t.get("k") is not None else "–"),
+                     str(t.get("backbone", "–")), "x".join(map(str, t.get("input_size") or [])) or "–",
+                     str(t.get("epochs", "–")), _num(t.get("val_accuracy")), _num(t.get("train_seconds"), 0)]
+                    for n, t in training.items()])]

@@ -22,7 +22,7 @@ from ..cam import METHODS, PROTOCOLS
 from ..data.imageio import decode_image
 from .api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from .audit import collect, run_audit, write_csv
-from .card_view import CardError, render_card
+from .card_view import CardError, card_parts
 from .explain import (PROTOCOL, Family, InputError, Result, attack_view, baseline_map, explain_all, family_hint,
                       k_info, mask_overlay, own_mask)
 from .examples import examples_fit
@@ -295,14 +295,15 @@ class Explorer:
                 pd.DataFrame(rows, columns=headers), summary(variants))
 
     def model_card(self, fam_name):
-        """The family's card rendered from card.json, and its plots (whole, not cropped)."""
+        """The family's card from card.json: its summary (what reproduces, what does not), its plots (whole, not
+        cropped) and the details (tables, training, commands)."""
         if not fam_name:
-            return "No model family found; see the README for training one.", None
+            return "No model family found; see the README for training one.", None, ""
         try:
-            text, plots = render_card(self.store.folder(fam_name))  # a Hub family: its downloaded folder
+            summary, details, plots = card_parts(self.store.folder(fam_name))  # a Hub family: its download
         except (CardError, InputError) as e:
-            return f"⚠️ {e}", None
-        return text, [(np.asarray(Image.open(p).convert("RGB")), cap) for p, cap in plots] or None
+            return f"⚠️ {e}", None, ""
+        return summary, [(np.asarray(Image.open(p).convert("RGB")), cap) for p, cap in plots] or None, details
 
     def audit(self, fam_name, method, files, progress=gr.Progress()):
         """Table, CSV and summary of a batch audit: every uploaded image through every k and the baseline."""
