@@ -28,7 +28,7 @@ from pathlib import Path
 import gradio as gr
 
 from topgap.cam import METHODS
-from topgap.explorer.audit import COLUMNS, IMAGE_SUFFIXES
+from topgap.explorer.audit import IMAGE_SUFFIXES
 from topgap.explorer.blocks import CSS, ExplorerBlocks, lenient, mcp_enabled
 from topgap.explorer.examples import ExampleSet, bundled_examples, dataset_examples, env_examples, examples_fit, \
     hub_examples
@@ -67,8 +67,9 @@ def _explain_tab(ui: dict, example_sets, ex: Explorer, first: tuple):
             for examples, kind in example_sets:  # shown when they suit the family (examples_fit)
                 with gr.Column(visible=examples_fit(ex.store, kind, ex.default), min_width=300,
                                elem_classes="examples") as col:
-                    gr.Examples(examples.rows, [ui["image"], ui["mask"]], label=examples.label,
-                                cache_examples=False, examples_per_page=8)
+                    gr.Examples(examples.rows, [ui["image"], ui["mask"]], label=examples.label,  # mask: loaded, not
+                                cache_examples=False, examples_per_page=8, visible_columns=[0])  # shown
+
                 ui["example_cols"].append(col)
         with gr.Column(min_width=300, scale=2, elem_id="maps_col"):
             with gr.Row(equal_height=True):
@@ -114,8 +115,8 @@ def _bias_tab(ui: dict):
     ui["size_md"] = gr.Markdown(elem_id="size_advice")
     ui["bias_plot"] = gr.Plot(label="This image's figures against k (k/(h*w)); grey: the selected k, dotted: the "
                               "object's area", elem_id="bias_plot")
-    ui["bias_table"] = gr.Dataframe(headers=["model", "k", "k/(h*w)", "prediction", "prob", "IOU", "l1", "mass"],
-                                    interactive=False, label="All k and the baseline on this image")
+    gr.Markdown("**All k and the baseline on this image**")
+    ui["bias_table"] = gr.Markdown(elem_id="bias_table", elem_classes="fit")
     ui["faith_btn"] = gr.Button("Measure faithfulness (ROAD) on this image", elem_id="faith_btn")
     ui["faith_plot"] = gr.Plot(label="ROAD per share of pixels removed", elem_id="faith_plot")
     ui["faith_md"] = gr.Markdown(elem_id="faith_md")
@@ -147,8 +148,8 @@ def _backgrounds_tab(ui: dict, n_models: int):
     ui["swap_md"] = gr.Markdown(elem_id="swap_md")
     ui["swap_gallery"] = gr.Gallery(label="Each row: the variant, then every model's map on it", format="png",
                                     columns=n_models + 1, object_fit="contain", height="auto", elem_id="swap_gallery")
-    ui["swap_table"] = gr.Dataframe(interactive=False, label="Label and probability per variant and model",
-                                    elem_id="swap_table")
+    gr.Markdown("**Label and probability per variant and model**")
+    ui["swap_table"] = gr.Markdown(elem_id="swap_table", elem_classes="fit")
 
 
 def _card_tab(ui: dict):
@@ -167,8 +168,8 @@ def _audit_tab(ui: dict):
         ui["audit_csv"] = gr.File(label="CSV", interactive=False, elem_id="audit_csv")
     ui["audit_btn"] = gr.Button("Audit these images", variant="primary", elem_id="audit_btn")
     ui["audit_md"] = gr.Markdown(elem_id="audit_msg")
-    ui["audit_table"] = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="audit_table",
-                                     label="Per image and model (the figures /explain returns)")
+    gr.Markdown("**Per image and model** (the figures /explain returns; every column is in the CSV)")
+    ui["audit_table"] = gr.Markdown(elem_id="audit_table", elem_classes="fit")
 
 
 def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):

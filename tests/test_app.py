@@ -342,7 +342,13 @@ def test_bad_image_keeps_the_results_and_says_so(ex, files):
 
 def test_bias_plot_marks_k_and_labels_do_not_overlap(ex, files):
     sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
-    _, fig = ex.bias_view(sess, KS[1])
+    table, fig = ex.bias_view(sess, KS[1])
+    lines = table.splitlines()
+    assert lines[0] == "| model | k | k/(h*w) | prediction | prob | IOU | l1 | mass |" and len(lines) == 2 + len(KS) + 1
+    chosen = sess.result.topgap[1]
+    assert lines[3].startswith(f"| k{KS[1]} | {KS[1]} | {KS[1] / 256:.3f} | {chosen.label} | ")
+    assert f"| {chosen.iou:.3f} | {chosen.l1:.3f} | {chosen.mass:.3f} |" in lines[3]
+    assert lines[-1].startswith("| baseline (gradcam) | – | – |")
     ax = fig.axes[0]
     assert any(line.get_label() == f"selected k = {KS[1]}" for line in ax.get_lines())
     fig.canvas.draw()
@@ -377,9 +383,9 @@ def test_card_summary_first_no_local_paths_no_empty_columns(tmp_path):
     assert "Pets in DATA, research use." in summary and "shared/data" not in summary + details
     assert "topgap train --data DATA/pets --out OUT/pets/seed$S" in details and "./runs/x myruns/y" in details
     assert len(plots) == len(card["plots"])
-    from topgap.explorer.card_view import _table
+    from topgap.explorer.card_view import markdown_table
 
-    assert _table(["model", "ROAD", "k"], [["a", "–", "4"], ["b", "–", "–"]]).splitlines() == [
+    assert markdown_table(["model", "ROAD", "k"], [["a", "–", "4"], ["b", "–", "–"]]).splitlines() == [
         "| model | k |", "|---|---|", "| a | 4 |", "| b | – |"]  # ROAD is empty in every row: left out
 
 
@@ -545,9 +551,12 @@ def test_audit_handler_table_csv_progress_and_refusals(ex, files, tmp_path):
             self.seen = (len(items), desc, unit)
             return items
     progress = Progress()
-    rows, csv_path, text = ex.audit("fam", "gradcam", [str(tmp_path / "batch.zip")], progress)
+    table, csv_path, text = ex.audit("fam", "gradcam", [str(tmp_path / "batch.zip")], progress)
     assert progress.seen == (2, "Auditing", "image")
-    assert len(rows) == 2 * (len(KS) + 1) and {r[1] for r in rows} == {"masks/a.png", None}
+    lines = table.splitlines()  # Markdown: the headline figures, every column in the CSV
+    assert lines[0] == "| image | mask | model | label | prob | l1 | IOU | mass |"
+    rows = [line.split(" | ") for line in lines[2:]]
+    assert len(rows) == 2 * (len(KS) + 1) and {r[1] for r in rows} == {"yes", "–"}
     assert text.startswith("2 images (1 with a mask) through 3 Top-GAP models and the baseline of **fam**: 8 rows.")
     assert "../evil.png: a name outside the zip's folder, ignored" in text
     assert Path(csv_path).is_relative_to(ex.work.downloads)
@@ -572,7 +581,9 @@ def test_backgrounds_view_every_model_on_every_variant(ex, files):
     pictures, frame, text = ex.backgrounds_view(sess, str(files / "wide.png"))  # a second photo: 60x20
     variants = ["original", "on brick", "on grass", "on gravel", "on your photo", "on grey", "no_fg", "only_bg_t"]
     models = [f"k{k}" for k in KS] + ["baseline (gradcam)"]
-    assert frame.columns.tolist() == ["variant"] + models and frame["variant"].tolist() == variants
+    lines = frame.splitlines()  # a Markdown table: it wraps on a phone, where a Dataframe scrolled (issue 26)
+    assert lines[0] == "| " + " | ".join(["variant"] + models) + " |"
+    assert [row.split(" | ")[0].lstrip("| ") for row in lines[2:]] == variants
     assert pictures["columns"] == 1 + len(models) and len(pictures["value"]) == len(variants) * (1 + len(models))
     path, cap = pictures["value"][4 * 5]  # the row of the second photo: its input first, black (the photo) around
     shown, (obj, _) = np.asarray(Image.open(path)), sess.result.mask  # at the shown size (the image enlarged 6x)

@@ -18,14 +18,15 @@ log = logging.getLogger("topgap.app")
 
 CSS = """
 #metrics table, .card table {display: block; overflow-x: auto; max-width: 100%}
-#metrics td, #metrics th, .card td, .card th {white-space: nowrap}
+#metrics td, #metrics th, .card td, .card th, .fit td, .fit th {white-space: nowrap}
 .msg p {color: #b45309; margin: 0}
 @media (max-width: 640px) {
   .gradio-container {padding: 4px !important}
   #metrics table, .card table {font-size: 12px}
   /* the metrics fit 390 px: cells wrap between words (never inside one) instead of scrolling */
-  #metrics table {display: table; width: 100%}
-  #metrics td, #metrics th {white-space: normal; word-break: normal; overflow-wrap: normal; padding: 3px !important}
+  #metrics table, .fit table, .card table {display: table; width: 100%; font-size: 11px}
+  #metrics td, #metrics th, .fit td, .fit th, .card td, .card th {white-space: normal; word-break: normal;
+    overflow-wrap: normal; padding: 2px !important}
   /* the phone's first screens: image, then both maps and their figures, then the examples */
   #left_col {display: contents !important}
   #explain_row > * {flex: 1 1 100% !important; min-width: 100% !important}

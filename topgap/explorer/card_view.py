@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["render_card", "card_parts", "load_card", "card_figures", "CardError"]
+__all__ = ["render_card", "card_parts", "load_card", "card_figures", "markdown_table", "CardError"]
 # paths of the machine a card was made on, as a reader should read them: the data folder and the run folders
 LOCAL_PATHS = ((re.compile(r"(\.\./)+shared/data"), "DATA"), (re.compile(r"(?<![\w/.])runs/"), "OUT/"))
 
@@ -35,7 +35,7 @@ def _get(d: dict | None, *path):
     return d
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table without the columns that are empty ("–") in every row (the first column always stays)."""
     keep = [i for i in range(len(header)) if i == 0 or any(r[i] != "–" for r in rows)]
     header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
@@ -101,7 +101,7 @@ def _evaluation_table(ev: dict) -> list[str]:
         _get(m, "collapsed", "flag"))
     return [f"### Evaluation on {ev.get('dataset', '?')} / {ev.get('split', '?')} ({ev.get('n_images', '?')} images"
             + (f", eps = {eps * 255:.0f}/255" if eps else "") + f", {how})", "",
-            _table(["model", "k", "accuracy", *(f"{s} acc." for s in shifts), *(h for _, h in maps), "ROAD",
+            markdown_table(["model", "k", "accuracy", *(f"{s} acc." for s in shifts), *(h for _, h in maps), "ROAD",
                     "white-box", "black-box"],
                    [[n + flag(m), str(m.get("k") if m.get("k") is not None else "–"),
                      _num(_get(m, "clean", "accuracy")), *(_num(_get(m, "shifts", s, "accuracy")) for s in shifts),
@@ -179,7 +179,7 @@ def _training(card: dict) -> list[str]:
     if not training:
         return []
     return ["", "### Training", "", f"Hardware: {card.get('hardware') or '–'}.", "",
-            _table(["model", "kind", "k", "backbone", "input", "epochs", "val acc.", "train s"],
+            markdown_table(["model", "kind", "k", "backbone", "input", "epochs", "val acc.", "train s"],
                    [[n, str(t.get("kind", "–")), str(t.get("k") if t.get("k") is not None else "–"),
                      str(t.get("backbone", "–")), "x".join(map(str, t.get("input_size") or [])) or "–",
                      str(t.get("epochs", "–")), _num(t.get("val_accuracy")), _num(t.get("train_seconds"), 0)]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import pandas as pd
 from gradio.data_classes import FileData
 from PIL import Image
 
@@ -22,7 +21,7 @@ from ..cam import METHODS, PROTOCOLS
 from ..data.imageio import decode_image
 from .api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from .audit import collect, run_audit, write_csv
-from .card_view import CardError, card_parts
+from .card_view import CardError, card_parts, markdown_table
 from .explain import (PROTOCOL, Family, InputError, Result, attack_view, baseline_map, explain_all, family_hint,
                       k_info, mask_overlay, own_mask)
 from .examples import examples_fit
@@ -31,7 +30,7 @@ from .hub import store_from_env
 from .plots import k_figure, road_figure
 from .session import USER_ERRORS, Session, Step, advance, apply_mask, content_key, warning
 from .swap import gallery, summary, swap_all, table
-from .views import SIZE_HINT, attack_md, bias_rows, metrics_md, road_md, size_advice, write_downloads
+from .views import SIZE_HINT, attack_md, audit_md, bias_md, metrics_md, road_md, size_advice, write_downloads
 from .workspace import Workspace
 
 __all__ = ["Explorer", "user_error", "PREFERRED", "FIRST_IMAGE"]
@@ -113,7 +112,7 @@ class Explorer:
             self._remember(key, done.with_baseline(base))
         sess = dataclasses.replace(sess, result=result.with_baseline(base))
         apply_mask(sess, {})
-        return (sess, *self.render(sess, k), bias_rows(sess.result))
+        return (sess, *self.render(sess, k), bias_md(sess.result))
 
     def first_example(self, fam_name: str | None, example_sets) -> tuple[str | None, str | None]:
         """The (image, mask) of the first example that suits the family, for the page's first view; (None, None)
@@ -190,7 +189,7 @@ class Explorer:
         k = step.family.nearest_k(step.k) if step.family is not None else step.k
         views = (skip,) * 7 if step.keep else self.render(sess, k)
         # the plot follows in size_view (chained after this event), with the object's size marked when known
-        bias = (skip, skip) if step.keep else (bias_rows(result) if result is not None else None, skip)
+        bias = (skip, skip) if step.keep else (bias_md(result) if result is not None else "", skip)
         if step.new_image and not step.keep:
             editor = {"background": result.image, "layers": [], "composite": result.image} if result else None
         else:
@@ -222,7 +221,7 @@ class Explorer:
     def bias_view(self, sess: Session | None, k=None):
         """Table and plot across all k and the baseline, the selected k marked."""
         result = sess.result if sess else None
-        return (None, None) if result is None else (bias_rows(result), k_figure(result, k))
+        return ("", None) if result is None else (bias_md(result), k_figure(result, k))
 
     def size_view(self, sess: Session | None, k, typed):
         """The size-prior assistant: the object's area in class-map cells, the nearest trained k, the curves."""
@@ -292,7 +291,7 @@ class Explorer:
         headers, rows = table(variants)
         self.work.bound()
         return (gr.update(value=[(self.work.png(a), c) for a, c in gallery(variants)], columns=len(headers)),
-                pd.DataFrame(rows, columns=headers), summary(variants))
+                markdown_table(headers, rows), summary(variants))
 
     def model_card(self, fam_name):
         """The family's card from card.json: its summary (what reproduces, what does not), its plots (whole, not
@@ -306,7 +305,8 @@ class Explorer:
         return summary, [(np.asarray(Image.open(p).convert("RGB")), cap) for p, cap in plots] or None, details
 
     def audit(self, fam_name, method, files, progress=gr.Progress()):
-        """Table, CSV and summary of a batch audit: every uploaded image through every k and the baseline."""
+        """Table (the headline figures), CSV (every column) and summary of a batch audit: every uploaded image
+        through every k and the baseline."""
         if not files:
             return gr.skip(), gr.skip(), "⚠️ Upload a zip of images or several image files first (masks optional)."
         try:
@@ -321,7 +321,7 @@ class Explorer:
         masked = sum(item.mask is not None for item in items)
         text = (f"{len(items)} images ({masked} with a mask) through {len(fam.ks)} Top-GAP models"
                 f"{' and the baseline' if fam.baseline else ''} of **{fam.name}**: {len(rows)} rows.")
-        return rows, str(csv_path), text + ("\n\n**Notes:** " + "; ".join(notes) + "." if notes else "")
+        return audit_md(rows), str(csv_path), text + ("\n\n**Notes:** " + "; ".join(notes) + "." if notes else "")
 
     # ---- the typed API (gr.api) ----
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .audit import BOUNDS
+from .audit import BOUNDS, COLUMNS
+from .card_view import markdown_table
 from .explain import PROTOCOL_NAMES, InputError, MapResult, Result
 from .session import Session, warning
 from .sizeprior import SizeAdvice, advise, mask_fraction, parse_fraction, picture_share
 
-__all__ = ["METHOD_INFO", "SIZE_HINT", "AUDIT_HELP", "metrics_md", "bias_rows", "size_advice", "road_md",
-           "attack_md", "write_downloads"]
+__all__ = ["METHOD_INFO", "SIZE_HINT", "AUDIT_HELP", "metrics_md", "bias_rows", "bias_md", "audit_md", "size_advice",
+           "road_md", "attack_md", "write_downloads"]
 
 # the layer feeds global average pooling, so its gradient is constant over the map and their weightings agree
 METHOD_INFO = "gradcam, hirescam and xgradcam give the same map here (the layer feeds GAP); scorecam is slow."
@@ -63,6 +64,28 @@ def bias_rows(result: Result) -> list[list]:
         b = result.baseline
         rows.append([f"{b.name} ({result.method})", None, None, b.label, round(b.probability, 3), b.iou, b.l1, b.mass])
     return [[round(v, 3) if isinstance(v, float) else v for v in row] for row in rows]
+
+
+BIAS_HEADERS = ["model", "k", "k/(h*w)", "prediction", "prob", "IOU", "l1", "mass"]
+
+
+def bias_md(result: Result) -> str:
+    """bias_rows as a Markdown table (it wraps between words on a phone instead of scrolling)."""
+    cell = lambda v: "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return markdown_table(BIAS_HEADERS, [[cell(v) for v in row] for row in bias_rows(result)])
+
+
+AUDIT_SHOWN = ["image", "mask", "model", "label", "probability", "l1", "iou", "mass"]  # the CSV has every column
+
+
+def audit_md(rows: list[list]) -> str:
+    """The audit's headline figures per image and model as a Markdown table (it fits a phone; every column of
+    COLUMNS is in the CSV). The mask column says whether the image had one."""
+    index = [COLUMNS.index(c) for c in AUDIT_SHOWN]
+    cell = lambda v: "–" if v is None or v == "" else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    body = [[cell(r[i]) if c != "mask" else ("yes" if r[i] else "–") for c, i in zip(AUDIT_SHOWN, index)]
+            for r in rows]
+    return markdown_table(["image", "mask", "model", "label", "prob", "l1", "IOU", "mass"], body)
 
 
 def size_advice(sess: Session, typed) -> tuple[SizeAdvice | None, str]:
