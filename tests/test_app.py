@@ -310,6 +310,19 @@ def test_a_slow_method_keeps_the_topgap_maps_and_completes_in_its_own_step(ex, f
     assert again.result.pending is None  # the cache holds the completed result
 
 
+def test_a_mask_of_another_aspect_ratio_is_refused_on_the_page_as_by_explain(ex, files):
+    """Issue 26 item 5 (masks): the page stretched it (IOU 0.502 at threshold 0.000, one note at the end) where
+    /explain refuses it; now both refuse it with the same words. One of the same aspect ratio is resized."""
+    sess = _image_session(ex, files)[0]
+    out = ex.update("fam", str(files / "image.png"), str(files / "wide.png"), None, "gradcam", KS[1], sess)
+    assert out[4] == ("⚠️ The mask could not be used: the mask is 60x20 (aspect ratio 3.00) but the image's aspect "
+                      "ratio is 1.33; send this image's mask (same size, or scaled with the same aspect ratio). IOU "
+                      "and mass are cleared until a valid mask is given.")
+    assert not out[0].result.has_mask and out[0].mask is None and out[5] is None
+    half = ex.update("fam", str(files / "image.png"), str(files / "half_mask.png"), None, "gradcam", KS[1], out[0])
+    assert half[0].result.has_mask and "mask resized from 32x24 to 64x48" in half[10]
+
+
 def test_mask_kept_for_its_image_cleared_for_a_new_one(ex, files, tmp_path):
     sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
     assert sess.result.has_mask and sess.mask_source == "uploaded mask"

@@ -72,6 +72,7 @@ def files(tmp_path_factory):
     Image.fromarray(trimap).save(d / "trimap.png")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n definitely not a png")
     Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(d / "tiny.png")
+    Image.fromarray(np.full((20, 60), 255, np.uint8)).save(d / "wide_mask.png")  # another aspect ratio
     return d
 
 
@@ -154,6 +155,10 @@ def test_mask_belongs_to_its_image(page, files):
 def test_errors_next_to_their_input_once_and_outputs_kept(page, files):
     upload(page, "image", files / "a.png")
     expect(page.locator("#topgap_cam img")).to_be_visible(timeout=LONG)
+    upload(page, "mask_upload", files / "mask.png")
+    expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
+    upload(page, "mask_upload", files / "wide_mask.png")  # another image's mask: refused, as /explain does
+    expect(page.locator("#mask_msg")).to_contain_text("the mask is 60x20 (aspect ratio 3.00)", timeout=LONG)
     upload(page, "mask_upload", files / "mask.png")
     expect(page.locator("#metrics")).to_contain_text("uploaded mask", timeout=LONG)
     upload(page, "mask_upload", files / "broken.png")  # a bad mask: said by the mask, the old IOU goes

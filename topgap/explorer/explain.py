@@ -293,10 +293,13 @@ class Result:
         maps = [_postprocessed(m, PROTOCOLS[protocol], geometry) for m in self.topgap]
         return dataclasses.replace(self, topgap=maps, protocol=protocol).with_mask(None)
 
-    def with_mask(self, mask=None, ignore: np.ndarray | None = None, notes: list[str] | None = None) -> "Result":
+    def with_mask(self, mask=None, ignore: np.ndarray | None = None, notes: list[str] | None = None,
+                  same_aspect: bool = False) -> "Result":
         """A copy with IOU, threshold and mass computed against a mask (an upload, or a bool array).
 
-        mask None clears them. An empty or all-object mask gives no metrics and a note saying why.
+        mask None clears them. An empty or all-object mask gives no metrics and a note saying why. same_aspect:
+        refuse an upload whose aspect ratio is not the picture's (InputError), as /explain does, instead of
+        stretching it.
         """
         cleared = dict(iou=None, threshold=None, mass=None, pxap=None)
         maps = [dataclasses.replace(m, **cleared) for m in self.topgap]
@@ -309,6 +312,8 @@ class Result:
             obj, ign, more = mask, (ignore if ignore is not None else np.zeros_like(mask)), []
         else:
             obj, ign, more = decode_mask(mask)
+            if same_aspect:
+                check_aspect(obj.shape, self.picture_size or self.image.shape[:2])
         shown, fit_notes = self.image.shape[:2], []
         if obj.shape != shown:  # a drawing is made on the shown image; an upload is compared with the upload's size
             obj, ign, fit_notes = fit_mask(obj, ign, self.picture_size or shown)  # its notes name that size
@@ -355,11 +360,16 @@ def own_mask(mask, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     """(object, ignore) of a mask sent with its image by a program (/explain, the batch audit), refused when its
     aspect ratio is not the image's (a mask of another image); the same aspect ratio at another size is resized."""
     obj, ign, _ = decode_mask(mask)
-    (mh, mw), (h, w) = obj.shape, image_shape
+    check_aspect(obj.shape, image_shape)
+    return obj, ign
+
+
+def check_aspect(mask_shape: tuple[int, int], image_shape: tuple[int, int]) -> None:
+    """Refuse a mask whose aspect ratio is not the image's (by more than 2%): a mask of another image."""
+    (mh, mw), (h, w) = mask_shape, image_shape
     if abs(mw / mh - w / h) > 0.02 * (w / h):
         raise InputError(f"the mask is {mw}x{mh} (aspect ratio {mw / mh:.2f}) but the image's aspect ratio is "
                          f"{w / h:.2f}; send this image's mask (same size, or scaled with the same aspect ratio)")
-    return obj, ign
 
 
 def mask_overlay(image: np.ndarray, obj: np.ndarray, ignore: np.ndarray) -> np.ndarray:

@@ -103,7 +103,7 @@ def apply_mask(sess: Session, out: dict) -> None:
     """The session's mask onto its result (again); a mask that cannot be used is dropped, said in out['mask']."""
     try:
         notes = [f"using the {sess.mask_source}"] if sess.mask is not None else []
-        sess.result = sess.result.with_mask(sess.mask, notes=notes)
+        sess.result = sess.result.with_mask(sess.mask, notes=notes, same_aspect=sess.mask_source == "uploaded mask")
     except USER_ERRORS as e:
         log.info("user error (mask): %s", e)
         out["mask"] = f"⚠️ The mask could not be used: {e}. IOU and mass are cleared until a valid mask is given."
