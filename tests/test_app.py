@@ -323,6 +323,24 @@ def test_a_mask_of_another_aspect_ratio_is_refused_on_the_page_as_by_explain(ex,
     assert half[0].result.has_mask and "mask resized from 32x24 to 64x48" in half[10]
 
 
+def test_an_upload_that_replaces_the_drawing_clears_its_strokes(ex, files):
+    """Issue 26 item 5: drawn strokes stayed on screen after an upload replaced them as the mask in use."""
+    image, mask = str(files / "image.png"), str(files / "mask.png")
+    sess = _image_session(ex, files)[0]
+    h, w = sess.result.image.shape[:2]
+    layer = np.zeros((h, w, 4), np.uint8)
+    layer[10:40, 10:40, 3] = 255
+    drawn = {"background": sess.result.image, "layers": [layer], "composite": sess.result.image}
+    out = ex.update("fam", image, None, drawn, "gradcam", KS[1], sess)
+    assert out[0].mask_source == "drawn mask" and out[-1] == gr.skip()  # the editor keeps the strokes it has
+    out = ex.update("fam", image, mask, drawn, "gradcam", KS[1], out[0])  # an upload while the strokes are there
+    assert out[0].mask_source == "uploaded mask" and out[0].drawn_key is None
+    assert out[-1]["layers"] == [] and out[-1]["background"] is out[0].result.image  # the strokes are cleared
+    cleared = {"background": out[0].result.image, "layers": [], "composite": out[0].result.image}
+    after = ex.update("fam", image, mask, cleared, "gradcam", KS[1], out[0])  # the editor's change event
+    assert after[0].mask_source == "uploaded mask" and after[0].result.has_mask
+
+
 def test_mask_kept_for_its_image_cleared_for_a_new_one(ex, files, tmp_path):
     sess = _image_session(ex, files, mask=str(files / "mask.png"))[0]
     assert sess.result.has_mask and sess.mask_source == "uploaded mask"

@@ -190,7 +190,7 @@ class Explorer:
         views = (skip,) * 7 if step.keep else self.render(sess, k)
         # the plot follows in size_view (chained after this event), with the object's size marked when known
         bias = (skip, skip) if step.keep else (bias_md(result) if result is not None else "", skip)
-        if step.new_image and not step.keep:
+        if (step.new_image or step.clear_drawing) and not step.keep:
             editor = {"background": result.image, "layers": [], "composite": result.image} if result else None
         else:
             editor = skip

@@ -49,13 +49,15 @@ class Session:
 class Step:
     """An event's outcome: the new session, the k to show, the family loaded for it (its k control is refreshed),
     the messages next to family, image and mask (None: the page keeps what it shows), whether the shown results
-    stay (keep) and whether the image is new (the drawing editor gets it as background)."""
+    stay (keep), whether the image is new (the drawing editor gets it as background) and whether the drawing was
+    replaced by an upload (its strokes are cleared, so the page shows only the mask in use)."""
     sess: Session
     messages: dict[str, str | None]
     k: int | None
     family: Family | None = None
     keep: bool = False
     new_image: bool = False
+    clear_drawing: bool = False  # an upload replaced the drawing as the mask in use: the editor drops its strokes
 
 
 def content_key(value) -> str | None:
@@ -85,6 +87,9 @@ def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, dr
     if upload_key != sess.upload_key:
         sess.upload_key, changed = upload_key, True
         if upload_key is not None:
+            if sess.mask_source == "drawn mask":  # the upload replaces the drawing: its strokes go
+                sess.drawn_key = drawn_key = None
+                out["clear_drawing"] = True
             sess.mask, sess.mask_source = mask_upload, "uploaded mask"
             out["mask"] = ""
         elif sess.mask_source == "uploaded mask":
@@ -157,4 +162,4 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
     elif not mask_changed or sess.result is None:
         return Step(sess, out, k, keep=True)
     apply_mask(sess, out)
-    return Step(sess, out, k, fam, new_image=new_image)
+    return Step(sess, out, k, fam, new_image=new_image, clear_drawing=out.pop("clear_drawing", False))
