@@ -310,6 +310,23 @@ def test_a_slow_method_keeps_the_topgap_maps_and_completes_in_its_own_step(ex, f
     assert again.result.pending is None  # the cache holds the completed result
 
 
+def test_a_slow_baseline_does_not_land_on_a_page_that_moved_on(ex, files, tmp_path):
+    """The slow step answers after the visitor may have shown another image: it must not put the old image's
+    session and maps back (the map is cached for when they come back)."""
+    from types import SimpleNamespace
+
+    visitor = SimpleNamespace(session_hash="visitor-1")
+    other = tmp_path / "other.png"
+    Image.fromarray((np.random.default_rng(5).random((48, 64, 3)) * 255).astype(np.uint8)).save(other)
+    slow = ex.update("fam", str(other), None, None, "scorecam", KS[1], None, "relu", visitor)[0]
+    assert slow.result.pending == "scorecam"
+    ex.update("fam", str(files / "image.png"), None, None, "scorecam", KS[1], slow, "relu", visitor)  # moved on
+    assert ex.complete_baseline(slow, KS[1], visitor) == (gr.skip(),) * 9
+    back = ex.update("fam", str(other), None, None, "scorecam", KS[1], None, "relu", visitor)[0]
+    assert back.result.pending is None and back.result.baseline is not None  # cached by the skipped step
+    assert ex.complete_baseline(slow, KS[1], None)[0].result.baseline is not None  # without a request: no check
+
+
 def test_a_mask_of_another_aspect_ratio_is_refused_on_the_page_as_by_explain(ex, files):
     """Issue 26 item 5 (masks): the page stretched it (IOU 0.502 at threshold 0.000, one note at the end) where
     /explain refuses it; now both refuse it with the same words. One of the same aspect ratio is resized."""

@@ -41,9 +41,9 @@ __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all"
            "perturb", "PGD_RULE", "PGD_RULE_NAMES", "PGD_STEPS", "PGD_HELP", "PROTOCOL", "PROTOCOL_NAMES"]
 
 DISPLAY_MAX = 512
-# baseline methods that take tens of seconds on 2 cores (ScoreCAM: one forward pass per channel batch; AblationCAM:
-# one per ablated channel; GradCAM takes well under a second): the page computes them in their own queue
-SLOW_METHODS = ("scorecam", "ablationcam")
+# baseline methods of METHODS that take tens of seconds on 2 cores (ScoreCAM: one forward pass per batch of masked
+# inputs, one per channel of the layer; GradCAM takes well under a second): the page computes them in their own queue
+SLOW_METHODS = ("scorecam",)
 _COPY_LOCK = threading.Lock()
 MIN_SIDE = 16  # a smaller picture holds too little to explain (a 1x1 image would get a confident label)
 DISPLAY_MIN = 384  # smaller pictures are enlarged (nearest neighbour) for display; the model input is unchanged
@@ -87,6 +87,7 @@ class Family:
         if not self.topgap:
             raise CheckpointError(f"{self.folder} holds no Top-GAP model with a k; train one with topgap train --k ...")
         self.baseline = base[0] if base else None
+        self._slow_copy: nn.Module | None = None  # the baseline's copy for the slow queue (slow_baseline)
         first = self.topgap[0][2]
         for n, _, c in self.topgap + base:
             if c.class_names != first.class_names or c.input_size != first.input_size:
@@ -114,7 +115,7 @@ class Family:
         """A copy of the baseline model for the slow methods' own queue (SLOW_METHODS): pytorch-grad-cam hooks the
         modules it explains, so two queues never share one model. Made on first use."""
         with _COPY_LOCK:
-            if getattr(self, "_slow_copy", None) is None:
+            if self._slow_copy is None:
                 self._slow_copy = copy.deepcopy(self.baseline[1]).eval()
             return self._slow_copy
 

@@ -39,7 +39,10 @@ log = logging.getLogger("topgap.app")
 # the default family: TOPGAP_DEFAULT_FAMILY, else the first of these present. The synthetic benchmark first: its
 # examples are in-distribution (the shortcut test), and no offline photo of the pets family's three breeds exists
 PREFERRED = ["synthetic-shapes", "oxford-pet-lite0", "synth"]
-CACHED_RESULTS = 16  # results kept per (family, image, method, protocol): examples and the first view answer at once
+# results kept per (family, image, method, protocol), so that the first view and the examples answer at once; one pets
+# result is about 5 MB (a 451x300 photo, 4 models: maps, overlays, raw maps), so 8 hold about 40-80 MB
+CACHED_RESULTS = 8
+SESSIONS_TRACKED = 256  # the latest state signature of this many visitors (a slow baseline must not land on another)
 FIRST_IMAGE = "Upload an image (or pick an example) on the Explain tab first"
 
 
@@ -65,6 +68,7 @@ class Explorer:
         self.default = next((f for f in preferred if f in self.families), self.families[0] if self.families else None)
         self.work = workspace or Workspace()
         self._results: OrderedDict[tuple, Result] = OrderedDict()
+        self._latest: OrderedDict[str, tuple] = OrderedDict()  # session hash -> what its page shows (_signature)
         self._lock = threading.Lock()
 
     def explain(self, fam: Family, image, method: str, protocol: str = PROTOCOL, slow_baseline: bool = False) -> Result:
@@ -96,10 +100,30 @@ class Explorer:
             while len(self._results) > CACHED_RESULTS:
                 self._results.popitem(last=False)
 
-    def complete_baseline(self, sess: Session | None, k):
+    @staticmethod
+    def _signature(sess: Session) -> tuple:
+        """What a page shows, in short: image, family, method, protocol and masks."""
+        protocol = sess.result.protocol if sess.result else None
+        return sess.image_key, sess.family, sess.method, protocol, sess.upload_key, sess.drawn_key
+
+    def _track(self, request: gr.Request | None, sess: Session) -> None:
+        if request is not None and getattr(request, "session_hash", None):
+            with self._lock:
+                self._latest[request.session_hash] = self._signature(sess)
+                self._latest.move_to_end(request.session_hash)
+                while len(self._latest) > SESSIONS_TRACKED:
+                    self._latest.popitem(last=False)
+
+    def _stale(self, request: gr.Request | None, sess: Session) -> bool:
+        """Whether the visitor's page moved on (another image, mask, family, method or protocol) since `sess`."""
+        hash_ = getattr(request, "session_hash", None) if request is not None else None
+        with self._lock:
+            return hash_ in self._latest and self._latest[hash_] != self._signature(sess)
+
+    def complete_baseline(self, sess: Session | None, k, request: gr.Request = None):
         """The baseline's map of a slow method (SLOW_METHODS), in its own queue on a copy of the baseline model: the
         Top-GAP maps stay on screen and other visitors' events go on. Outputs: the session, the Explain views and
-        the bias table."""
+        the bias table; nothing when the visitor's page has moved on meanwhile (the map is cached for it)."""
         result = sess.result if sess else None
         if result is None or result.pending is None:
             return (gr.skip(),) * 9
@@ -110,6 +134,8 @@ class Explorer:
                                                                                          fam.slow_baseline())
         if done is not None and done.pending:
             self._remember(key, done.with_baseline(base))
+        if self._stale(request, sess):
+            return (gr.skip(),) * 9
         sess = dataclasses.replace(sess, result=result.with_baseline(base))
         apply_mask(sess, {})
         return (sess, *self.render(sess, k), bias_md(sess.result))
@@ -179,10 +205,13 @@ class Explorer:
         return (own, chosen.top, theirs, base.top if base else None, metrics_md(result, index, sess.mask_source),
                 family_hint(result, index, names, self._about(result.family)), (own, theirs) if theirs else None)
 
-    def update(self, fam_name, image, mask_upload, drawn, method, k, sess: Session | None, protocol=PROTOCOL):
+    def update(self, fam_name, image, mask_upload, drawn, method, k, sess: Session | None, protocol=PROTOCOL,
+               request: gr.Request = None):
         """New image, mask, drawing, family, method or protocol (session.advance); outputs in app.py's order."""
-        return self._outputs(advance(sess, fam_name, image, mask_upload, drawn, method, k, self.load_family,
-                                     explain=self.explain, protocol=protocol or PROTOCOL))
+        step = advance(sess, fam_name, image, mask_upload, drawn, method, k, self.load_family, explain=self.explain,
+                       protocol=protocol or PROTOCOL)
+        self._track(request, step.sess)
+        return self._outputs(step)
 
     def _outputs(self, step: Step):
         skip, sess, result = gr.skip(), step.sess, step.sess.result
@@ -337,7 +366,7 @@ class Explorer:
                 the same size as the image or scaled with its aspect ratio; adds IOU, threshold and mass per model.
             family: the model family's name as /families lists it; default: the app's default family.
             k: a trained k of the family (how many class-map cells Top-GAP pools); default: the middle trained k.
-            method: the baseline's CAM method: gradcam, gradcam++, scorecam, ablationcam, eigencam, layercam, ...
+            method: the baseline's CAM method: gradcam, gradcam++, hirescam, layercam, xgradcam, eigencam, scorecam.
             maps: also return each model's CAM ("map": min-max scaled, at the class-map resolution cam_size, 4
                 decimals).
             protocol: the own CAM's post-processing: "relu" (ReLU, then min-max: what GradCAM's map gets; the

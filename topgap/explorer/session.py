@@ -4,8 +4,10 @@ arrives together with the image, as an example's does); a family or method chang
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,11 +63,18 @@ class Step:
 
 
 def content_key(value) -> str | None:
-    """Content fingerprint of a file path or array (None for None)."""
+    """Content fingerprint of a file path or array (None for None); a file is read once per (path, mtime, size)."""
     if value is None:
         return None
-    data = value.tobytes() if isinstance(value, np.ndarray) else Path(value).read_bytes()
-    return hashlib.sha1(data).hexdigest()
+    if isinstance(value, np.ndarray):
+        return hashlib.sha1(value.tobytes()).hexdigest()
+    st = os.stat(value)
+    return _file_key(str(value), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_key(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def _try_family(load: Callable[[str | None], Family], name: str | None, out: dict) -> Family | None:
@@ -77,9 +86,10 @@ def _try_family(load: Callable[[str | None], Family], name: str | None, out: dic
         return None
 
 
-def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, drawn_key) -> bool:
-    """The upload and drawing of this event into the session; True when the mask in use may have changed."""
-    changed = False
+def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, drawn_key) -> tuple[bool, bool]:
+    """The upload and drawing of this event into the session: (the mask in use may have changed, an upload replaced
+    the drawing)."""
+    changed = replaced = False
     # the previous image's mask reads as no input while this image is shown: events queued before the page emptied
     # the box arrive in any order (even after one with it empty); that very file given again belongs to the other image
     upload_key = None if upload_key == sess.stale_upload else upload_key
@@ -89,7 +99,7 @@ def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, dr
         if upload_key is not None:
             if sess.mask_source == "drawn mask":  # the upload replaces the drawing: its strokes go
                 sess.drawn_key = drawn_key = None
-                out["clear_drawing"] = True
+                replaced = True
             sess.mask, sess.mask_source = mask_upload, "uploaded mask"
             out["mask"] = ""
         elif sess.mask_source == "uploaded mask":
@@ -101,7 +111,7 @@ def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, dr
             out["mask"] = ""
         elif sess.mask_source == "drawn mask":  # the drawing was cleared: fall back to the upload, if any
             sess.mask, sess.mask_source = (mask_upload, "uploaded mask") if upload_key else (None, None)
-    return changed
+    return changed, replaced
 
 
 def apply_mask(sess: Session, out: dict) -> None:
@@ -141,7 +151,8 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         sess.stale_upload, sess.stale_drawn = sess.upload_key, sess.drawn_key
         sess.mask = sess.mask_source = None
         sess.drawn_key = None  # the editor gets the new image as background and no strokes
-    mask_changed = _take_masks(sess, out, mask_upload, drawn_arr, content_key(mask_upload), content_key(drawn_arr))
+    mask_changed, replaced = _take_masks(sess, out, mask_upload, drawn_arr, content_key(mask_upload),
+                                         content_key(drawn_arr))
     mask_changed |= new_image
     fam = None
     if new_image or fam_name != sess.family or method != sess.method:
@@ -162,4 +173,4 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
     elif not mask_changed or sess.result is None:
         return Step(sess, out, k, keep=True)
     apply_mask(sess, out)
-    return Step(sess, out, k, fam, new_image=new_image, clear_drawing=out.pop("clear_drawing", False))
+    return Step(sess, out, k, fam, new_image=new_image, clear_drawing=replaced)
