@@ -212,7 +212,9 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     demo.load(ex.preload, fam, ui["family_msg"], **MODEL_EVENT, **PRIVATE)
     if ui["image"].value:  # the first view: the default family's first example, computed at start (warm_up), cached
         demo.load(gpu(ex.update), update_inputs, update_outputs, **MODEL_EVENT, **PRIVATE).then(**size_args)
-    gr.api(gpu(ex.api_explain), api_name="explain", **MODEL_EVENT)
+    # its own queue, so that a ScoreCAM request (its slow part on a copy of the baseline) never holds up a fast one;
+    # the calls take turns on the models with the page's events (Explorer._models)
+    gr.api(gpu(ex.api_explain), api_name="explain", concurrency_id="explain", concurrency_limit=4)
     gr.api(ex.api_families, api_name="families", concurrency_limit=None)
 
 

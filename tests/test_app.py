@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import urllib.request
 import zipfile
@@ -308,6 +309,35 @@ def test_a_slow_method_keeps_the_topgap_maps_and_completes_in_its_own_step(ex, f
     assert ex.complete_baseline(done[0], KS[1]) == (gr.skip(),) * 9  # nothing pending
     again = ex.update("fam", str(files / "image.png"), mask, None, "scorecam", KS[1], sess)[0]
     assert again.result.pending is None  # the cache holds the completed result
+
+
+def test_another_clients_explain_is_answered_while_a_scorecam_request_runs(app_module, files):
+    """Issue 26 item 5, an ordering check: client A's /explain with ScoreCAM is held inside its slow part (the
+    baseline's copy); client B's /explain with GradCAM is answered meanwhile, and A's after it is let go."""
+    ex = app_module.explorer_from_env()
+    demo = app_module.build_demo(ex)
+    entered, release = threading.Event(), threading.Event()
+    slow_map = ex.slow_map
+
+    def held(fam, result):
+        entered.set()
+        assert release.wait(120), "never released"
+        return slow_map(fam, result)
+    ex.slow_map = held
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        first = Client(demo.local_url, verbose=False).submit(handle_file(files / "image.png"), method="scorecam",
+                                                             api_name="/explain")
+        assert entered.wait(120), "the ScoreCAM request never reached its slow part"
+        other = Client(demo.local_url, verbose=False).submit(handle_file(files / "image.png"), method="gradcam",
+                                                             api_name="/explain")
+        answer = other.result(timeout=60)  # while the ScoreCAM request is still held
+        assert answer["models"]["baseline"]["label"] and not first.done()
+        release.set()
+        assert first.result(timeout=120)["models"]["baseline"]["label"]
+    finally:
+        release.set()
+        demo.close()
 
 
 def test_a_slow_baseline_does_not_land_on_a_page_that_moved_on(ex, files, tmp_path):
@@ -617,6 +647,8 @@ def test_audit_handler_table_csv_progress_and_refusals(ex, files, tmp_path):
     assert ex.audit("nope", "gradcam", [str(tmp_path / "batch.zip")], progress)[2].startswith(
         "⚠️ Audit refused: unknown model family 'nope'; available: fam")
     assert ex.audit("fam", "gradcam", None, progress)[2].startswith("⚠️ Upload a zip")
+    assert ex.audit("fam", "scorecam", [str(tmp_path / "batch.zip")], progress)[2].startswith(
+        "⚠️ The audit runs the fast CAM methods only: scorecam takes tens of seconds per image")
 
 
 def test_backgrounds_view_every_model_on_every_variant(ex, files):

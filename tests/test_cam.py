@@ -1,4 +1,6 @@
+import copy
 import gc
+import threading
 import tracemalloc
 
 import pytest
@@ -6,7 +8,7 @@ import torch
 from torch.testing import assert_close
 
 from topgap import METHODS, baseline_cam, create_baseline, topgap_cam
-from topgap.cam import cam_size, postprocess
+from topgap.cam import _hooks_of, cam_size, postprocess
 from topgap.model import minmax_scale
 from topgap.modes import eval_mode
 
@@ -71,6 +73,23 @@ def test_scorecam_leaves_no_progress_bar_in_the_log(baseline, capfd):
     saved = score_cam.tqdm
     baseline_cam(baseline, torch.randn(1, 3, 32, 32), targets=0, method="scorecam")
     assert "it/s" not in capfd.readouterr().err and score_cam.tqdm is saved  # and the library is as it was
+
+
+def test_a_cam_waits_only_for_cams_on_the_same_model(baseline):
+    """pytorch-grad-cam hooks the model it explains: calls on one model take turns, and a call on another model (the
+    app's slow queue explains a copy) does not wait for them (an ordering check)."""
+    other, x = copy.deepcopy(baseline), torch.randn(1, 3, 32, 32)
+    with _hooks_of(other):  # as a ScoreCAM running on the copy holds it
+        free = threading.Thread(target=baseline_cam, args=(baseline, x))
+        free.start()
+        free.join(60)
+        assert not free.is_alive()  # answered while the copy is busy
+        same = threading.Thread(target=baseline_cam, args=(other, x))
+        same.start()
+        same.join(0.5)
+        assert same.is_alive()  # waits for the copy
+    same.join(60)
+    assert not same.is_alive()
 
 
 def test_gradcam_on_a_topgap_model(tiny_net):

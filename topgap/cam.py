@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -43,7 +44,9 @@ GRADCAM_POSTPROCESSING = "relu-minmax"  # pytorch-grad-cam's standard output, un
 # pytorch-grad-cam class of each method; imported on first use (it pulls in torchvision: seconds at start-up)
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM",
            "xgradcam": "XGradCAM", "eigencam": "EigenCAM", "scorecam": "ScoreCAM"}
-_HOOKS = threading.Lock()  # pytorch-grad-cam hooks modules that threads may share: one call at a time
+_HOOKS_GUARD = threading.Lock()
+_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its lock (_hooks_of)
+_QUIET = {"calls": 0, "saved": None}  # ScoreCAM's progress bar: how many calls have it off (_no_progress_bar)
 
 
 class FeatureTap(nn.Module):
@@ -162,20 +165,33 @@ def _backward_stops_at(layer: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
+def _hooks_of(module: nn.Module) -> threading.Lock:
+    """pytorch-grad-cam hooks the module it explains, and threads may share one: one call at a time per module.
+    Calls on different modules (the app's slow queue explains a copy of the baseline) run side by side."""
+    with _HOOKS_GUARD:
+        return _HOOKS.setdefault(module, threading.Lock())
+
+
 @contextmanager
 def _no_progress_bar() -> Iterator[None]:
-    """ScoreCAM draws a tqdm bar per call (one line per batch of masks, ~80 in a server log): off while a CAM runs.
-    Called under :data:`_HOOKS`, so one call at a time swaps the module's name and puts it back."""
+    """ScoreCAM draws a tqdm bar per call (one line per batch of masks, ~80 in a server log): off while any CAM
+    runs; the library's own bar is put back when the last concurrent call ends."""
     import types
 
     import pytorch_grad_cam.score_cam as score_cam
 
-    saved = score_cam.tqdm
-    score_cam.tqdm = types.SimpleNamespace(tqdm=functools.partial(saved.tqdm, disable=True))
+    with _HOOKS_GUARD:
+        if _QUIET["calls"] == 0:
+            _QUIET["saved"] = score_cam.tqdm
+            score_cam.tqdm = types.SimpleNamespace(tqdm=functools.partial(score_cam.tqdm.tqdm, disable=True))
+        _QUIET["calls"] += 1
     try:
         yield
     finally:
-        score_cam.tqdm = saved
+        with _HOOKS_GUARD:
+            _QUIET["calls"] -= 1
+            if _QUIET["calls"] == 0:
+                score_cam.tqdm = _QUIET["saved"]
 
 
 @functools.cache
@@ -225,7 +241,7 @@ def baseline_cam(model: nn.Module, x: torch.Tensor, targets=None, method: str = 
     runner, default_layer = _target_layer(model)
     layer = layer or default_layer
     t = None if targets is None else _check_targets(targets, len(x), model.num_classes, x.device)
-    with _HOOKS, _no_progress_bar(), eval_mode(runner), torch.enable_grad(), _backward_stops_at(layer), \
+    with _hooks_of(model), _no_progress_bar(), eval_mode(runner), torch.enable_grad(), _backward_stops_at(layer), \
             _raw(method)(model=runner, target_layers=[layer]) as cam:
         chosen = None if t is None else [ClassifierOutputTarget(int(c)) for c in t]  # None: predicted class
         raw = torch.from_numpy(np.asarray(cam(input_tensor=x, targets=chosen), dtype=np.float32)).to(x.device)

@@ -22,8 +22,8 @@ from ..data.imageio import decode_image
 from .api import ExplainReport, FamiliesReport, explain_payload, families_payload
 from .audit import collect, run_audit, write_csv
 from .card_view import CardError, card_parts, markdown_table
-from .explain import (PROTOCOL, Family, InputError, Result, attack_view, baseline_map, explain_all, family_hint,
-                      k_info, mask_overlay, own_mask)
+from .explain import (PROTOCOL, SLOW_METHODS, Family, InputError, Result, attack_view, baseline_map, explain_all,
+                      family_hint, k_info, mask_overlay, own_mask)
 from .examples import examples_fit
 from .faith import road_curves
 from .hub import store_from_env
@@ -52,6 +52,16 @@ def user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def _holding_models(method):
+    """Run the handler `method` holding the explorer's models: the page's model events share one queue, but /explain
+    has its own (a slow method there must not hold up others), so they take turns here instead."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._models:
+            return method(self, *args, **kwargs)
+    return run
+
+
 def _path(file) -> str | None:
     """A file argument of a typed endpoint as a path (gradio hands over a path or a FileData dict)."""
     return file.get("path") if isinstance(file, dict) else file
@@ -70,6 +80,8 @@ class Explorer:
         self._results: OrderedDict[tuple, Result] = OrderedDict()
         self._latest: OrderedDict[str, tuple] = OrderedDict()  # session hash -> what its page shows (_signature)
         self._lock = threading.Lock()
+        # one at a time on the families' models; a slow method's baseline works on a copy, one at a time (slow_map)
+        self._models, self._slow = threading.RLock(), threading.Lock()
 
     def explain(self, fam: Family, image, method: str, protocol: str = PROTOCOL, slow_baseline: bool = False) -> Result:
         """explain_all, remembered for the CACHED_RESULTS latest (family, image content, method, protocol): the
@@ -78,11 +90,18 @@ class Explorer:
         key = (fam.name, content_key(image) if isinstance(image, (str, Path)) else None, method, protocol)
         result = self._cached(key)
         if result is None:
-            result = explain_all(fam, image, method=method, protocol=protocol, slow_baseline=False)
+            with self._models:
+                result = explain_all(fam, image, method=method, protocol=protocol, slow_baseline=False)
         if slow_baseline and result.pending:
-            result = result.with_baseline(baseline_map(fam, result))
+            result = result.with_baseline(self.slow_map(fam, result))
         self._remember(key, result)
         return result
+
+    def slow_map(self, fam: Family, result: Result):
+        """The baseline's map of a slow method (result.pending) on the family's copy of the baseline
+        (Family.slow_baseline): it never holds the models, so the other events and API calls go on meanwhile."""
+        with self._slow:
+            return baseline_map(fam, result, fam.slow_baseline())
 
     def _cached(self, key: tuple) -> Result | None:
         with self._lock:
@@ -130,8 +149,7 @@ class Explorer:
         fam = self.store.get(result.family)
         key = (result.family, sess.image_key, result.method, result.protocol)
         done = self._cached(key)
-        base = done.baseline if done is not None and not done.pending else baseline_map(fam, result,
-                                                                                         fam.slow_baseline())
+        base = done.baseline if done is not None and not done.pending else self.slow_map(fam, result)
         if done is not None and done.pending:
             self._remember(key, done.with_baseline(base))
         if self._stale(request, sess):
@@ -266,6 +284,7 @@ class Explorer:
         advice, _ = size_advice(sess, typed)
         return advice.k if advice else gr.skip()
 
+    @_holding_models
     def faithfulness_view(self, sess: Session | None, k):
         """ROAD per percentile for every k and the baseline on this image (the evaluation's road_scores), as a plot
         and a table; the selected k drawn bold."""
@@ -280,6 +299,7 @@ class Explorer:
 
     # ---- Attack, Backgrounds, Card, Audit ----
 
+    @_holding_models
     def robustness(self, fam_name, sess, k, kind, eps255, rule):
         """FGSM / PGD (with the chosen step rule) on this image against Top-GAP at the chosen k and the baseline."""
         if sess is None or sess.result is None:
@@ -302,6 +322,7 @@ class Explorer:
         """The CC0 textures of assets/textures (see assets/LICENSES.md), decoded once."""
         return {p.stem: decode_image(p)[0] for p in sorted((self.assets / "textures").glob("*.jpg"))}
 
+    @_holding_models
     def backgrounds_view(self, sess: Session | None, photo):
         """The explained image's object on other backgrounds (swap.swap_all): a gallery of every model's map on
         each variant, a table of labels, and a summary per model."""
@@ -333,11 +354,16 @@ class Explorer:
             return f"⚠️ {e}", None, ""
         return summary, [(np.asarray(Image.open(p).convert("RGB")), cap) for p, cap in plots] or None, details
 
+    @_holding_models
     def audit(self, fam_name, method, files, progress=gr.Progress()):
         """Table (the headline figures), CSV (every column) and summary of a batch audit: every uploaded image
         through every k and the baseline."""
         if not files:
             return gr.skip(), gr.skip(), "⚠️ Upload a zip of images or several image files first (masks optional)."
+        if method in SLOW_METHODS:  # tens of seconds per image, holding the models: the Explain tab does one image
+            return gr.skip(), gr.skip(), (f"⚠️ The audit runs the fast CAM methods only: {method} takes tens of "
+                                          "seconds per image here. Choose another baseline method above (the Explain "
+                                          f"tab computes {method} for one image).")
         try:
             fam = self.load_family(fam_name)
             items, notes = collect([_path(f) for f in files])
