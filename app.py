@@ -133,7 +133,7 @@ def _attack_tab(ui: dict):
         ui["attack_btn"] = gr.Button("Attack this image", variant="primary")
     ui["attack_gallery"] = gr.Gallery(label="Before / after", columns=2, format="png", object_fit="contain",
                                       height="auto", elem_id="attack_gallery")
-    ui["attack_md"] = gr.Markdown(elem_id="attack_md")
+    ui["attack_md"] = gr.Markdown(elem_id="attack_md", elem_classes="fit")
 
 
 def _backgrounds_tab(ui: dict, n_models: int):
@@ -145,7 +145,7 @@ def _backgrounds_tab(ui: dict, n_models: int):
         ui["photo"] = lenient(gr.Image(type="filepath", image_mode=None, format="png", height=200,
                                        label="Optional: a second photo as background", elem_id="bg_photo"))
         ui["swap_btn"] = gr.Button("Swap the background", variant="primary", elem_id="swap_btn")
-    ui["swap_md"] = gr.Markdown(elem_id="swap_md")
+    ui["swap_md"] = gr.Markdown(elem_id="swap_md", elem_classes="fit")
     ui["swap_gallery"] = gr.Gallery(label="Each row: the variant, then every model's map on it", format="png",
                                     columns=n_models + 1, object_fit="contain", height="auto", elem_id="swap_gallery")
     gr.Markdown("**Label and probability per variant and model**")
@@ -252,12 +252,13 @@ def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None, hu
         ui["mask"] = lenient(gr.Image(first[1], type="filepath", image_mode=None, elem_id="mask_upload",
                                       format="png", render=False, height=260,
                                       label="Upload a mask (0/255, 0/1, palette, trimap)"))
-        for title, builder in (("Explain", lambda: _explain_tab(ui, example_sets, ex, first)),
-                               ("Bias", lambda: _bias_tab(ui)), ("Attack", lambda: _attack_tab(ui)),
-                               ("Backgrounds", lambda: _backgrounds_tab(ui, len(ks0) + 1)),
-                               ("Card", lambda: _card_tab(ui)), ("Audit", lambda: _audit_tab(ui))):
-            with gr.Tab(title):
-                builder()
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in sight (no "..." menu)
+            for title, builder in (("Explain", lambda: _explain_tab(ui, example_sets, ex, first)),
+                                   ("Bias", lambda: _bias_tab(ui)), ("Attack", lambda: _attack_tab(ui)),
+                                   ("Backgrounds", lambda: _backgrounds_tab(ui, len(ks0) + 1)),
+                                   ("Card", lambda: _card_tab(ui)), ("Audit", lambda: _audit_tab(ui))):
+                with gr.Tab(title):
+                    builder()
         _wire(demo, ui, ex, example_sets)
     demo.queue(max_size=64, default_concurrency_limit=1)
     demo.explorer = ex  # the handlers behind this page (tests call them directly)

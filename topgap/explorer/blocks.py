@@ -20,6 +20,10 @@ CSS = """
 #metrics table, .card table {display: block; overflow-x: auto; max-width: 100%}
 #metrics td, #metrics th, .card td, .card th, .fit td, .fit th {white-space: nowrap}
 .msg p {color: #b45309; margin: 0}
+/* galleries grow with their rows (gradio caps an "auto" height at 55vh and scrolls inside) and show whole captions */
+#attack_gallery .grid-wrap, #swap_gallery .grid-wrap, #card_plots .grid-wrap {max-height: none !important;
+  overflow-y: visible !important}
+#attack_gallery .caption-label, #swap_gallery .caption-label {white-space: normal; max-width: 94%}
 @media (max-width: 640px) {
   .gradio-container {padding: 4px !important}
   #metrics table, .card table {font-size: 12px}
@@ -33,6 +37,12 @@ CSS = """
   #image, #image_msg {order: 1}
   #maps_col {order: 2}
   #explain_row .examples {order: 3}
+  /* every column of a gallery on screen (gradio's columns are at least 100 px wide: 5 of them are cut off) */
+  #attack_gallery .grid-container, #swap_gallery .grid-container {
+    grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; gap: 4px !important}
+  #swap_gallery .caption-label {font-size: 9px; padding: 1px 2px !important; max-width: 100%}
+  /* the six tabs in one line of 390 px where they fit (they wrap otherwise) */
+  .tab-container > button[role=tab] {padding: 0 8px !important}
 }
 """
 
