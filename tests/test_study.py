@@ -41,6 +41,8 @@ def test_summarise_averages_the_folds_and_names_what_flags_a_cell():
     assert s["flag"] is None and s["mean"]["accuracy"] == pytest.approx(0.9) and s["mean"]["l1_paper"] == pytest.approx(0.2)
     assert s["std"]["accuracy"] == pytest.approx((2 / 3 * 0.01) ** 0.5)  # population std over the 3 folds
     assert summarise(cell, [0, 1, 2], {0: record(0, 0.8, 0.3)})["flag"] == "folds [1, 2] not run"
+    pilot = summarise(cell, [0], {0: record(0, 0.8, 0.3), 1: record(1, 0.9, 0.1), 2: record(2, 1.0, 0.2)})
+    assert pilot["measured"] == [0] and pilot["mean"]["accuracy"] == pytest.approx(0.8)  # a later stage's folds: not this one's
     bad = summarise(cell, [0, 1, 2], {0: record(0, 0.3, 0.3, flag="collapsed (one class)")})
     assert bad["flag"] == "fold 0: collapsed (one class)" and bad["collapsed"]
 

@@ -105,7 +105,7 @@ def summarise(cell: dict, folds: list[int], measured: dict[int, dict]) -> dict[s
     flag = "; ".join(bad) or (f"folds {missing} not run" if missing else None)
     stats = over_runs([{m: r["metrics"].get(m) for m in METRICS} for r in runs]) if runs else {}
     return {**{k: cell[k] for k in ("name", "arm", "optimizer", "lr", "lam", "schedule")}, "folds": folds,
-            "measured": sorted(measured), "flag": flag, "collapsed": bool(bad),
+            "measured": [f for f in folds if f in measured], "flag": flag, "collapsed": bool(bad),
             "mean": {m: s["mean"] for m, s in stats.items()}, "std": {m: s["std"] for m, s in stats.items()}}
 
 
