@@ -42,7 +42,7 @@ def test_summarise_averages_the_folds_and_names_what_flags_a_cell():
     assert s["std"]["accuracy"] == pytest.approx((2 / 3 * 0.01) ** 0.5)  # population std over the 3 folds
     assert summarise(cell, [0, 1, 2], {0: record(0, 0.8, 0.3)})["flag"] == "folds [1, 2] not run"
     pilot = summarise(cell, [0], {0: record(0, 0.8, 0.3), 1: record(1, 0.9, 0.1), 2: record(2, 1.0, 0.2)})
-    assert pilot["measured"] == [0] and pilot["mean"]["accuracy"] == pytest.approx(0.8)  # a later stage's folds: not this one's
+    assert pilot["measured"] == [0] and pilot["mean"]["accuracy"] == pytest.approx(0.8)  # later stages' folds: not its
     bad = summarise(cell, [0, 1, 2], {0: record(0, 0.3, 0.3, flag="collapsed (one class)")})
     assert bad["flag"] == "fold 0: collapsed (one class)" and bad["collapsed"]
 
@@ -126,7 +126,7 @@ def test_fold_zero_runs_first_and_a_cell_flagged_there_goes_no_further(tmp_path,
 
 
 def test_the_chosen_family_trains_with_commands_the_cli_reads_back(tmp_path, monkeypatch, capsys):
-    grid = load_grid(write_grid(tmp_path / "g.json"))
+    write_grid(tmp_path / "g.json")
 
     def fake(grid, cell, fold, runs, records):
         (records / cell["name"]).mkdir(parents=True, exist_ok=True)
