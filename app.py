@@ -181,7 +181,7 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
                      **PRIVATE)
     update_inputs = [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]]
     update_outputs = [state, ui["k"], ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views,
-                      ui["bias_table"], ui["bias_plot"], ui["draw"]]
+                      ui["bias_table"], ui["bias_plot"], ui["image"], ui["draw"]]
     slow_args = dict(fn=gpu(ex.complete_baseline), inputs=[state, k], outputs=[state, *views, ui["bias_table"]],
                      concurrency_id="slow", concurrency_limit=1, show_progress_on=[ui["base_img"]],
                      show_progress="minimal", **PRIVATE)  # its own queue: the others are not held up
@@ -192,8 +192,7 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     changed.then(**slow_args)
     gr.on([ui["size"].submit, ui["size"].blur], **size_args)
     ui["size_btn"].click(ex.use_advised_k, [state, ui["size"]], ui["k"], **PRIVATE)
-    # a new upload makes the mask box empty in the page itself: an output to the mask box would make gradio rebuild
-    # the component per session without lenient()'s preprocess
+    # a new upload empties the mask box in the page itself, at once
     ui["image"].upload(None, None, ui["mask"], js="() => null", queue=False, **PRIVATE)
     k.change(ex.switch_k, [state, k], [ui["k"], *views], **PRIVATE).then(**size_args)
     ui["faith_btn"].click(gpu(ex.faithfulness_view), [state, k], [ui["faith_plot"], ui["faith_md"]], **MODEL_EVENT,

@@ -416,6 +416,12 @@ def test_bad_image_keeps_the_results_and_says_so(ex, files):
     out = ex.update("fam", str(files / "broken.png"), None, None, "gradcam", KS[1], sess)
     assert "Still showing the previous image's results" in out[3]
     assert out[0].result is sess.result and out[6] == gr.skip()  # the shown CAM is not replaced
+    assert out[-2] == str(files / "image.png")  # the box shows the image of the results again, not the refused one
+    again = ex.update("fam", str(files / "broken.png"), None, None, "gradcam", KS[1], out[0])
+    assert again[3] == gr.skip() and again[0].result is sess.result  # a queued twin event: said once, nothing new
+    assert again[-2] == str(files / "image.png")
+    fresh = ex.update("fam", str(files / "broken.png"), None, None, "gradcam", KS[1], None)
+    assert fresh[0].result is None and fresh[-2] is None  # nothing was shown: the box is emptied
 
 
 def test_bias_plot_marks_k_and_labels_do_not_overlap(ex, files):
@@ -718,3 +724,22 @@ def test_app_starts_without_the_hub_examples_when_offline(tmp_path, monkeypatch)
     with served_app(tmp_path / "models", workdir=tmp_path) as (_, url):
         assert urllib.request.urlopen(url, timeout=10).status == 200
     assert (tmp_path / "app.log").read_text().count("Hub examples off: someone/pets@abc123 could not be read") == 1
+
+
+def test_lenient_image_survives_gradio_rebuilding_it(tmp_path):
+    """An unreadable upload reaches the handler as its path, also after an event updated the component (gradio then
+    rebuilds it from its constructor arguments: that lost an instance-level wrapper and every output showed
+    "Error"); other images keep gradio's error."""
+    from gradio.data_classes import FileData
+
+    from topgap.explorer.blocks import lenient
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    payload = FileData(path=str(broken))
+    image = lenient(gr.Image(type="filepath", image_mode=None, elem_classes=["x"], render=False))
+    rebuilt = gr.Image(**{**image.constructor_args, "render": False})  # what an update (gr.skip()) makes
+    assert image.preprocess(payload) == rebuilt.preprocess(payload) == str(broken)
+    assert rebuilt.elem_classes == ["x", "topgap-lenient"]
+    with pytest.raises(Exception, match="(?i)truncat|cannot identify|broken"):
+        gr.Image(type="filepath", image_mode=None, render=False).preprocess(payload)

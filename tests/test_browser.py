@@ -30,7 +30,7 @@ def url(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     make_family(models, "fam", card=True)
     make_family(models, "fam2", ks=KS2)
-    with served_app(models) as (_, address):
+    with served_app(models, workdir=tmp_path_factory.mktemp("app")) as (_, address):  # its log: app/app.log
         yield address
 
 
@@ -171,6 +171,9 @@ def test_errors_next_to_their_input_once_and_outputs_kept(page, files):
     expect(page.locator("#topgap_cam img")).to_be_visible()
     upload(page, "image", files / "tiny.png", explained=False)  # 1x1: refused, not "explained" (issue 26)
     expect(page.locator("#image_msg")).to_contain_text("The image is 1x1 px, too small to explain", timeout=LONG)
+    # the box shows the image whose results are on screen (96x96 a.png), not the refused 1x1 picture (issue 26 item 9)
+    page.wait_for_function("() => { const i = document.querySelector('#image img'); return i && i.complete && "
+                           "i.naturalWidth === 96 && i.naturalHeight === 96; }", timeout=LONG)
     no_error_badges(page)
 
 

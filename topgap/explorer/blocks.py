@@ -67,21 +67,34 @@ class ExplorerBlocks(gr.Blocks):
         super().validate_inputs(block_fn, inputs)
 
 
+LENIENT = "topgap-lenient"  # the CSS class that marks an image input as lenient
+
+
+def _lenient_preprocess(strict):
+    def preprocess(self, payload):
+        try:
+            return strict(self, payload)
+        except Exception:  # noqa: BLE001  (any decoding failure; the handler decodes the file again and says why)
+            if LENIENT not in (self.elem_classes or []):
+                raise
+            return getattr(payload, "path", None)
+
+    preprocess.lenient = True
+    return preprocess
+
+
 def lenient(component: gr.Image) -> gr.Image:
     """Let a file Gradio cannot open through as its path, so the handler reports it next to its input (once,
     in words) instead of failing the whole event (every output an "Error" badge, one toast per event).
 
-    Wraps the instance's preprocess (a gr.Image subclass would make gradio write an app.pyi stub).
+    An event that updates a component (gr.skip() too) makes gradio rebuild it for the session from its constructor
+    arguments, so the mark is a CSS class kept there, read by gr.Image.preprocess (wrapped once; other images keep
+    gradio's behaviour). A gr.Image subclass would make gradio write an app.pyi stub.
     """
-    preprocess = component.preprocess
-
-    def safe(payload):
-        try:
-            return preprocess(payload)
-        except Exception:  # noqa: BLE001  (any decoding failure; the handler decodes the file again and says why)
-            return getattr(payload, "path", None)
-
-    component.preprocess = safe
+    if not getattr(gr.Image.preprocess, "lenient", False):
+        gr.Image.preprocess = _lenient_preprocess(gr.Image.preprocess)
+    classes = [*(component.elem_classes or []), LENIENT]
+    component.elem_classes = component.constructor_args["elem_classes"] = classes
     return component
 
 

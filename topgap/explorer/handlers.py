@@ -246,7 +246,9 @@ class Explorer:
         k_control = (gr.update(choices=list(step.family.ks), value=k, info=k_info(k, step.family.cam_size))
                      if step.family is not None else skip)
         msgs = [skip if step.messages[n] is None else step.messages[n] for n in ("family", "image", "mask")]
-        return (sess, k_control, *msgs, mask_view, *views, *bias, editor)
+        shown = sess.image_path if sess.image_path and os.path.isfile(sess.image_path) else None
+        image = shown if step.restore_image else skip  # a refused picture does not stay in the box
+        return (sess, k_control, *msgs, mask_view, *views, *bias, image, editor)
 
     def switch_k(self, sess: Session | None, k):
         """k changed: pick the stored result for that k (no model runs)."""

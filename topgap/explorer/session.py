@@ -44,6 +44,8 @@ class Session:
     family: str | None = None
     method: str | None = None
     result: Result | None = None
+    image_path: str | None = None  # the file of the shown result's image: the box gets it back after a refusal
+    refused_key: str | None = None  # the image refused last: its other queued events find nothing new
     k_by_family: dict[str, int] = dataclasses.field(default_factory=dict)  # the k last shown in each family
 
 
@@ -60,6 +62,7 @@ class Step:
     keep: bool = False
     new_image: bool = False
     clear_drawing: bool = False  # an upload replaced the drawing as the mask in use: the editor drops its strokes
+    restore_image: bool = False  # an image was refused: the box shows the result's image again (or none)
 
 
 def content_key(value) -> str | None:
@@ -144,6 +147,8 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         return Step(Session(family=fam_name, method=method, k_by_family=sess.k_by_family), out, k, fam,
                     new_image=True)
     image_key, drawn_arr = content_key(image), drawn_mask(drawn)
+    if image_key is not None and image_key == old.refused_key:  # the refused file again (given again, or an event queued before the box got
+        return Step(sess, out, k, keep=True, restore_image=True)  # the old image back): said already, nothing new
     new_image = image_key != sess.image_key
     if new_image:
         if sess.mask is not None:
@@ -164,9 +169,11 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         except USER_ERRORS as e:
             log.info("user error (image): %s", e)
             out["image"] = warning(e) + (" Still showing the previous image's results." if old.result else "")
-            # the shown image, mask and results stay; reported once (a second trigger of it finds nothing new)
-            return Step(dataclasses.replace(old, image_key=image_key), {**out, "mask": None}, k, keep=True)
+            # the shown results stay and the box gets their image back; reported once (refused_key)
+            return Step(dataclasses.replace(old, refused_key=image_key), {**out, "mask": None}, k, keep=True,
+                        restore_image=True)
         sess.image_key, sess.family, sess.method, sess.result = image_key, fam_name, method, result
+        sess.image_path, sess.refused_key = str(image), None
         out["image"] = out["family"] = ""
     elif sess.result is not None and sess.result.protocol != protocol:
         sess.result = sess.result.with_protocol(protocol)
