@@ -147,8 +147,8 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         return Step(Session(family=fam_name, method=method, k_by_family=sess.k_by_family), out, k, fam,
                     new_image=True)
     image_key, drawn_arr = content_key(image), drawn_mask(drawn)
-    if image_key is not None and image_key == old.refused_key:  # the refused file again (given again, or an event queued before the box got
-        return Step(sess, out, k, keep=True, restore_image=True)  # the old image back): said already, nothing new
+    if image_key is not None and image_key == old.refused_key:  # the refused file again (given again, or an event
+        return Step(sess, out, k, keep=True, restore_image=True)  # queued before the box got the old image back)
     new_image = image_key != sess.image_key
     if new_image:
         if sess.mask is not None:
