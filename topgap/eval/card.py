@@ -41,12 +41,21 @@ def _read_seeds(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _recipe(training: dict) -> str:
+    """The optimizer and learning rate a member was trained with (arms tuned apart differ), '–' if not recorded."""
+    recipe = training.get("recipe") or {}
+    return f"{recipe['optimizer']} {recipe['lr']:g}" if "optimizer" in recipe and "lr" in recipe else "–"
+
+
+def _figure(value) -> str:
+    return "–" if value is None else f"{value:.3f}"  # a model trained without a validation split has none
+
+
 def card_markdown(card: dict) -> str:
     """README.md of a family from its card.json alone, so that ``topgap claims`` can check one against the other."""
     results, seeds, training = card["evaluation"], card.get("seeds") or [], card["training"]
-    rows = [f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {t.get('epochs', '–')} | "
-            f"{t.get('val_accuracy', float('nan')):.3f} | {t.get('train_seconds', 0):.0f} |"
-            for n, t in training.items()]
+    rows = [f"| {n} | {t['kind']} | {t['k'] if t['k'] is not None else '–'} | {_recipe(t)} | {t.get('epochs', '–')} | "
+            f"{_figure(t.get('val_accuracy'))} | {t.get('train_seconds', 0):.0f} |" for n, t in training.items()]
     across = [line for i, s in enumerate(seeds) for line in (*seeds_markdown(s, differences=False), "",
                                                                "Against the baseline:", "",
                                                                *claims_block(f"card.json#/seeds/{i}", s), "")]
@@ -58,7 +67,8 @@ def card_markdown(card: dict) -> str:
         *claims_block("card.json#/evaluation", results), "",
         "## Reproduce", "", "```", *card["commands"], "```", "",
         "## Training", "", f"Hardware: {card['hardware']}. Total training time {card['training_minutes']:.1f} min.", "",
-        "| model | kind | k | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|", *rows, "",
+        "| model | kind | k | optimizer, lr | epochs | val accuracy | train seconds |", "|---|---|---|---|---|---|---|",
+        *rows, "",
         "## Evaluation", markdown_report(results, card["title"], claims=False).split("\n", 1)[1], "",  # its title cut
         "## Plots", "", *(f"![{Path(p).stem}]({p})" for p in card["plots"]), "",
     ])
