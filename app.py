@@ -97,9 +97,9 @@ def _explain_tab(ui: dict, example_sets, ex: Explorer, first: tuple):
             ui["mask_view"] = gr.Image(label="Mask in use (green: object, yellow: left out)", format="png",
                                        interactive=False, elem_id="mask_view", height=260)
         ui["mask_msg"] = gr.Markdown(elem_id="mask_msg", elem_classes="msg")
-    with gr.Row():
-        ui["dl_btn"] = gr.Button("Prepare downloads (CAM PNG, .npy, JSON)")
-        ui["dl_files"] = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+    ui["dl_btn"] = gr.Button("Prepare downloads (CAM PNG, .npy, JSON)", elem_id="dl_btn")
+    ui["dl_files"] = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads",
+                             visible=False)  # shown with its files, under the button
     ui["dl_msg"] = gr.Markdown(elem_classes="msg")
 
 
@@ -194,6 +194,8 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     ui["size_btn"].click(ex.use_advised_k, [state, ui["size"]], ui["k"], **PRIVATE)
     # a new upload empties the mask box in the page itself, at once
     ui["image"].upload(None, None, ui["mask"], js="() => null", queue=False, **PRIVATE)
+    gr.on([ui["image"].change, k.change], lambda: gr.update(value=None, visible=False), None, ui["dl_files"],
+          queue=False, **PRIVATE)  # the prepared files were of another image or k: hidden again
     k.change(ex.switch_k, [state, k], [ui["k"], *views], **PRIVATE).then(**size_args)
     ui["faith_btn"].click(gpu(ex.faithfulness_view), [state, k], [ui["faith_plot"], ui["faith_md"]], **MODEL_EVENT,
                           **PRIVATE)

@@ -254,7 +254,9 @@ def test_k_control_lists_trained_k_and_switches_without_models(ex, files, monkey
     for i, k in enumerate(KS):
         info, top, labels, *_ = ex.switch_k(sess, k)
         assert f"k = {k}:" in info["info"] and (np.asarray(Image.open(top)) == sess.result.topgap[i].overlay).all()
-    paths, msg = ex.downloads(sess, KS[1])
+    shown, msg = ex.downloads(sess, KS[1])
+    paths = shown["value"]
+    assert shown["visible"] is True  # the box is hidden until it has files
     assert {Path(p).suffix for p in paths} == {".png", ".npy", ".json"} and msg == ""
     assert all(Path(p).is_relative_to(ex.work.downloads) for p in paths)
     assert json.loads(Path(paths[-1]).read_text())["k"] == KS[1]

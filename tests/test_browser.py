@@ -126,8 +126,13 @@ def test_k_control_speaks_k_across_families(page, files):
     expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS2[-1]), timeout=LONG)
     pick_family(page, "fam")
     expect(page.locator("#k input[type=radio]:checked")).to_have_value(str(KS[1]), timeout=LONG)
+    expect(page.locator("#downloads")).to_be_hidden()  # no tall empty box beside the button (issue 26 item 9)
     page.get_by_role("button", name="Prepare downloads").click()
     expect(page.locator("#downloads")).to_contain_text("report", timeout=LONG)
+    button, box = (page.locator(f"#{e}").bounding_box() for e in ("dl_btn", "downloads"))
+    assert box["y"] >= button["y"] + button["height"] - 1  # under the button
+    upload(page, "image", files / "a.png")  # another image: the previous image's files go
+    expect(page.locator("#downloads")).to_be_hidden(timeout=LONG)
     no_error_badges(page)
 
 

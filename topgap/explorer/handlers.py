@@ -263,7 +263,7 @@ class Explorer:
             return gr.skip(), "⚠️ Upload an image first; the downloads hold its CAMs."
         files = write_downloads(sess.result, sess.result.nearest_index(k), self.work.folder())
         self.work.bound()
-        return [str(f) for f in files], ""
+        return gr.update(value=[str(f) for f in files], visible=True), ""
 
     # ---- Bias: the size prior and faithfulness ----
 
