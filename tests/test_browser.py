@@ -443,3 +443,15 @@ def test_every_tab_fits_a_phone(page, files):  # "phone" in the name: a 390 px p
         assert widths[0] <= 390 and all(w <= 1 for w in widths[1:]), (name, widths)
         assert page.evaluate(broken) == [], name
         assert page.evaluate(inner_scroll) == [], name
+
+
+def test_first_switch_to_a_family_says_loading_once(page):
+    """Issue 26 item 9: the first switch to another family showed its "Loading model family" toast twice."""
+    page.evaluate("""() => { window.loadingToasts = 0; new MutationObserver((records) => { for (const r of records)
+        for (const n of r.addedNodes) if (n.nodeType === 1 && (n.matches('.toast-body') ? [n] :
+            n.querySelectorAll('.toast-body')).length && n.textContent.includes('Loading model family fam2'))
+            window.loadingToasts += 1; }).observe(document.body, {childList: true, subtree: true}); }""")
+    pick_family(page, "fam2")
+    expect(page.locator("#k input[type=radio]")).to_have_count(len(KS2), timeout=LONG)
+    page.wait_for_timeout(2000)
+    assert page.evaluate("window.loadingToasts") == 1
