@@ -9,4 +9,8 @@ test:
 	python -m pip install --no-deps -e .
 	python -m pytest -q
 
-.PHONY: install test
+# the docs' screenshots of the explorer (docs/screens/), from the running app in Debian's Chromium
+screens:
+	python tests/screens.py
+
+.PHONY: install test screens

@@ -269,7 +269,7 @@ def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None, hu
 def main(argv: list[str] | None = None) -> None:
     """Parse --examples, build the page and serve it until SIGTERM or Ctrl-C (the temp folder goes at exit)."""
     logging.basicConfig(level=logging.INFO)
-    parser = argparse.ArgumentParser(description="Top-GAP explorer (see the README's app section)")
+    parser = argparse.ArgumentParser(description="Top-GAP explorer (see docs/app.md)")
     parser.add_argument("--examples", metavar="DIR", help="a local dataset with masks (folder format or Oxford-IIIT "
                         "Pet) whose first images per class become the examples gallery (env: TOPGAP_EXAMPLES)")
     args = parser.parse_args(argv)

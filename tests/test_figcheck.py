@@ -207,6 +207,33 @@ def test_cli_write_rerenders_then_checks(claims_doc, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rewritten"] == ["README.md"]
 
 
+def test_a_docs_page_is_checked_and_rewritten_by_default(tmp_path, capsys, monkeypatch):
+    """A page under docs/ (the Results moved to docs/results.md) is a default file: `topgap claims` checks its claims
+    block (its SOURCE relative to the page, ../reports/...) and its figures, and `topgap claims --write` with no file
+    named re-renders the block in place."""
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "results.json").write_text(json.dumps(RESULTS))
+    (tmp_path / "README.md").write_text("# Top-GAP\n\nSee docs/results.md.\n")
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    good = (f"# Reproducing the paper\n\n## Results\n\n<!-- figures: ../reports/results.json -->\n\n"
+            f"k41 reaches 0.983.\n\n<!-- claims: ../reports/results.json -->\n{render_claims(RESULTS)}\n"
+            "<!-- /claims -->\n")
+    page.write_text(good)
+    monkeypatch.chdir(tmp_path)
+    assert main(["claims"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"checked": ["README.md", "docs/results.md"], "rewritten": []}
+    page.write_text(good.replace("-0.110", "-0.100").replace("0.983", "0.984"))  # a block and a figure edited
+    assert main(["claims"]) == 2
+    err = capsys.readouterr().err
+    assert "docs/results.md:9: the claims block from ../reports/results.json was edited by hand" in err
+    assert "docs/results.md:7: 0.984 is not a field of ../reports/results.json" in err
+    page.write_text(good.replace("-0.110", "-0.100"))
+    assert main(["claims", "--write"]) == 0  # no file named: the docs pages are rewritten too
+    assert json.loads(capsys.readouterr().out)["rewritten"] == ["docs/results.md"]
+    assert page.read_text().replace("\n\n", "\n") == good.replace("\n\n", "\n")
+
+
 def test_a_family_card_must_be_the_rendering_of_its_card_json(tmp_path, monkeypatch):
     from topgap.eval.card import card_markdown
 

@@ -349,7 +349,7 @@ class Explorer:
         """The family's card from card.json: its summary (what reproduces, what does not), its plots (whole, not
         cropped) and the details (tables, training, commands)."""
         if not fam_name:
-            return "No model family found; see the README for training one.", None, ""
+            return "No model family found; see docs/cli.md for training one.", None, ""
         try:
             summary, details, plots = card_parts(self.store.folder(fam_name))  # a Hub family: its download
         except (CardError, InputError) as e:
