@@ -21,14 +21,15 @@ CLASSES = ["circle", "square", "triangle", "star"]
 KS = (4, 16, 64)
 
 
-def make_family(root: Path, name: str = "fam", ks: tuple[int, ...] = KS, card: bool = False) -> Path:
-    """Write the family to root/name and return that folder; card=True copies CARD
-    (card.json as `topgap card` wrote it for a synthetic family of these KS, and its plots)."""
+def make_family(root: Path, name: str = "fam", ks: tuple[int, ...] = KS, card: bool | Path = False) -> Path:
+    """Write the family to root/name and return that folder; card=True copies CARD (card.json as `topgap card`
+    wrote it for a synthetic family of these KS, and its plots), a folder copies that folder's card and plots."""
     torch.manual_seed(0)
     folder = Path(root) / name
     if card:
-        shutil.copytree(CARD / "plots", folder / "plots")
-        shutil.copyfile(CARD / "card.json", folder / "card.json")
+        source = CARD if card is True else Path(card)
+        shutil.copytree(source / "plots", folder / "plots")
+        shutil.copyfile(source / "card.json", folder / "card.json")
     for k in ks:
         cfg = ModelConfig("resnet18", CLASSES, k=k, fpn_channels=16, input_size=(64, 64))
         save_model(build_model(cfg), cfg, folder / f"k{k}")

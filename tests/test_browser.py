@@ -30,6 +30,7 @@ def url(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     make_family(models, "fam", card=True)
     make_family(models, "fam2", ks=KS2)
+    make_family(models, "pets-card", card=ROOT / "models" / "oxford-pet-lite0")  # the shipped card, tiny models
     with served_app(models, workdir=tmp_path_factory.mktemp("app")) as (_, address):  # its log: app/app.log
         yield address
 
@@ -455,3 +456,24 @@ def test_first_switch_to_a_family_says_loading_once(page):
     expect(page.locator("#k input[type=radio]")).to_have_count(len(KS2), timeout=LONG)
     page.wait_for_timeout(2000)
     assert page.evaluate("window.loadingToasts") == 1
+
+
+def test_the_shipped_pets_card_reads_summary_first(page):
+    """Issue 26 item 7 on the real card (models/oxford-pet-lite0): the promise and what does not reproduce come
+    first, without tables; no path of the machine that made it; every plot loads; nothing overflows the page."""
+    pick_family(page, "pets-card")
+    page.get_by_role("tab", name="Card").click()
+    card = page.locator("#card")
+    expect(card).to_contain_text("The promise", timeout=LONG)
+    text = card.inner_text()
+    assert card.locator("table").count() == 0 and "../shared" not in text and "runs/" not in text
+    assert text.index("The promise") < 3000, "the summary is not near the top"
+    imgs = page.locator("#card_plots img")
+    expect(imgs.first).to_be_visible(timeout=LONG)
+    for i in range(imgs.count()):
+        imgs.nth(i).scroll_into_view_if_needed()
+        page.wait_for_function(f"document.querySelectorAll('#card_plots img')[{i}].naturalWidth > 0")
+    page.get_by_text("Details: every figure, the training, the commands").click()
+    expect(page.locator("#card_details table").first).to_be_visible(timeout=LONG)
+    assert "../shared" not in page.locator("#card_details").inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1440
