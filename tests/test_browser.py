@@ -31,6 +31,7 @@ def url(tmp_path_factory):
     make_family(models, "fam", card=True)
     make_family(models, "fam2", ks=KS2)
     make_family(models, "pets-card", card=ROOT / "models" / "oxford-pet-lite0")  # the shipped card, tiny models
+    make_family(models, "fam3", ks=KS2)  # loaded only by test_first_switch_to_a_family_says_loading_once
     with served_app(models, workdir=tmp_path_factory.mktemp("app")) as (_, address):  # its log: app/app.log
         yield address
 
@@ -450,9 +451,9 @@ def test_first_switch_to_a_family_says_loading_once(page):
     """Issue 26 item 9: the first switch to another family showed its "Loading model family" toast twice."""
     page.evaluate("""() => { window.loadingToasts = 0; new MutationObserver((records) => { for (const r of records)
         for (const n of r.addedNodes) if (n.nodeType === 1 && (n.matches('.toast-body') ? [n] :
-            n.querySelectorAll('.toast-body')).length && n.textContent.includes('Loading model family fam2'))
+            n.querySelectorAll('.toast-body')).length && n.textContent.includes('Loading model family fam3'))
             window.loadingToasts += 1; }).observe(document.body, {childList: true, subtree: true}); }""")
-    pick_family(page, "fam2")
+    pick_family(page, "fam3")
     expect(page.locator("#k input[type=radio]")).to_have_count(len(KS2), timeout=LONG)
     page.wait_for_timeout(2000)
     assert page.evaluate("window.loadingToasts") == 1
