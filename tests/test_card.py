@@ -40,13 +40,18 @@ RESULTS = {"dataset": "fake", "split": "test", "n_images": 10, "eps": 1 / 255, "
                "baseline": model_result("baseline", None, 0.9, 0.4, 0.3)}}
 
 
-def test_card_files(tmp_path):
-    fam = tmp_path / "fam"
+def save_members(fam):
+    """k4, k16 and the baseline into `fam`: the baseline tuned apart (AdamW), only k4 with a validation accuracy."""
     for name, kind, k in (("k4", "topgap", 4), ("k16", "topgap", 16), ("baseline", "baseline", None)):
-        recipe = {"optimizer": "adamw", "lr": 3e-4} if kind == "baseline" else {}  # arms tuned apart differ
+        recipe = {"optimizer": "adamw", "lr": 3e-4} if kind == "baseline" else {}
         metrics = {"train_seconds": 60.0, **({"val_accuracy": 0.875} if k == 4 else {})}  # the others: no val split
         cfg = ModelConfig("resnet18", ["a", "b"], kind=kind, k=k, fpn_channels=8, metrics=metrics, recipe=recipe)
         save_model(build_model(cfg), cfg, fam / name)
+    return fam
+
+
+def test_card_files(tmp_path):
+    fam = save_members(tmp_path / "fam")
     report = tmp_path / "report"
     write_json(report / "results.json", RESULTS)
     (report / "plots").mkdir()
@@ -58,7 +63,8 @@ def test_card_files(tmp_path):
     assert f"<!-- claims: card.json#/evaluation -->\n{render_claims(RESULTS)}\n<!-- /claims -->" in text
     assert "| k4 | k16 (chosen) | k64 |" in text and "not converged: no verdict" in text
     assert "topgap train ..." in text and "Total training time 3.0 min." in text
-    assert "| baseline | baseline | – | adamw 0.0003 | – | – | 60 |" in text and "| k4 | topgap | 4 | – | – | 0.875 |" in text
+    assert "| baseline | baseline | – | adamw 0.0003 | – | – | 60 |" in text  # a member's own optimizer and lr
+    assert "| k4 | topgap | 4 | – | – | 0.875 |" in text  # '–' for what a member does not record
     assert "![iou](plots/iou.png)" in text and (fam / "plots" / "iou.png").exists()
     assert card["evaluation"] == RESULTS and set(card["training"]) == {"k4", "k16", "baseline"}
     assert card["verdicts"] == comparisons(RESULTS) and card["training_minutes"] == 3.0
@@ -78,12 +84,7 @@ def test_a_card_of_both_protocols_shows_them_side_by_side_and_flags_a_collapsed_
             m[f"{key}_paper"], m[f"{key}_relu"] = v, None if v is None else v / 2
         m["collapsed"] = {"flag": n == "k4", "reason": "predicts a for 100% of the images (> 90%)" if n == "k4" else
                           None, "majority_share": 1.0 if n == "k4" else 0.5, "majority_class": "a"}
-    fam = tmp_path / "fam"
-    for name, kind, k in (("k4", "topgap", 4), ("k16", "topgap", 16), ("baseline", "baseline", None)):
-        recipe = {"optimizer": "adamw", "lr": 3e-4} if kind == "baseline" else {}  # arms tuned apart differ
-        metrics = {"train_seconds": 60.0, **({"val_accuracy": 0.875} if k == 4 else {})}  # the others: no val split
-        cfg = ModelConfig("resnet18", ["a", "b"], kind=kind, k=k, fpn_channels=8, metrics=metrics, recipe=recipe)
-        save_model(build_model(cfg), cfg, fam / name)
+    fam = save_members(tmp_path / "fam")
     write_json(tmp_path / "report" / "results.json", new)
     write_card(fam, tmp_path / "report", title="Fake zoo", data_note="Made up.", commands=["topgap train ..."])
     readme = (fam / "README.md").read_text()
