@@ -112,7 +112,8 @@ def split_accuracy(results: dict, model: dict, split: str) -> float:
 def measure(run: Path, ks: dict[str, int]) -> dict[str, dict[str, float]]:
     """Role -> {clean, shifted, only_bg, iou, mass_in_mask, k, converged} from the two reports of one (p, seed)."""
     names = {"baseline": ("family", "baseline"), "topgap_matched": ("family", f"k{ks['topgap_matched']}"),
-             "topgap_mismatched": ("family", f"k{ks['topgap_mismatched']}"), "fpn_only": ("control", f"k{ks['fpn_only']}")}
+             "topgap_mismatched": ("family", f"k{ks['topgap_mismatched']}"),
+             "fpn_only": ("control", f"k{ks['fpn_only']}-nol1")}  # lam 0: topgap.train.pooling_name adds -nol1
     out = {}
     for role, (fam, name) in names.items():
         results = json.loads((run / f"report-{fam}" / "results.json").read_text())
@@ -326,7 +327,7 @@ def main() -> None:
                 cmds = commands(args, prob, seed, run, ks)
                 _call(cmds["train"], all((run / "family" / n / "model.safetensors").is_file() for n in
                                          ("baseline", f"k{ks['topgap_matched']}", f"k{ks['topgap_mismatched']}")))
-                _call(cmds["train_control"], (run / "control" / f"k{hw}" / "model.safetensors").is_file())
+                _call(cmds["train_control"], (run / "control" / f"k{hw}-nol1" / "model.safetensors").is_file())
                 for fam in ("family", "control"):
                     _call(cmds[f"evaluate_{fam}"], (run / f"report-{fam}" / "results.json").is_file())
             runs.append({"p": prob, "seed": seed, "ks": ks, "metrics": measure(run, ks)})

@@ -80,7 +80,7 @@ def test_measure_summarise_and_plot(tmp_path):
         _report(run / "report-family", {"baseline": _model(None, 0.9, shifted, 0.8, 0.3),
                                         "k20": _model(20, 0.9, shifted + 0.1, 0.5, 0.5),
                                         "k160": _model(160, 0.9, shifted, 0.7, 0.2)})
-        _report(run / "report-control", {"k576": _model(576, 0.9, shifted, 0.9, 0.1)})
+        _report(run / "report-control", {"k576-nol1": _model(576, 0.9, shifted, 0.9, 0.1)})
         runs.append({"p": 0.9, "seed": seed, "ks": ks, "metrics": bias_table.measure(run, ks)})
     summary = bias_table.summarise(runs)
     assert summary[0.9]["baseline"]["shifted"] == pytest.approx([0.4, 0.2, 3])  # mean, std (ddof 1), seeds
@@ -146,7 +146,7 @@ def test_default_recipe_and_table_only(tmp_path, monkeypatch, capsys):
     (done / "data" / "synth.json").write_text(json.dumps(_meta(0.0712 * 96 ** 2)))  # * 576 = 41
     _report(done / "report-family", {"baseline": _model(None, 1.0, 0.96, 0.7, 0.46),
                                      "k41": _model(41, 1.0, 0.98, 0.4, 0.41), "k288": _model(288, 1.0, 0.94, 0.7, 0.6)})
-    _report(done / "report-control", {"k576": _model(576, 1.0, 0.97, 0.8, 0.43)})
+    _report(done / "report-control", {"k576-nol1": _model(576, 1.0, 0.97, 0.8, 0.43)})
     (tmp_path / "p0.9-seed1" / "data").mkdir(parents=True)
     monkeypatch.setattr("sys.argv", ["bias_table.py", "--work", str(tmp_path), "--ps", "0.9", "--seeds", "0", "1",
                                      "--table-only"])

@@ -131,6 +131,9 @@ def test_another_pooling_names_its_models_by_its_parameters():
     assert lse["fpn-gap"].pooling == "gap" and lse["fpn-gap"].pooling_params == {}
     assert list(family_configs(tiny_cfg(), [4, 8], pooling="wildcat")) == ["wildcat-k4-m4-a0.7", "wildcat-k8-m8-a0.7"]
     assert list(family_configs(tiny_cfg(), [], pooling="gwrp")) == ["gwrp-d0.996"]
+    no_l1 = dataclasses.replace(tiny_cfg(), lam=0.0)
+    assert list(family_configs(no_l1, [4], control=True)) == ["k4-nol1", "fpn-gap"]
+    assert list(family_configs(no_l1, [], pooling="lse", pooling_params={"r": 5})) == ["lse-r5-nol1"]
     with pytest.raises(ValueError, match=r"--pooling gmp pools every cell and takes no --k \(got \[4\]\)"):
         family_configs(tiny_cfg(), [4], pooling="gmp")
 
@@ -149,8 +152,12 @@ def test_k_none_trains_no_topgap_model():
 
 
 def test_ablation_family_names():
-    configs = family_configs(tiny_cfg(), [16], ablation=True)
-    assert len(configs) == 9 and "ablation-fpn+l1+topgap" in configs and configs["ablation-plain"].k is None
+    configs = family_configs(tiny_cfg(), [16], ablation=True)  # fpn+l1+topgap is k16 itself: trained once
+    assert list(configs) == ["k16"] + [f"ablation-{n}" for n in ("plain", "topgap", "l1", "l1+topgap", "fpn",
+                                                                  "fpn+topgap", "fpn+l1")]
+    assert configs["ablation-plain"].k is None and configs["ablation-topgap"].k == 1  # 16 / 4^3 on the 8x smaller map
+    alone = family_configs(tiny_cfg(), [], ablation=True)  # no --k: the config's k; nothing to share, all 8 arms
+    assert len(alone) == 8 and alone["ablation-fpn+l1+topgap"].k == tiny_cfg().k
     with pytest.raises(ValueError, match="nothing to train: give --k values, --baseline, --control"):
         family_configs(tiny_cfg(), [])
 

@@ -570,11 +570,12 @@ def family_configs(base: ModelConfig, ks: list[int], *, pooling: str = "topgap",
         configs["fpn-gap"] = dataclasses.replace(base, kind="topgap", lam=0.0, **plain)
     if baseline:
         configs["baseline"] = dataclasses.replace(base, kind="baseline", lam=0.0, num_maps=0, fpn=False, **plain)
-    if ablation:
+    if ablation:  # an arm equal to a model already in the family (fpn+l1+topgap is k{largest k}) is trained once
         largest = ks[-1] if ks and pooling == "topgap" else base.k
         for name, c in ablation_configs(dataclasses.replace(base, k=largest, pooling="topgap",
                                                             pooling_params={})).items():
-            configs[f"ablation-{name}"] = c
+            if c not in configs.values():
+                configs[f"ablation-{name}"] = c
     if not configs:
         raise ValueError("nothing to train: give --k values, --baseline, --control or --ablation")
     return configs
@@ -589,10 +590,12 @@ def family_ks(given: list | None, pooling: str = "topgap") -> list[int]:
 
 
 def pooling_name(cfg: ModelConfig) -> str:
-    """The folder name of a model by its pooling: k64, wildcat-k64-m64-a0.7, gmp, gap, lse-r10, gwrp-d0.996."""
+    """The folder name of a model by its pooling: k64, wildcat-k64-m64-a0.7, gmp, gap, lse-r10, gwrp-d0.996; with
+    lam 0 (no l1 term) "-nol1" is appended (k64-nol1), so a pooling with and without the l1 term can share a family."""
     p = cfg.pooling_params
-    return {"topgap": f"k{cfg.k}", "wildcat": f"wildcat-k{cfg.k}-m{p.get('k_min')}-a{p.get('alpha', 0):g}",
+    name = {"topgap": f"k{cfg.k}", "wildcat": f"wildcat-k{cfg.k}-m{p.get('k_min')}-a{p.get('alpha', 0):g}",
             "lse": f"lse-r{p.get('r', 0):g}", "gwrp": f"gwrp-d{p.get('d', 0):g}"}.get(cfg.pooling, cfg.pooling)
+    return name + "-nol1" * (cfg.lam == 0)
 
 
 def fold_splits(labels: list, folds: int, seed: int) -> list[tuple[Any, Any]]:
