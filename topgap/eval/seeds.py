@@ -31,6 +31,18 @@ __all__ = ["combine_seeds", "seeds_markdown", "write_seeds_report", "read_report
 KEY_METRICS = ("accuracy", "l1", "iou", "mass_in_mask", "pxap")  # map metrics also per protocol: "l1_paper", ...
 
 
+ZERO_SPREAD = "no verdict (zero spread)"  # the same nonzero difference in every seed: see _seed_verdict
+
+
+def _seed_verdict(ci: dict, metric: str) -> str:
+    """:func:`verdict` of the Student-t interval over seeds, except that a nonzero difference equal in every seed
+    (std 0 up to rounding, e.g. one image of 60 in each) gets :data:`ZERO_SPREAD`: its zero-width interval says
+    nothing about how much another seed would vary, so it is not read as better or worse."""
+    if ci.get("low") is not None and ci["high"] - ci["low"] < 1e-9 and abs(ci["diff"]) >= 1e-9:  # float rounding
+        return ZERO_SPREAD
+    return verdict(ci, higher_is_better(metric))
+
+
 def _check_same_setup(results_list: list[dict]) -> list[str]:
     """The model names shared by every report; ValueError when the datasets, splits, shifts or models differ."""
     if len(results_list) < 2:
@@ -111,7 +123,7 @@ def combine_seeds(results_list: list[dict], reference: str = "baseline") -> dict
             diffs = [a - b for a, b in pairs]
             ci = t_interval(diffs)
             differences[n][metric] = {**ci, "values": diffs, "seeds": seeds,
-                                      "verdict": NO_SELECTION if descriptive else verdict(ci, higher_is_better(metric))}
+                                      "verdict": NO_SELECTION if descriptive else _seed_verdict(ci, metric)}
     first = results_list[0]
     return {"dataset": first["dataset"], "split": first["split"], "shifts": list(first.get("shifts") or {}),
             "n_seeds": len(results_list), "n_images": [r["n_images"] for r in results_list],
