@@ -286,15 +286,8 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
     for stage in STAGES[:STAGES.index(until) + 1]:
         cells, folds = stage_cells(grid, stage, choices), _stage_folds(grid, stage)
         entry = study["stages"][stage] = {"folds": folds, "runs_at_most": len(cells) * len(folds)}
-        for fold in ([] if plan_only else folds):
-            for cell in cells:
-                done = _measured(grid, records, cell)
-                if fold in done or (fold != folds[0] and (folds[0] not in done or done[folds[0]]["flag"])):
-                    continue  # measured, or flagged on the first fold: never chosen, not run further
-                measure(grid, cell, fold, runs, records)
-                study["runs_trained"], study["runs_measured"] = study["runs_trained"] + 1, _count(records)
-                entry["cells"] = [summarise(c, folds, _measured(grid, records, c)) for c in cells]
-                _write(study, report, progress=True)
+        if not plan_only:
+            run_cells(grid, cells, folds, runs, records, study, entry, report)
         entry["cells"] = [summarise(c, folds, _measured(grid, records, c)) for c in cells]
         study["runs_measured"] = _count(records)
         try:
@@ -311,6 +304,21 @@ def run_study(grid: dict, runs: str | Path, report: str | Path, *, until: str = 
     if not plan_only:
         _write(study, report)
     return study
+
+
+def run_cells(grid: dict, cells: list[dict], folds: list[int], runs: Path, records: Path, study: dict, entry: dict,
+              report: Path) -> None:
+    """Measure every cell on every fold, fold 0 of every cell first; a cell measured already is skipped, one flagged
+    on the first fold is never run further (it cannot be chosen). study.json is rewritten after every fold."""
+    for fold in folds:
+        for cell in cells:
+            done = _measured(grid, records, cell)
+            if fold in done or (fold != folds[0] and (folds[0] not in done or done[folds[0]]["flag"])):
+                continue
+            measure(grid, cell, fold, runs, records)
+            study["runs_trained"], study["runs_measured"] = study["runs_trained"] + 1, _count(records)
+            entry["cells"] = [summarise(c, folds, _measured(grid, records, c)) for c in cells]
+            _write(study, report, progress=True)
 
 
 def _count(records: Path) -> int:
@@ -333,24 +341,30 @@ def chosen_family(grid: dict, tuned: dict) -> dict[str, Any]:
 def train_commands(grid: dict, study: dict, seed: int, out: str) -> list[str]:
     """One ``topgap train`` command per arm with its chosen setting, on the whole fold split, seed `seed`, into
     `out` (the family folder): how the shipped family is trained."""
-    import shlex
-
     cells = {c["name"]: c for c in stage_cells(grid, "tuned", {"pilot": study["stages"]["pilot"]["choice"],
                                                                "prior": study["stages"]["prior"]["choice"]})}
     commands = []
     for arm, name in study["models"].items():
         if name is None:
             raise ValueError(f"arm {arm} has no chosen cell (every cell flagged); it cannot be trained as chosen")
-        values = {**grid["train"], **cells[name]["options"], "seed": seed, "data": grid["data"], "out": out}
-        argv = []
-        for key, value in values.items():
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                argv.append(flag)
-            elif value is not False and value is not None:
-                argv += [flag, *map(str, value if isinstance(value, list) else [value])]
-        commands.append("topgap train " + " ".join(shlex.quote(a) for a in argv))
+        commands.append(train_command({**grid["train"], **cells[name]["options"], "seed": seed, "data": grid["data"],
+                                       "out": out}))
     return commands
+
+
+def train_command(values: dict[str, Any]) -> str:
+    """The ``topgap train`` command line of `values` ({long option with _: value}; True is a bare flag, False and
+    None are left out, a list gives several values)."""
+    import shlex
+
+    argv = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, *map(str, value if isinstance(value, list) else [value])]
+    return "topgap train " + " ".join(shlex.quote(a) for a in argv)
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -452,18 +466,32 @@ def plot_prior(entry: dict, path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
+def _is_variants(path: str | Path) -> bool:
+    try:
+        return json.loads(Path(path).read_text()).get("kind") == "variants"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False  # load_grid says what is wrong
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    grid = load_grid(args.grid)
+    from . import variants
+
+    kind = variants if _is_variants(args.grid) else None
+    grid = variants.load_variants(args.grid) if kind else load_grid(args.grid)
     name = Path(args.grid).stem
-    runs = Path(args.runs or f"runs/study/{name}")
+    runs = Path(args.runs or f"runs/study/{Path(args.grid).parent.name}-{name}")
     report = Path(args.report or Path(args.grid).parent / name)
     if args.train_commands is not None:
         done = json.loads((report / "study.json").read_text()) if (report / "study.json").is_file() else {}
         if "models" not in done:
             raise ValueError(f"{report / 'study.json'}: the study has not chosen every arm yet; run it to the end")
-        return {"commands": [c for seed in args.seeds for c in train_commands(grid, done, seed,
-                                                                              args.train_commands.format(seed=seed))]}
-    study = run_study(grid, runs, report, until=args.until, plan_only=args.plan)
+        make = variants.variant_commands if kind else train_commands
+        return {"commands": [c for seed in args.seeds for c in make(grid, done, seed,
+                                                                    args.train_commands.format(seed=seed))]}
+    if kind:
+        study = variants.run_variants(grid, runs, report, plan_only=args.plan)
+    else:
+        study = run_study(grid, runs, report, until=args.until, plan_only=args.plan)
     return {"report": str(report), "runs": str(runs), "runs_trained": study["runs_trained"],
             "runs_measured": study["runs_measured"],
             "stages": {s: {"runs_at_most": e["runs_at_most"], "chosen": _chosen_names(e.get("choice"))}
@@ -477,7 +505,8 @@ def _chosen_names(choice: dict | None) -> Any:
         return choice["lr"]
     if "chosen" in choice:
         return choice["chosen"] and choice["chosen"]["name"]
-    return {"family": choice["family"]["chosen"] and choice["family"]["chosen"]["name"],
+    family = choice.get("family", {}).get("chosen")
+    return {**({"family": family["name"]} if family else {}),
             **{arm: c["chosen"] and c["chosen"]["name"] for arm, c in choice["arms"].items()}}
 
 
@@ -487,7 +516,8 @@ def register(subparsers) -> None:
                                             "tuned arms)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", help="the grid file (JSON), e.g. reports/prior-study/synthetic.json")
-    p.add_argument("--runs", help="where the cells train (default runs/study/<grid name>); resumable")
+    p.add_argument("--runs", help="where the cells train (default runs/study/<grid folder>-<grid name>, e.g. "
+                                    "runs/study/poolings-synthetic); resumable")
     p.add_argument("--report", help="study.json, study.md, prior.png and folds/ (each fold's record: commit it) "
                                      "(default: beside the grid, <grid name>/)")
     p.add_argument("--until", choices=STAGES, default="tuned", help="the last stage to run")
