@@ -7,7 +7,7 @@ from test_card import RESULTS, model_result
 
 from topgap import ModelConfig, build_model, save_model
 from topgap.cli import main
-from topgap.eval.seeds import combine_seeds, write_seeds_report
+from topgap.eval.seeds import combine_seeds, forest_rows, write_seeds_report
 from topgap.eval.stats import mean_std, t_interval
 from topgap.io import write_json
 
@@ -141,6 +141,8 @@ def test_cli_round_trip_and_messages(tmp_path, capsys):
     assert saved["reports"] == folders
     assert saved["models"]["baseline"]["metrics"]["accuracy"]["mean"] == pytest.approx(0.92)
     assert (out / "seeds.md").read_text().startswith("# Three seeds\n")
+    assert "![model − reference](seeds.png)" in (out / "seeds.md").read_text()
+    assert (out / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "seeds.png").stat().st_size > 5000
     assert main(["seeds", folders[0], "--out", str(out), "--title", "T"]) == 2
     assert "at least 2 seeds are needed for a std" in capsys.readouterr().err
     assert main(["seeds", folders[0], folders[1], folders[0], "--out", str(out), "--title", "T"]) == 2
@@ -198,3 +200,11 @@ def test_seeds_of_different_cam_targets_are_not_combined():
     seeds[1]["cam_target"] = "predicted"
     with pytest.raises(ValueError, match="cam_target"):
         combine_seeds(seeds)
+
+
+def test_the_forest_plot_draws_each_models_interval_and_verdict():
+    c = combine_seeds(three_seeds())
+    (name, diff, low, high, verdict), = forest_rows(c, "accuracy")
+    acc = c["differences"]["k16"]["accuracy"]
+    assert (name, diff, low, high, verdict) == ("k16", acc["diff"], acc["low"], acc["high"], acc["verdict"])
+    assert forest_rows(c, "no_such_metric") == []

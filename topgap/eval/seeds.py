@@ -26,7 +26,8 @@ from .report import _table
 from .stats import higher_is_better, over_runs, t_interval, verdict
 from .subsets import check_same_sample
 
-__all__ = ["combine_seeds", "seeds_markdown", "write_seeds_report", "read_reports", "register", "run"]
+__all__ = ["combine_seeds", "seeds_markdown", "forest_rows", "plot_differences", "write_seeds_report", "read_reports",
+           "register", "run"]
 
 KEY_METRICS = ("accuracy", "l1", "iou", "mass_in_mask", "pxap")  # map metrics also per protocol: "l1_paper", ...
 
@@ -182,12 +183,55 @@ def seeds_markdown(combined: dict, differences: bool = True) -> list[str]:
     return out
 
 
+def forest_rows(combined: dict, metric: str) -> list[tuple[str, float, float | None, float | None, str]]:
+    """(model, mean difference, interval low, high, verdict) of every model compared on `metric`, in report order."""
+    return [(n, c["diff"], c["low"], c["high"], c["verdict"]) for n, d in combined["differences"].items()
+            if (c := d.get(metric)) is not None]
+
+
+def plot_differences(combined: dict, path: str | Path, title: str) -> Path:
+    """seeds.png: one panel per key metric, each model's mean difference from the reference over seeds with its 95%
+    Student-t interval (green: better, red: worse, grey: no verdict), a line at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [k for k in _key_metrics(combined) if forest_rows(combined, k)]
+    cols = min(4, max(1, len(metrics)))
+    rows = -(-len(metrics) // cols) or 1
+    n_models = max((len(forest_rows(combined, k)) for k in metrics), default=1)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 0.9 + (0.28 * n_models + 0.8) * rows),
+                             squeeze=False, constrained_layout=True)
+    colour = {"better": "tab:green", "worse": "tab:red"}
+    for ax, metric in zip(axes.flat, metrics):
+        data = forest_rows(combined, metric)
+        for y, (_, diff, low, high, said) in enumerate(data):
+            c = colour.get(said, "grey")
+            if low is not None:
+                ax.plot([low, high], [y, y], color=c, lw=2)
+            ax.plot([diff], [y], "o", color=c)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(data)), [d[0] for d in data], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{metric} {'↑' if higher_is_better(metric) else '↓'}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: model − {combined['reference']}, mean over {combined['n_seeds']} seeds, 95% Student-t "
+                 "interval (green better, red worse)", fontsize=9)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return Path(path)
+
+
 def write_seeds_report(combined: dict, out_dir: str | Path, title: str) -> list[Path]:
-    """Write seeds.json (the combined dict) and seeds.md (its tables), atomically."""
+    """Write seeds.json (the combined dict), seeds.md (its tables) and seeds.png (the differences), atomically."""
     out = Path(out_dir)
-    text = "\n".join([f"# {title}", "", *seeds_markdown(combined), ""])
+    text = "\n".join([f"# {title}", "", *seeds_markdown(combined), "", "![model − reference](seeds.png)", ""])
     return [write_json(out / "seeds.json", combined),
-            atomic_write(out / "seeds.md", lambda tmp: Path(tmp).write_text(text))]
+            atomic_write(out / "seeds.md", lambda tmp: Path(tmp).write_text(text)),
+            plot_differences(combined, out / "seeds.png", title)]
 
 
 def read_reports(folders: list[str | Path]) -> list[dict]:
