@@ -534,6 +534,53 @@ def test_import_does_nothing_and_the_page_loads_no_family(tmp_path):
     assert not list((tmp_path / "tmp").glob("topgap-app-*")), "the workspace outlived the process"
 
 
+def test_first_view_computed_once_in_the_background_while_the_page_serves(app_module, monkeypatch):
+    """docs/performance.md, cold start: build_demo(warm=True) returns before the first view is computed (a background
+    thread computes it once the server serves: demo.serving, set by launch); two page loads that arrive before it
+    is ready wait for that same computation, and a later one finds it cached: explain_all runs once, in that thread
+    (an ordering and count check, no timing)."""
+    import topgap.explorer.handlers as handlers
+
+    real, calls, arrived = handlers.explain_all, [], []
+
+    def counted(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(handlers, "explain_all", counted)
+    ex = app_module.explorer_from_env()
+    demo = app_module.build_demo(ex, warm=True)
+    assert isinstance(demo, gr.Blocks) and not ex.first_view.done() and calls == []  # returned, nothing computed
+    image, mask = ex.first_example(ex.default, bundled_examples(ex.assets))
+    explain, outputs = ex.explain, {}
+
+    def counted_explain(*args, **kwargs):
+        arrived.append(ex.first_view.done())
+        return explain(*args, **kwargs)
+    ex.explain = counted_explain
+
+    def load(name):  # what a page load runs (app.py: demo.load(ex.update, ...))
+        outputs[name] = ex.update(ex.default, image, mask, None, "gradcam", KS[1], None)
+    loads = [threading.Thread(target=load, args=(n,)) for n in ("a", "b")]
+    for t in loads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(arrived) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert arrived == [False, False] and calls == []  # both asked for it before it was ready; neither computes it
+    demo.serving.set()  # as launch() does once the server runs
+    for t in loads:
+        t.join(120)
+    assert calls == ["first-view"]  # computed once, in the background thread; both loads waited for it
+    first = ex.first_view.result(timeout=0)
+    assert outputs["a"][0].result.topgap[0].cam is first.topgap[0].cam is outputs["b"][0].result.topgap[0].cam
+    assert "uploaded mask" in outputs["a"][10]  # each page's mask on the shared result
+    later = ex.update(ex.default, image, mask, None, "gradcam", KS[1], None)
+    assert calls == ["first-view"] and later[0].result.topgap[0].cam is first.topgap[0].cam  # cached
+    for i in range(handlers.CACHED_RESULTS + 1):  # other images fill the cache: the first view stays in it
+        ex._remember(("fam", f"other{i}", "gradcam", "relu"), first)
+    assert ex._cached(ex._first_key) is first
+
+
 def test_first_use_loads_the_family_once(ex, files, caplog):
     import logging
 
