@@ -78,7 +78,7 @@ def _explain_tab(ui: dict, example_sets, ex: Explorer, first: tuple):
                     ui[f"{key}_img"] = gr.Image(label=label, format="png", interactive=False, elem_id=elem, height=260,
                                                 min_width=150)
             gr.HTML(COLOUR_BAR)
-            ui["metrics"] = gr.Markdown("⏳ Computing the CAMs of the example…" if first[0] else  # its load event
+            ui["metrics"] = gr.Markdown("Computing the CAMs of the example…" if first[0] else  # its load event
                                         "Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
             ui["hint"] = gr.Markdown(elem_id="hint")
             with gr.Accordion("Top-3 predictions of both models", open=False):

@@ -626,7 +626,7 @@ def test_first_use_loads_the_family_once(ex, files, caplog):
     assert msgs == [gr.skip()]  # loaded already: the page load says nothing
     ex.store._loaded.pop("fam")
     msgs = list(ex.preload("fam"))
-    assert msgs[0].startswith("⏳ Loading model family 'fam'") and msgs[-1] == "" and ex.store.loaded("fam")
+    assert msgs[0].startswith("Loading model family 'fam'") and msgs[-1] == "" and ex.store.loaded("fam")
 
 
 def test_size_prior_from_the_mask_or_a_typed_size_without_models(ex, files, monkeypatch):

@@ -252,7 +252,7 @@ class Explorer:
         if not fam_name or fam_name not in self.families or self.store.loaded(fam_name) is not None:
             yield gr.skip()
             return
-        yield f"⏳ Loading model family {fam_name!r} (first use, a few seconds)…"
+        yield f"Loading model family {fam_name!r} (first use, a few seconds)…"
         try:
             self.store.get(fam_name)
             yield ""
