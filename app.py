@@ -78,7 +78,8 @@ def _explain_tab(ui: dict, example_sets, ex: Explorer, first: tuple):
                     ui[f"{key}_img"] = gr.Image(label=label, format="png", interactive=False, elem_id=elem, height=260,
                                                 min_width=150)
             gr.HTML(COLOUR_BAR)
-            ui["metrics"] = gr.Markdown("Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
+            ui["metrics"] = gr.Markdown("Computing the CAMs of the example…" if first[0] else  # its load event
+                                        "Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
             ui["hint"] = gr.Markdown(elem_id="hint")
             with gr.Accordion("Top-3 predictions of both models", open=False):
                 with gr.Row():
@@ -181,7 +182,7 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
                      **PRIVATE)
     update_inputs = [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]]
     update_outputs = [state, ui["k"], ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views,
-                      ui["bias_table"], ui["bias_plot"], ui["image"], ui["draw"]]
+                      ui["bias_table"], ui["bias_plot"], ui["mask"], ui["image"], ui["draw"]]
     slow_args = dict(fn=gpu(ex.complete_baseline), inputs=[state, k], outputs=[state, *views, ui["bias_table"]],
                      concurrency_id="slow", concurrency_limit=1, show_progress_on=[ui["base_img"]],
                      show_progress="minimal", **PRIVATE)  # its own queue: the others are not held up
@@ -211,7 +212,8 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     fam.change(lambda f: [gr.update(visible=examples_fit(ex.store, kind, f)) for _, kind in example_sets], fam,
                ui["example_cols"], queue=False, **PRIVATE)
     demo.load(ex.preload, fam, ui["family_msg"], **MODEL_EVENT, **PRIVATE)
-    if ui["image"].value:  # the first view: the default family's first example, computed at start (warm_up), cached
+    if ui["image"].value:  # the first view: the default family's first example, computed once in the background
+        # when the server serves (start_first_view): a load before it is done waits for it, later ones find it cached
         demo.load(gpu(ex.update), update_inputs, update_outputs, **MODEL_EVENT, **PRIVATE).then(**size_args)
     # its own queue, so that a ScoreCAM request (its slow part on a copy of the baseline) never holds up a fast one;
     # the calls take turns on the models with the page's events (Explorer._models)
@@ -224,12 +226,11 @@ def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None, hu
     """The explorer's page and its typed API (/explain, /families). Cheap: no family is loaded here; the default
     family's trained k are read from its config files and its models load on first use. `ex`: the families and
     workspace (default: explorer_from_env()); `dataset`: examples from a local dataset (--examples), shown first;
-    `hub`: Oxford-IIIT Pet photos from the Hub; `warm`: load the default family and compute the first view now."""
+    `hub`: Oxford-IIIT Pet photos from the Hub; `warm`: load the default family and compute the first view in a
+    background thread once the server serves (Explorer.start_first_view; demo.serving): a load waits for it."""
     ex = ex or explorer_from_env()
     example_sets = ([(dataset, "dataset")] if dataset else []) + ([(hub, "photo")] if hub else []) + \
         bundled_examples(ex.assets)
-    if warm:
-        ex.warm_up(example_sets)
     ks0 = ex.store.trained_ks(ex.default) if ex.default else []  # from config.json: no model is loaded here
     ui: dict = {}
     with ExplorerBlocks(title="Top-GAP explorer", delete_cache=(600, 3600)) as demo:
@@ -261,6 +262,8 @@ def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None, hu
                 with gr.Tab(title):
                     builder()
         _wire(demo, ui, ex, example_sets)
+    if warm:
+        ex.start_first_view(example_sets, after=demo.serving)
     demo.queue(max_size=64, default_concurrency_limit=1)
     demo.explorer = ex  # the handlers behind this page (tests call them directly)
     return demo

@@ -365,9 +365,11 @@ def test_a_mask_of_another_aspect_ratio_is_refused_on_the_page_as_by_explain(ex,
     sess = _image_session(ex, files)[0]
     out = ex.update("fam", str(files / "image.png"), str(files / "wide.png"), None, "gradcam", KS[1], sess)
     assert out[4] == ("⚠️ The mask could not be used: the mask is 60x20 (aspect ratio 3.00) but the image's aspect "
-                      "ratio is 1.33; send this image's mask (same size, or scaled with the same aspect ratio). IOU "
-                      "and mass are cleared until a valid mask is given.")
+                      "ratio is 1.33; send this image's mask (same size, or scaled with the same aspect ratio). The "
+                      "upload (wide.png) was taken out of its box; IOU and mass are cleared until a valid mask is "
+                      "given.")
     assert not out[0].result.has_mask and out[0].mask is None and out[5] is None
+    assert out[15] is None  # the refused file leaves the upload box: it never shows a mask that is not in use
     half = ex.update("fam", str(files / "image.png"), str(files / "half_mask.png"), None, "gradcam", KS[1], out[0])
     assert half[0].result.has_mask and "mask resized from 32x24 to 64x48" in half[10]
 
@@ -388,6 +390,38 @@ def test_an_upload_that_replaces_the_drawing_clears_its_strokes(ex, files):
     cleared = {"background": out[0].result.image, "layers": [], "composite": out[0].result.image}
     after = ex.update("fam", image, mask, cleared, "gradcam", KS[1], out[0])  # the editor's change event
     assert after[0].mask_source == "uploaded mask" and after[0].result.has_mask
+
+
+def test_a_refused_upload_leaves_its_box_says_so_and_keeps_the_drawing(ex, files):
+    """A refused mask upload is taken out of its box with a message saying so (the box never shows a mask that is
+    not in use, nor looks emptied without a word); the box's next event (empty) keeps the message; the same file again
+    is refused again, in the same words. An upload refused while a drawing is in use leaves the drawing in use with
+    its strokes (it used to clear both)."""
+    image, wide, mask = str(files / "image.png"), str(files / "wide.png"), str(files / "mask.png")
+    sess = _image_session(ex, files, mask=mask)[0]
+    out = ex.update("fam", image, wide, None, "gradcam", KS[1], sess)
+    assert "The upload (wide.png) was taken out of its box; IOU and mass are cleared" in out[4]
+    assert out[15] is None and not out[0].result.has_mask and "Upload or draw a mask" in out[10]
+    emptied = ex.update("fam", image, None, None, "gradcam", KS[1], out[0])  # the box's change event, now empty
+    assert emptied[4] == gr.skip() and emptied[15] == gr.skip()  # the message stays on screen
+    again = ex.update("fam", image, wide, None, "gradcam", KS[1], emptied[0])  # given again (or a queued event)
+    assert again[15] is None and again[4] == out[4] and not again[0].result.has_mask
+    good = ex.update("fam", image, mask, None, "gradcam", KS[1], again[0])
+    assert good[0].result.has_mask and good[4] == "" and good[15] == gr.skip()  # a valid mask: used, message gone
+    # a drawing in use, then a refused upload: the drawing stays in use, its strokes stay (no editor update)
+    h, w = good[0].result.image.shape[:2]
+    layer = np.zeros((h, w, 4), np.uint8)
+    layer[10:40, 10:40, 3] = 255
+    drawn = {"background": good[0].result.image, "layers": [layer], "composite": good[0].result.image}
+    fresh = _image_session(ex, files)[0]
+    with_drawing = ex.update("fam", image, None, drawn, "gradcam", KS[1], fresh)
+    assert with_drawing[0].mask_source == "drawn mask"
+    out = ex.update("fam", image, wide, drawn, "gradcam", KS[1], with_drawing[0])
+    assert out[0].mask_source == "drawn mask" and out[0].result.has_mask and "using the drawn mask" in out[10]
+    assert out[-1] == gr.skip() and out[15] is None  # strokes kept; the refused file leaves its box
+    assert out[4].endswith("The upload (wide.png) was taken out of its box; the drawn mask stays in use.")
+    after = ex.update("fam", image, None, drawn, "gradcam", KS[1], out[0])  # the box's change event, now empty
+    assert after[0].mask_source == "drawn mask" and after[4] == gr.skip()
 
 
 def test_mask_kept_for_its_image_cleared_for_a_new_one(ex, files, tmp_path):
@@ -534,6 +568,53 @@ def test_import_does_nothing_and_the_page_loads_no_family(tmp_path):
     assert not list((tmp_path / "tmp").glob("topgap-app-*")), "the workspace outlived the process"
 
 
+def test_first_view_computed_once_in_the_background_while_the_page_serves(app_module, monkeypatch):
+    """docs/performance.md, cold start: build_demo(warm=True) returns before the first view is computed (a background
+    thread computes it once the server serves: demo.serving, set by launch); two page loads that arrive before it
+    is ready wait for that same computation, and a later one finds it cached: explain_all runs once, in that thread
+    (an ordering and count check, no timing)."""
+    import topgap.explorer.handlers as handlers
+
+    real, calls, arrived = handlers.explain_all, [], []
+
+    def counted(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(handlers, "explain_all", counted)
+    ex = app_module.explorer_from_env()
+    demo = app_module.build_demo(ex, warm=True)
+    assert isinstance(demo, gr.Blocks) and not ex.first_view.done() and calls == []  # returned, nothing computed
+    image, mask = ex.first_example(ex.default, bundled_examples(ex.assets))
+    explain, outputs = ex.explain, {}
+
+    def counted_explain(*args, **kwargs):
+        arrived.append(ex.first_view.done())
+        return explain(*args, **kwargs)
+    ex.explain = counted_explain
+
+    def load(name):  # what a page load runs (app.py: demo.load(ex.update, ...))
+        outputs[name] = ex.update(ex.default, image, mask, None, "gradcam", KS[1], None)
+    loads = [threading.Thread(target=load, args=(n,)) for n in ("a", "b")]
+    for t in loads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(arrived) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert arrived == [False, False] and calls == []  # both asked for it before it was ready; neither computes it
+    demo.serving.set()  # as launch() does once the server runs
+    for t in loads:
+        t.join(120)
+    assert calls == ["first-view"]  # computed once, in the background thread; both loads waited for it
+    first = ex.first_view.result(timeout=0)
+    assert outputs["a"][0].result.topgap[0].cam is first.topgap[0].cam is outputs["b"][0].result.topgap[0].cam
+    assert "uploaded mask" in outputs["a"][10]  # each page's mask on the shared result
+    later = ex.update(ex.default, image, mask, None, "gradcam", KS[1], None)
+    assert calls == ["first-view"] and later[0].result.topgap[0].cam is first.topgap[0].cam  # cached
+    for i in range(handlers.CACHED_RESULTS + 1):  # other images fill the cache: the first view stays in it
+        ex._remember(("fam", f"other{i}", "gradcam", "relu"), first)
+    assert ex._cached(ex._first_key) is first
+
+
 def test_first_use_loads_the_family_once(ex, files, caplog):
     import logging
 
@@ -545,7 +626,7 @@ def test_first_use_loads_the_family_once(ex, files, caplog):
     assert msgs == [gr.skip()]  # loaded already: the page load says nothing
     ex.store._loaded.pop("fam")
     msgs = list(ex.preload("fam"))
-    assert msgs[0].startswith("⏳ Loading model family 'fam'") and msgs[-1] == "" and ex.store.loaded("fam")
+    assert msgs[0].startswith("Loading model family 'fam'") and msgs[-1] == "" and ex.store.loaded("fam")
 
 
 def test_size_prior_from_the_mask_or_a_typed_size_without_models(ex, files, monkeypatch):

@@ -6,6 +6,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import threading
 
 import gradio as gr
 from gradio.components.api_component import Api
@@ -50,7 +51,22 @@ CSS = """
 class ExplorerBlocks(gr.Blocks):
     """gr.Blocks whose API calls with too few values get the defaults of a typed endpoint's (gr.api) optional
     arguments, or a message naming the missing ones (gradio raises a plain ValueError there, which reaches REST
-    clients as {"error": null})."""
+    clients as {"error": null}); `serving` is set once launch() has started the server (work deferred until the
+    page is served waits for it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.serving = threading.Event()
+
+    def launch(self, *args, **kwargs):
+        try:
+            return super().launch(*args, **kwargs)
+        finally:  # with prevent_thread_lock=True (or a failed start: the waiting work is not left hanging)
+            self.serving.set()
+
+    def block_thread(self) -> None:
+        self.serving.set()  # launch() calls this once the server runs, and returns only when it stops
+        super().block_thread()
 
     def validate_inputs(self, block_fn, inputs):
         params = list(inspect.signature(block_fn.fn).parameters.values()) if block_fn.fn else []

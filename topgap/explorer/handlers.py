@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 
 import gradio as gr
@@ -80,21 +81,60 @@ class Explorer:
         self._results: OrderedDict[tuple, Result] = OrderedDict()
         self._latest: OrderedDict[str, tuple] = OrderedDict()  # session hash -> what its page shows (_signature)
         self._lock = threading.Lock()
+        self._computing: dict[tuple, Future] = {}  # result key -> its computation under way (explain, _claim)
+        self._first_key: tuple | None = None  # the first view's result key: kept in the cache
+        self.first_view: Future | None = None  # its computation (start_first_view)
         # one at a time on the families' models; a slow method's baseline works on a copy, one at a time (slow_map)
         self._models, self._slow = threading.RLock(), threading.Lock()
 
     def explain(self, fam: Family, image, method: str, protocol: str = PROTOCOL, slow_baseline: bool = False) -> Result:
         """explain_all, remembered for the CACHED_RESULTS latest (family, image content, method, protocol): the
-        first view and the examples are computed once for every visitor. A slow method's baseline (SLOW_METHODS)
-        is left pending unless `slow_baseline` (complete_baseline computes it in its own queue)."""
+        first view and the examples are computed once for every visitor, also when several ask at the same time
+        (the later ones wait for the computation under way). A slow method's baseline (SLOW_METHODS) is left
+        pending unless `slow_baseline` (complete_baseline computes it in its own queue)."""
         key = (fam.name, content_key(image) if isinstance(image, (str, Path)) else None, method, protocol)
-        result = self._cached(key)
-        if result is None:
+
+        def compute() -> Result:
             with self._models:
-                result = explain_all(fam, image, method=method, protocol=protocol, slow_baseline=False)
+                return explain_all(fam, image, method=method, protocol=protocol, slow_baseline=False)
+
+        if key[1] is None:  # an array: nothing to share it by
+            result = compute()
+        else:
+            future, mine = self._claim(key)
+            result = self._fill(key, future, compute) if mine else future.result()
         if slow_baseline and result.pending:
             result = result.with_baseline(self.slow_map(fam, result))
         self._remember(key, result)
+        return result
+
+    def _claim(self, key: tuple) -> tuple[Future, bool]:
+        """The result of `key` as a future: (done, False) when cached, (the one under way, False) when another
+        thread computes it, else (a new one, True): the caller computes it and fills it (_fill)."""
+        with self._lock:
+            future = self._computing.get(key)
+            if future is None and key in self._results:
+                self._results.move_to_end(key)
+                future = Future()
+                future.set_result(self._results[key])
+            if future is not None:
+                return future, False
+            future = self._computing[key] = Future()
+            return future, True
+
+    def _fill(self, key: tuple, future: Future, compute) -> Result:
+        """Run `compute`, cache its result and hand it (or its exception) to everyone waiting on `future`."""
+        try:
+            result = compute()
+        except BaseException as e:
+            with self._lock:
+                self._computing.pop(key, None)
+            future.set_exception(e)
+            raise
+        self._remember(key, result)
+        with self._lock:
+            self._computing.pop(key, None)
+        future.set_result(result)
         return result
 
     def slow_map(self, fam: Family, result: Result):
@@ -116,8 +156,8 @@ class Explorer:
         with self._lock:
             if key not in self._results or self._results[key].pending:
                 self._results[key] = result
-            while len(self._results) > CACHED_RESULTS:
-                self._results.popitem(last=False)
+            while len(self._results) > CACHED_RESULTS:  # the oldest goes, never the first view
+                del self._results[next(k for k in self._results if k != self._first_key)]
 
     @staticmethod
     def _signature(sess: Session) -> tuple:
@@ -166,14 +206,34 @@ class Explorer:
                 return tuple(examples.rows[0])
         return None, None
 
-    def warm_up(self, example_sets) -> None:
-        """Load the default family and compute its first example (the first view), before the server starts."""
+    def start_first_view(self, example_sets, after: threading.Event | None = None) -> Future | None:
+        """Load the default family and compute its first example (the first view) in a background thread, once
+        `after` is set (app.py: when the server serves, so that the two do not share the CPU; None: at once). A page
+        load that asks for it before it is done waits for this computation (it is under way for explain from this
+        call on, see _claim); later ones find it cached (never evicted). Returns the future of its Result (also
+        `self.first_view`); None without a default family or example. Called once, at start."""
         image, _ = self.first_example(self.default, example_sets)
-        if self.default and isinstance(image, str):
+        if not self.default or not isinstance(image, str):
+            return None
+        key = self._first_key = (self.default, content_key(image), "gradcam", PROTOCOL)
+        self.first_view, mine = self._claim(key)
+
+        def compute() -> Result:
+            fam = self.store.get(self.default)
+            with self._models:
+                return explain_all(fam, image, method="gradcam", protocol=PROTOCOL, slow_baseline=False)
+
+        def run() -> None:
+            if after is not None:
+                after.wait()
             try:
-                self.explain(self.store.get(self.default), image, "gradcam")
-            except USER_ERRORS as e:
+                self._fill(key, self.first_view, compute)
+            except USER_ERRORS as e:  # a page load waiting for it says why
                 log.warning("first view not prepared: %s", e)
+
+        if mine:
+            threading.Thread(target=run, name="first-view", daemon=True).start()
+        return self.first_view
 
     def load_family(self, name: str | None) -> Family:
         """The named family, loaded (and warmed up) on its first use, with a message to the page while it loads."""
@@ -192,7 +252,7 @@ class Explorer:
         if not fam_name or fam_name not in self.families or self.store.loaded(fam_name) is not None:
             yield gr.skip()
             return
-        yield f"⏳ Loading model family {fam_name!r} (first use, a few seconds)…"
+        yield f"Loading model family {fam_name!r} (first use, a few seconds)…"
         try:
             self.store.get(fam_name)
             yield ""
@@ -248,7 +308,8 @@ class Explorer:
         msgs = [skip if step.messages[n] is None else step.messages[n] for n in ("family", "image", "mask")]
         shown = sess.image_path if sess.image_path and os.path.isfile(sess.image_path) else None
         image = shown if step.restore_image else skip  # a refused picture does not stay in the box
-        return (sess, k_control, *msgs, mask_view, *views, *bias, image, editor)
+        upload = None if step.clear_upload else skip  # nor a refused mask (its message says it was taken out)
+        return (sess, k_control, *msgs, mask_view, *views, *bias, upload, image, editor)
 
     def switch_k(self, sess: Session | None, k):
         """k changed: pick the stored result for that k (no model runs)."""
