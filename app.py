@@ -182,7 +182,7 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
                      **PRIVATE)
     update_inputs = [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]]
     update_outputs = [state, ui["k"], ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views,
-                      ui["bias_table"], ui["bias_plot"], ui["mask"], ui["image"], ui["draw"]]
+                      ui["bias_table"], ui["bias_plot"], ui["image"], ui["draw"]]
     slow_args = dict(fn=gpu(ex.complete_baseline), inputs=[state, k], outputs=[state, *views, ui["bias_table"]],
                      concurrency_id="slow", concurrency_limit=1, show_progress_on=[ui["base_img"]],
                      show_progress="minimal", **PRIVATE)  # its own queue: the others are not held up

@@ -365,11 +365,9 @@ def test_a_mask_of_another_aspect_ratio_is_refused_on_the_page_as_by_explain(ex,
     sess = _image_session(ex, files)[0]
     out = ex.update("fam", str(files / "image.png"), str(files / "wide.png"), None, "gradcam", KS[1], sess)
     assert out[4] == ("⚠️ The mask could not be used: the mask is 60x20 (aspect ratio 3.00) but the image's aspect "
-                      "ratio is 1.33; send this image's mask (same size, or scaled with the same aspect ratio). The "
-                      "upload (wide.png) was taken out of its box; IOU and mass are cleared until a valid mask is "
-                      "given.")
+                      "ratio is 1.33; send this image's mask (same size, or scaled with the same aspect ratio). IOU "
+                      "and mass are cleared until a valid mask is given.")
     assert not out[0].result.has_mask and out[0].mask is None and out[5] is None
-    assert out[15] is None  # the refused file leaves the upload box: it never shows a mask that is not in use
     half = ex.update("fam", str(files / "image.png"), str(files / "half_mask.png"), None, "gradcam", KS[1], out[0])
     assert half[0].result.has_mask and "mask resized from 32x24 to 64x48" in half[10]
 
@@ -390,38 +388,6 @@ def test_an_upload_that_replaces_the_drawing_clears_its_strokes(ex, files):
     cleared = {"background": out[0].result.image, "layers": [], "composite": out[0].result.image}
     after = ex.update("fam", image, mask, cleared, "gradcam", KS[1], out[0])  # the editor's change event
     assert after[0].mask_source == "uploaded mask" and after[0].result.has_mask
-
-
-def test_a_refused_upload_leaves_its_box_says_so_and_keeps_the_drawing(ex, files):
-    """A refused mask upload is taken out of its box with a message saying so (the box never shows a mask that is
-    not in use, nor looks emptied without a word); the box's next event (empty) keeps the message; the same file again
-    is refused again, in the same words. An upload refused while a drawing is in use leaves the drawing in use with
-    its strokes (it used to clear both)."""
-    image, wide, mask = str(files / "image.png"), str(files / "wide.png"), str(files / "mask.png")
-    sess = _image_session(ex, files, mask=mask)[0]
-    out = ex.update("fam", image, wide, None, "gradcam", KS[1], sess)
-    assert "The upload (wide.png) was taken out of its box; IOU and mass are cleared" in out[4]
-    assert out[15] is None and not out[0].result.has_mask and "Upload or draw a mask" in out[10]
-    emptied = ex.update("fam", image, None, None, "gradcam", KS[1], out[0])  # the box's change event, now empty
-    assert emptied[4] == gr.skip() and emptied[15] == gr.skip()  # the message stays on screen
-    again = ex.update("fam", image, wide, None, "gradcam", KS[1], emptied[0])  # given again (or a queued event)
-    assert again[15] is None and again[4] == out[4] and not again[0].result.has_mask
-    good = ex.update("fam", image, mask, None, "gradcam", KS[1], again[0])
-    assert good[0].result.has_mask and good[4] == "" and good[15] == gr.skip()  # a valid mask: used, message gone
-    # a drawing in use, then a refused upload: the drawing stays in use, its strokes stay (no editor update)
-    h, w = good[0].result.image.shape[:2]
-    layer = np.zeros((h, w, 4), np.uint8)
-    layer[10:40, 10:40, 3] = 255
-    drawn = {"background": good[0].result.image, "layers": [layer], "composite": good[0].result.image}
-    fresh = _image_session(ex, files)[0]
-    with_drawing = ex.update("fam", image, None, drawn, "gradcam", KS[1], fresh)
-    assert with_drawing[0].mask_source == "drawn mask"
-    out = ex.update("fam", image, wide, drawn, "gradcam", KS[1], with_drawing[0])
-    assert out[0].mask_source == "drawn mask" and out[0].result.has_mask and "using the drawn mask" in out[10]
-    assert out[-1] == gr.skip() and out[15] is None  # strokes kept; the refused file leaves its box
-    assert out[4].endswith("The upload (wide.png) was taken out of its box; the drawn mask stays in use.")
-    after = ex.update("fam", image, None, drawn, "gradcam", KS[1], out[0])  # the box's change event, now empty
-    assert after[0].mask_source == "drawn mask" and after[4] == gr.skip()
 
 
 def test_mask_kept_for_its_image_cleared_for_a_new_one(ex, files, tmp_path):

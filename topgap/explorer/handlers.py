@@ -308,8 +308,7 @@ class Explorer:
         msgs = [skip if step.messages[n] is None else step.messages[n] for n in ("family", "image", "mask")]
         shown = sess.image_path if sess.image_path and os.path.isfile(sess.image_path) else None
         image = shown if step.restore_image else skip  # a refused picture does not stay in the box
-        upload = None if step.clear_upload else skip  # nor a refused mask (its message says it was taken out)
-        return (sess, k_control, *msgs, mask_view, *views, *bias, upload, image, editor)
+        return (sess, k_control, *msgs, mask_view, *views, *bias, image, editor)
 
     def switch_k(self, sess: Session | None, k):
         """k changed: pick the stored result for that k (no model runs)."""

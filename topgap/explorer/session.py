@@ -21,7 +21,6 @@ __all__ = ["Session", "Step", "advance", "apply_mask", "content_key", "USER_ERRO
 
 log = logging.getLogger("topgap.app")
 USER_ERRORS = (InputError, CheckpointError)
-CLEARED = "IOU and mass are cleared until a valid mask is given."
 
 
 def warning(e: Exception | str) -> str:
@@ -54,9 +53,8 @@ class Session:
 class Step:
     """An event's outcome: the new session, the k to show, the family loaded for it (its k control is refreshed),
     the messages next to family, image and mask (None: the page keeps what it shows), whether the shown results
-    stay (keep), whether the image is new (the drawing editor gets it as background), whether the drawing was
-    replaced by an upload (its strokes are cleared, so the page shows only the mask in use) and whether a refused
-    upload leaves the mask box (so that it never shows a mask that is not in use)."""
+    stay (keep), whether the image is new (the drawing editor gets it as background) and whether the drawing was
+    replaced by an upload (its strokes are cleared, so the page shows only the mask in use)."""
     sess: Session
     messages: dict[str, str | None]
     k: int | None
@@ -65,7 +63,6 @@ class Step:
     new_image: bool = False
     clear_drawing: bool = False  # an upload replaced the drawing as the mask in use: the editor drops its strokes
     restore_image: bool = False  # an image was refused: the box shows the result's image again (or none)
-    clear_upload: bool = False  # a mask upload was refused: it is taken out of its box (the message says so)
 
 
 def content_key(value) -> str | None:
@@ -120,31 +117,16 @@ def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, dr
     return changed, replaced
 
 
-def apply_mask(sess: Session, out: dict) -> Exception | None:
-    """The session's mask onto its result (again); a mask that cannot be used is dropped, said in out['mask'].
-    Returns why it was refused (None: used, or no mask)."""
+def apply_mask(sess: Session, out: dict) -> None:
+    """The session's mask onto its result (again); a mask that cannot be used is dropped, said in out['mask']."""
     try:
         notes = [f"using the {sess.mask_source}"] if sess.mask is not None else []
         sess.result = sess.result.with_mask(sess.mask, notes=notes, same_aspect=sess.mask_source == "uploaded mask")
-        return None
     except USER_ERRORS as e:
         log.info("user error (mask): %s", e)
-        out["mask"] = f"⚠️ The mask could not be used: {e}. {CLEARED}"
+        out["mask"] = f"⚠️ The mask could not be used: {e}. IOU and mass are cleared until a valid mask is given."
         sess.mask = sess.mask_source = None
         sess.result = sess.result.with_mask(None)
-        return e
-
-
-def _refuse_upload(sess: Session, out: dict, error: Exception, name: str, drawing: tuple | None) -> None:
-    """The uploaded mask `name` was refused for `error`: it leaves its box (Step.clear_upload; the box's next event,
-    empty, changes nothing), and the drawing it was to replace, `drawing` (mask, key), stays in use with its strokes;
-    out['mask'] says so. Given again (or in an event queued before the box was emptied), it is refused again."""
-    sess.upload_key = None
-    if drawing is not None:
-        (sess.mask, sess.drawn_key), sess.mask_source = drawing, "drawn mask"
-        apply_mask(sess, {})
-    after = "the drawn mask stays in use" if drawing is not None else CLEARED.removesuffix(".")
-    out["mask"] = f"⚠️ The mask could not be used: {error}. The upload ({name}) was taken out of its box; {after}."
 
 
 def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
@@ -164,7 +146,7 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
             return Step(sess, out, k, keep=True)
         return Step(Session(family=fam_name, method=method, k_by_family=sess.k_by_family), out, k, fam,
                     new_image=True)
-    image_key, drawn_arr, upload_key = content_key(image), drawn_mask(drawn), content_key(mask_upload)
+    image_key, drawn_arr = content_key(image), drawn_mask(drawn)
     if image_key is not None and image_key == old.refused_key:  # the refused file again (given again, or an event
         return Step(sess, out, k, keep=True, restore_image=True)  # queued before the box got the old image back)
     new_image = image_key != sess.image_key
@@ -174,8 +156,8 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         sess.stale_upload, sess.stale_drawn = sess.upload_key, sess.drawn_key
         sess.mask = sess.mask_source = None
         sess.drawn_key = None  # the editor gets the new image as background and no strokes
-    drawing = (sess.mask, sess.drawn_key) if sess.mask_source == "drawn mask" else None
-    mask_changed, replaced = _take_masks(sess, out, mask_upload, drawn_arr, upload_key, content_key(drawn_arr))
+    mask_changed, replaced = _take_masks(sess, out, mask_upload, drawn_arr, content_key(mask_upload),
+                                         content_key(drawn_arr))
     mask_changed |= new_image
     fam = None
     if new_image or fam_name != sess.family or method != sess.method:
@@ -197,10 +179,5 @@ def advance(old: Session | None, fam_name, image, mask_upload, drawn, method, k,
         sess.result = sess.result.with_protocol(protocol)
     elif not mask_changed or sess.result is None:
         return Step(sess, out, k, keep=True)
-    source = sess.mask_source
-    error = apply_mask(sess, out)
-    refused = error is not None and source == "uploaded mask"
-    if refused:
-        _refuse_upload(sess, out, error, Path(mask_upload).name, drawing if replaced else None)
-        replaced = False
-    return Step(sess, out, k, fam, new_image=new_image, clear_drawing=replaced, clear_upload=refused)
+    apply_mask(sess, out)
+    return Step(sess, out, k, fam, new_image=new_image, clear_drawing=replaced)
