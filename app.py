@@ -33,7 +33,7 @@ from topgap.explorer.blocks import CSS, ExplorerBlocks, lenient, mcp_enabled
 from topgap.explorer.examples import ExampleSet, bundled_examples, dataset_examples, env_examples, examples_fit, \
     hub_examples
 from topgap.explorer.explain import (ATTACKS, PGD_HELP, PGD_RULE, PGD_RULE_NAMES, PGD_STEPS, PROTOCOL, PROTOCOL_NAMES,
-                                     InputError, nearest_k)
+                                     InputError)
 from topgap.explorer.handlers import Explorer
 from topgap.explorer.views import AUDIT_HELP, METHOD_INFO
 from topgap.explorer.zerogpu import gpu
@@ -50,6 +50,7 @@ COLOUR_BAR = ('<div id="colour_bar" style="display:flex;align-items:center;gap:8
               f'background:linear-gradient(to right,{JET})"></span><span>high (each map min-max scaled)</span></div>')
 MODEL_EVENT = dict(concurrency_id="models", concurrency_limit=1)  # every event that runs a model: one queue
 PRIVATE = dict(api_visibility="undocumented")
+CLEAR_STROKES = """() => { document.querySelector('#mask button[aria-label="Clear canvas"]')?.click(); }"""
 
 
 def explorer_from_env() -> Explorer:
@@ -76,7 +77,7 @@ def _explain_tab(ui: dict, example_sets, ex: Explorer, first: tuple):
                 for key, label, elem in (("topgap", "Top-GAP CAM (own)", "topgap_cam"),
                                          ("base", "Baseline CAM", "baseline_cam")):
                     ui[f"{key}_img"] = gr.Image(label=label, format="png", interactive=False, elem_id=elem, height=260,
-                                                min_width=150)
+                                                min_width=150, buttons=["download"])  # more hid the label on phones
             gr.HTML(COLOUR_BAR)
             ui["metrics"] = gr.Markdown("Computing the CAMs of the example…" if first[0] else  # its load event
                                         "Upload an image (or pick an example) to see the CAMs.", elem_id="metrics")
@@ -98,6 +99,7 @@ def _explain_tab(ui: dict, example_sets, ex: Explorer, first: tuple):
             ui["mask_view"] = gr.Image(label="Mask in use (green: object, yellow: left out)", format="png",
                                        interactive=False, elem_id="mask_view", height=260)
         ui["mask_msg"] = gr.Markdown(elem_id="mask_msg", elem_classes="msg")
+        ui["draw_reset"] = gr.Textbox(visible="hidden", elem_id="draw_reset")
     ui["dl_btn"] = gr.Button("Prepare downloads (CAM PNG, .npy, JSON)", elem_id="dl_btn")
     ui["dl_files"] = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads",
                              visible=False)  # shown with its files, under the button
@@ -178,14 +180,15 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     views = [ui[n] for n in ("topgap_img", "topgap_lbl", "base_img", "base_lbl", "metrics", "hint", "slider")]
     state, fam, k = ui["state"], ui["family"], ui["k_value"]
     ui["k"].change(None, ui["k"], k, js="(k) => k", queue=False, **PRIVATE)
+    # chained events run "always_last": by default a trigger that comes while the last one runs would be dropped
     size_args = dict(fn=ex.size_view, inputs=[state, k, ui["size"]], outputs=[ui["size_md"], ui["bias_plot"]],
-                     **PRIVATE)
+                     trigger_mode="always_last", **PRIVATE)
     update_inputs = [fam, ui["image"], ui["mask"], ui["draw"], ui["method"], k, state, ui["protocol"]]
     update_outputs = [state, ui["k"], ui["family_msg"], ui["image_msg"], ui["mask_msg"], ui["mask_view"], *views,
-                      ui["bias_table"], ui["bias_plot"], ui["image"], ui["draw"]]
+                      ui["bias_table"], ui["bias_plot"], ui["image"], ui["draw_reset"]]
     slow_args = dict(fn=gpu(ex.complete_baseline), inputs=[state, k], outputs=[state, *views, ui["bias_table"]],
                      concurrency_id="slow", concurrency_limit=1, show_progress_on=[ui["base_img"]],
-                     show_progress="minimal", **PRIVATE)  # its own queue: the others are not held up
+                     show_progress="minimal", trigger_mode="always_last", **PRIVATE)  # its own queue
     changed = gr.on([ui["image"].change, ui["mask"].change, ui["draw"].change, fam.change, ui["method"].change,
                      ui["protocol"].change], gpu(ex.update), update_inputs, update_outputs,
                     trigger_mode="always_last", **MODEL_EVENT, **PRIVATE)
@@ -193,6 +196,8 @@ def _wire(demo: gr.Blocks, ui: dict, ex: Explorer, example_sets):
     changed.then(**slow_args)
     gr.on([ui["size"].submit, ui["size"].blur], **size_args)
     ui["size_btn"].click(ex.use_advised_k, [state, ui["size"]], ui["k"], **PRIVATE)
+    ui["draw_reset"].change(None, js=CLEAR_STROKES, queue=False, **PRIVATE).then(  # a new image, replaced strokes
+        ex.editor_background, state, ui["draw"], show_progress="hidden", trigger_mode="always_last", **PRIVATE)
     # a new upload empties the mask box in the page itself, at once
     ui["image"].upload(None, None, ui["mask"], js="() => null", queue=False, **PRIVATE)
     gr.on([ui["image"].change, k.change], lambda: gr.update(value=None, visible=False), None, ui["dl_files"],
@@ -239,7 +244,7 @@ def build_demo(ex: Explorer | None = None, dataset: ExampleSet | None = None, hu
         with gr.Row(equal_height=True):
             ui["family"] = gr.Dropdown(ex.families, value=ex.default, label="Model family", elem_id="family",
                                        min_width=160)
-            k0 = nearest_k(ks0, None) if ks0 else None
+            k0 = ex.store.default_k(ex.default) if ks0 else None  # the card's chosen k (else the middle one)
             ui["k"] = gr.Radio(ks0, value=k0, elem_id="k", min_width=300, scale=2,
                                label="k (trained values of this family)")
             # the handlers read k from this mirror, never from the radio: gradio checks a radio's value against the

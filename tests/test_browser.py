@@ -4,6 +4,7 @@ families, a mask tied to its image, errors next to their input, the model card, 
 Needs `pip install playwright` and `apt-get install -y chromium` (never `playwright install`); skips otherwise.
 One served app and one browser for the module.
 """
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -23,6 +24,7 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium", allow_module_level=True)
 expect = sync_api.expect
 LONG = 60_000
+GREY = 128  # grey.png's value: the drawing editor's background in the stroke test
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +77,20 @@ def files(tmp_path_factory):
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n definitely not a png")
     Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(d / "tiny.png")
     Image.fromarray(np.full((20, 60), 255, np.uint8)).save(d / "wide_mask.png")  # another aspect ratio
+    Image.fromarray(np.full((96, 96, 3), GREY, np.uint8)).save(d / "grey.png")  # red strokes stand out on it
     return d
 
 
 def upload(page, elem: str, path: Path, explained: bool = True):
     """Upload `path` into `elem`; for an image that is `explained`, wait until the metrics show its result (they
-    showed another: the first view, or the previous image)."""
-    before = page.locator("#metrics").inner_text() if elem == "image" and explained else None
+    showed another: the first view, or the previous image). The metrics' markdown is read, not the box: gradio's
+    progress text ("queue: 1/1 | 0.5s") in the box changes before the result comes."""
+    metrics = "#metrics [data-testid=markdown]"
+    before = page.locator(metrics).inner_text() if elem == "image" and explained else None
     page.locator(f"#{elem} input[type=file]").set_input_files(str(path))
     if before is not None:
-        page.wait_for_function("(t) => !document.querySelector('#metrics').innerText.includes(t)", arg=before[:200],
-                               timeout=LONG)
+        page.wait_for_function("([m, t]) => !document.querySelector(m).innerText.includes(t)",
+                               arg=[metrics, before[:200]], timeout=LONG)
 
 
 def uploaded(page, elem: str, name: str):
@@ -157,6 +162,59 @@ def test_mask_belongs_to_its_image(page, files):
     expect(page.locator("#metrics")).to_contain_text("Upload or draw a mask", timeout=LONG)
     expect(page.locator("#mask_upload img")).to_have_count(0)
     expect(page.locator("#mask_view img")).to_have_count(0)
+
+
+def editor_strokes(page) -> int:
+    """Red brush pixels (#ff0000) on grey.png in the drawing editor, once it shows the picture (while an event runs
+    it is covered by gradio's progress overlay): counted in the grey picture's rows and columns only, so the
+    toolbar's red colour swatch is not counted, with the pointer (a red brush circle) moved away."""
+    page.locator("#mask").scroll_into_view_if_needed()
+    page.mouse.move(0, 0)
+    for _ in range(120):
+        shot = np.asarray(Image.open(io.BytesIO(page.locator("#mask").screenshot())).convert("RGB")).astype(int)
+        grey = (np.abs(shot - GREY) < 6).all(-1)
+        rows, cols = np.nonzero(grey.sum(1) > 50)[0], np.nonzero(grey.sum(0) > 50)[0]
+        if len(rows) > 50:
+            box = shot[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            return int(((box[..., 0] > 150) & (box[..., 1] < 100) & (box[..., 2] < 100)).sum())
+        page.wait_for_timeout(250)
+    raise AssertionError("the drawing editor never showed grey.png")
+
+
+def draw_stroke(page, shift: int = 0):
+    """Drag the brush across the editor's middle, `shift` px lower (once its picture shows, without strokes) and
+    wait until the drawing is the mask in use. Strokes an upload replaced are never used again, even drawn anew to
+    the pixel: a stroke after them is shifted."""
+    assert editor_strokes(page) == 0
+    box = page.locator("#mask canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 40, cy - 40 + shift)
+    page.mouse.down()
+    for dx in range(-40, 41, 10):
+        page.mouse.move(cx + dx, cy + dx / 2 + shift, steps=3)
+    page.mouse.up()
+    expect(page.locator("#metrics")).to_contain_text("using the drawn mask", timeout=LONG)
+
+
+def test_a_drawn_stroke_replaced_by_an_uploaded_mask_is_cleared(page, files):
+    """Issue 26 item 5: drawn strokes stayed on screen after an upload replaced them as the mask in use. The page
+    clears them with the editor's own button and the editor gets its picture back; it keeps working after."""
+    upload(page, "image", files / "grey.png")
+    draw_stroke(page)
+    assert editor_strokes(page) > 200
+    upload(page, "mask_upload", files / "mask.png")
+    expect(page.locator("#metrics")).to_contain_text("using the uploaded mask", timeout=LONG)
+    for _ in range(40):
+        if editor_strokes(page) == 0:
+            break
+        page.wait_for_timeout(250)
+    assert editor_strokes(page) == 0, "the replaced drawing's strokes are still on screen"
+    page.wait_for_timeout(1500)  # the cleared editor's own change events: the upload stays in use
+    expect(page.locator("#metrics")).to_contain_text("using the uploaded mask")
+    assert "processing" not in page.locator("#mask").inner_text()
+    draw_stroke(page, shift=12)  # the editor still works: a new drawing replaces the upload
+    assert editor_strokes(page) > 200
+    no_error_badges(page)
 
 
 def test_errors_next_to_their_input_once_and_outputs_kept(page, files):

@@ -295,6 +295,26 @@ def test_nearest_k_on_a_log_scale():
     assert nearest_k([16, 64, 128, 256, 512], 4) == 16 and nearest_k([4, 8, 16], 64) == 16
     assert nearest_k([8, 32], 16) == 8  # a tie (16/8 = 32/16) goes to the smaller k
     assert nearest_k([4, 16, 64], None) == 16 and nearest_k([4, 16, 64], "64") == 64
+    assert nearest_k([4, 16, 64], None, 4) == 4 and nearest_k([4, 16, 64], 64, 4) == 64  # a given k wins
+    assert nearest_k([4, 16, 64], None, 8) == 16  # a default that was not trained: the middle one
+
+
+def test_a_family_opens_at_the_k_its_card_chose(tmp_path):
+    from topgap.explorer.card_view import chosen_k
+    from topgap.explorer.explain import FamilyStore
+
+    folder = make_family(tmp_path, "fam")
+    store = FamilyStore(tmp_path)
+    assert chosen_k(folder) is None and store.default_k("fam") == KS[1]  # no card: the middle k
+    rows = [{"model": "baseline", "chosen": True}, {"model": f"k{KS[0]}", "metric": "l1", "chosen": True},
+            {"model": f"k{KS[2]}", "metric": "l1", "chosen": False}]
+    (folder / "card.json").write_text(json.dumps({"verdicts": rows}))
+    assert chosen_k(folder) == KS[0] and store.default_k("fam") == KS[0]
+    assert Family(folder).nearest_k(None) == KS[0] and Family(folder).nearest_k(KS[2]) == KS[2]
+    (folder / "card.json").write_text(json.dumps({"verdicts": rows[:1]}))  # only the baseline chosen
+    assert chosen_k(folder) is None and store.default_k("fam") == KS[1]
+    (folder / "card.json").write_text("{not json")
+    assert chosen_k(folder) is None and store.default_k("fam") == KS[1]
 
 
 def test_trimap_drawn_visibly():

@@ -33,6 +33,7 @@ from ..config import ModelConfig
 from ..data.imageio import InputError, decode_image, decode_mask, fit_mask
 from ..metrics import PxAP, best_iou, l1_sparsity, mass_in_mask
 from ..model import Normalize, minmax_scale
+from .card_view import chosen_k
 
 __all__ = ["Family", "MapResult", "Result", "Prepared", "prepare", "explain_all", "overlay", "InputError",
            "DISPLAY_MAX", "MAX_STRETCH", "MIN_SIDE", "SLOW_METHODS", "baseline_map", "TOP", "FamilyStore",
@@ -68,11 +69,11 @@ def k_info(k: int, cam_size: tuple[int, int]) -> str:
     return f"k = {k}: the top {k} of the {h}x{w} = {h * w} cells of each class map are pooled ({k / (h * w):.2%})"
 
 
-def nearest_k(ks: list[int], k: int | float | str | None) -> int:
-    """The trained k closest to `k` on a log scale, the smaller on ties (the middle one for None): a family
-    switch keeps k's size instead of an index that may not exist there."""
+def nearest_k(ks: list[int], k: int | float | str | None, default: int | None = None) -> int:
+    """The trained k closest to `k` on a log scale, the smaller on ties: a family switch keeps k's size instead of
+    an index that may not exist there. For None: `default` if trained (the family's chosen k), else the middle."""
     if k is None or k == "":
-        return ks[len(ks) // 2]
+        return default if default in ks else ks[len(ks) // 2]
     return min(ks, key=lambda t: (abs(np.log(t) - np.log(max(float(k), 1e-9))), t))
 
 
@@ -95,6 +96,7 @@ class Family:
                                       "a family shares one dataset and input size")
         self.class_names, self.input_size = first.class_names, first.input_size
         self.ks = [c.k for _, _, c in self.topgap]
+        self.chosen_k = chosen_k(self.folder)  # the card's choice on validation data: the k a first view shows
         self.cam_size = cam_size(self.topgap[0][1], self.input_size)
         self.norms = {n: Normalize(c.mean, c.std) for n, _, c in self.topgap + base}
 
@@ -102,7 +104,7 @@ class Family:
         return k_label(self.ks[i], self.cam_size)
 
     def nearest_k(self, k: int | float | None) -> int:
-        return nearest_k(self.ks, k)
+        return nearest_k(self.ks, k, self.chosen_k)
 
     def warm_up(self, rounds: int = 3) -> None:
         """Run every model (and GradCAM on the baseline) a few times: CPU kernels are slow on their first calls,
@@ -511,6 +513,11 @@ class FamilyStore:
             return sorted(c.k for c in map(read_config, family_members(self.root / name)) if c.kind == "topgap" and c.k)
         except CheckpointError:
             return []
+
+    def default_k(self, name: str) -> int | None:
+        """The k a local family opens at (no weights read): its card's chosen k, else the middle trained k."""
+        ks = self.trained_ks(name)
+        return nearest_k(ks, None, chosen_k(self.root / name)) if ks else None
 
     def class_names(self, name: str) -> list[str]:
         """A local family's class names from its first config.json (no weights read); [] when not on disk."""

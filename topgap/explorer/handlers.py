@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
@@ -61,6 +62,11 @@ def _holding_models(method):
         with self._models:
             return method(self, *args, **kwargs)
     return run
+
+
+def editor_value(result: Result | None) -> dict | None:
+    """The drawing editor's value: the result's image as its background, no strokes (None: an empty editor)."""
+    return {"background": result.image, "layers": [], "composite": result.image} if result is not None else None
 
 
 def _path(file) -> str | None:
@@ -297,10 +303,10 @@ class Explorer:
         views = (skip,) * 7 if step.keep else self.render(sess, k)
         # the plot follows in size_view (chained after this event), with the object's size marked when known
         bias = (skip, skip) if step.keep else (bias_md(result) if result is not None else "", skip)
-        if (step.new_image or step.clear_drawing) and not step.keep:
-            editor = {"background": result.image, "layers": [], "composite": result.image} if result else None
-        else:
-            editor = skip
+        # a new image, or strokes an upload replaced: the page clears the editor with its own button (a value sent
+        # into an editor that holds strokes can leave it "processing" for good), then editor_background gives it
+        # the image again
+        reset = str(time.monotonic_ns()) if (step.new_image or step.clear_drawing) and not step.keep else skip
         mask_view = skip if step.keep else (mask_overlay(result.image, *result.mask) if result and result.mask
                                             else None)
         k_control = (gr.update(choices=list(step.family.ks), value=k, info=k_info(k, step.family.cam_size))
@@ -308,7 +314,11 @@ class Explorer:
         msgs = [skip if step.messages[n] is None else step.messages[n] for n in ("family", "image", "mask")]
         shown = sess.image_path if sess.image_path and os.path.isfile(sess.image_path) else None
         image = shown if step.restore_image else skip  # a refused picture does not stay in the box
-        return (sess, k_control, *msgs, mask_view, *views, *bias, image, editor)
+        return (sess, k_control, *msgs, mask_view, *views, *bias, image, reset)
+
+    def editor_background(self, sess: Session | None):
+        """The drawing editor, cleared by the page, gets the image of the results shown (none: stays empty)."""
+        return editor_value(sess.result if sess is not None else None)
 
     def switch_k(self, sess: Session | None, k):
         """k changed: pick the stored result for that k (no model runs)."""
@@ -453,7 +463,8 @@ class Explorer:
             mask: optional object mask of this image (0/255, 0/1, palette or Oxford-IIIT trimap; nonzero = object),
                 the same size as the image or scaled with its aspect ratio; adds IOU, threshold and mass per model.
             family: the model family's name as /families lists it; default: the app's default family.
-            k: a trained k of the family (how many class-map cells Top-GAP pools); default: the middle trained k.
+            k: a trained k of the family (how many class-map cells Top-GAP pools); default: the k its card chose on
+                validation data, else the middle trained k.
             method: the baseline's CAM method: gradcam, gradcam++, hirescam, layercam, xgradcam, eigencam, scorecam.
             maps: also return each model's CAM ("map": min-max scaled, at the class-map resolution cam_size, 4
                 decimals).

@@ -100,8 +100,9 @@ def _take_masks(sess: Session, out: dict, mask_upload, drawn_arr, upload_key, dr
     if upload_key != sess.upload_key:
         sess.upload_key, changed = upload_key, True
         if upload_key is not None:
-            if sess.mask_source == "drawn mask":  # the upload replaces the drawing: its strokes go
-                sess.drawn_key = drawn_key = None
+            if sess.mask_source == "drawn mask":  # the upload replaces the drawing: its strokes go for good (an
+                # event the page sent before it cleared them reads as no drawing)
+                sess.stale_drawn, sess.drawn_key, drawn_key = sess.drawn_key, None, None
                 replaced = True
             sess.mask, sess.mask_source = mask_upload, "uploaded mask"
             out["mask"] = ""
