@@ -44,6 +44,9 @@ GRADCAM_POSTPROCESSING = "relu-minmax"  # pytorch-grad-cam's standard output, un
 # pytorch-grad-cam class of each method; imported on first use (it pulls in torchvision: seconds at start-up)
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM",
            "xgradcam": "XGradCAM", "eigencam": "EigenCAM", "scorecam": "ScoreCAM"}
+# masked images per ScoreCAM forward: on 2 CPU cores 1, 2 and 4 take the same time, the library's 16 twice as long
+# and 0.3 GB more (bench/results/scorecam_batch.json)
+SCORECAM_BATCH = 4
 _HOOKS_GUARD = threading.Lock()
 _HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its lock (_hooks_of)
 
@@ -174,12 +177,15 @@ def _hooks_of(module: nn.Module) -> threading.Lock:
 def _scorecam_weights(self, input_tensor, target_layer, targets, activations, grads):
     """ScoreCAM's channel weights as pytorch-grad-cam computes them (Wang et al., CVPR-W 2020): w = softmax over
     channels of target(model(x * norm(up(A_c)))), `up` bilinear (align_corners) to the input size and `norm` min-max
-    per channel, one batch of `batch_size` (16) channels at a time. The library builds every masked input first
-    (channels x 3 x H x W floats: 0.77 GB for EfficientNet-Lite0 at 224 px) and draws a progress bar per call; here
-    only one batch of them exists at a time, with the same batches, so the weights are the library's."""
+    per channel, `batch_size` (:data:`SCORECAM_BATCH`) channels at a time. The library builds every masked input
+    first (channels x 3 x H x W floats: 0.77 GB for EfficientNet-Lite0 at 224 px), keeps the target layer's
+    activations of every masked batch (0.3 GB more) and draws a progress bar per call; here only one batch of masked
+    inputs exists at a time. The weights are the library's up to float rounding (tested)."""
     size, step = input_tensor.shape[-2:], getattr(self, "batch_size", 16)
     acts = torch.from_numpy(activations).to(self.device)
     scores = torch.empty(acts.shape[:2])
+    kept = self.activations_and_grads.activations  # the hook stores every forward's activations: not these
+    n_kept = len(kept)
     with torch.no_grad():
         for b, target in enumerate(targets):
             for i in range(0, acts.shape[1], step):
@@ -187,6 +193,7 @@ def _scorecam_weights(self, input_tensor, target_layer, targets, activations, gr
                 lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
                 batch = input_tensor[b][None] * ((up - lo) / (hi - lo + 1e-8))[:, None]
                 scores[b, i:i + step] = torch.tensor([target(o).cpu().item() for o in self.model(batch)])
+                del kept[n_kept:]
     return torch.softmax(scores, dim=-1).numpy()
 
 
@@ -206,7 +213,7 @@ def _raw(name: str) -> type:
             return np.mean(np.stack(cam_per_target_layer), axis=0)
 
     if name == "scorecam":
-        Raw.get_cam_weights = _scorecam_weights
+        Raw.get_cam_weights, Raw.batch_size = _scorecam_weights, SCORECAM_BATCH
     Raw.__name__ = f"Raw{METHODS[name]}"
     return Raw
 
