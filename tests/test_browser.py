@@ -91,6 +91,14 @@ def upload(page, elem: str, path: Path, explained: bool = True):
     if before is not None:
         page.wait_for_function("([m, t]) => !document.querySelector(m).innerText.includes(t)",
                                arg=[metrics, before[:200]], timeout=LONG)
+        settled(page)  # the metrics also change for an event of the old image (the mask box emptied at once)
+
+
+def settled(page):
+    """Wait until no event runs or waits in the queue: gradio draws a progress text on the outputs of each."""
+    for _ in range(2):
+        page.wait_for_function("() => !document.querySelector('.progress-text, .eta-bar')", timeout=LONG)
+        page.wait_for_timeout(300)
 
 
 def uploaded(page, elem: str, name: str):
