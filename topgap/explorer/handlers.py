@@ -64,11 +64,6 @@ def _holding_models(method):
     return run
 
 
-def editor_value(result: Result | None) -> dict | None:
-    """The drawing editor's value: the result's image as its background, no strokes (None: an empty editor)."""
-    return {"background": result.image, "layers": [], "composite": result.image} if result is not None else None
-
-
 def _path(file) -> str | None:
     """A file argument of a typed endpoint as a path (gradio hands over a path or a FileData dict)."""
     return file.get("path") if isinstance(file, dict) else file
@@ -316,9 +311,11 @@ class Explorer:
         image = shown if step.restore_image else skip  # a refused picture does not stay in the box
         return (sess, k_control, *msgs, mask_view, *views, *bias, image, reset)
 
-    def editor_background(self, sess: Session | None):
-        """The drawing editor, cleared by the page, gets the image of the results shown (none: stays empty)."""
-        return editor_value(sess.result if sess is not None else None)
+    def editor_background(self, sess: Session | None) -> dict | None:
+        """The drawing editor, cleared by the page, gets the image of the results shown as its background and no
+        strokes (no results: it stays empty)."""
+        result = sess.result if sess is not None else None
+        return {"background": result.image, "layers": [], "composite": result.image} if result is not None else None
 
     def switch_k(self, sess: Session | None, k):
         """k changed: pick the stored result for that k (no model runs)."""
