@@ -71,7 +71,8 @@ def load_card(folder: str | Path) -> dict | None:
 
 def chosen_k(folder: str | Path) -> int | None:
     """The k of the Top-GAP model the family's card marks as chosen on validation data (its verdict rows, from
-    topgap.eval.claims.comparisons); None without a card, an unreadable one, or no chosen Top-GAP model."""
+    topgap.eval.claims.comparisons; the smallest k where seeds chose differently); None without a card, an unreadable
+    one, or no chosen Top-GAP model."""
     try:
         card = load_card(folder)
     except CardError:
