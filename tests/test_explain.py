@@ -311,6 +311,9 @@ def test_a_family_opens_at_the_k_its_card_chose(tmp_path):
     (folder / "card.json").write_text(json.dumps({"verdicts": rows}))
     assert chosen_k(folder) == KS[0] and store.default_k("fam") == KS[0]
     assert Family(folder).nearest_k(None) == KS[0] and Family(folder).nearest_k(KS[2]) == KS[2]
+    two = [{"model": f"k{KS[2]}", "chosen": True}, {"model": f"k{KS[1]}", "chosen": True}]  # seeds that differ
+    (folder / "card.json").write_text(json.dumps({"verdicts": two}))
+    assert chosen_k(folder) == KS[1]
     (folder / "card.json").write_text(json.dumps({"verdicts": rows[:1]}))  # only the baseline chosen
     assert chosen_k(folder) is None and store.default_k("fam") == KS[1]
     (folder / "card.json").write_text("{not json")
