@@ -668,8 +668,8 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
                        input_size=size, last_stage=args.last_stage,
                        mean=args.mean and tuple(args.mean), std=args.std and tuple(args.std))
     ks = family_ks(args.k, args.pooling)
-    params = {name: value for name, value in (("r", args.pool_r), ("d", args.pool_d), ("alpha", args.pool_alpha),
-                                              ("k_min", args.pool_kmin)) if value is not None}
+    given = (("r", "pool_r"), ("d", "pool_d"), ("alpha", "pool_alpha"), ("k_min", "pool_kmin"))  # SUPPRESS: absent
+    params = {name: getattr(args, key) for name, key in given if getattr(args, key, None) is not None}
     configs = family_configs(base, ks, pooling=args.pooling, pooling_params=params, baseline=args.baseline,
                              control=args.control, ablation=args.ablation)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -726,11 +726,14 @@ def register(subparsers) -> None:
                    help="the global pooling of the class maps: topgap (eq. 2), or one it is compared with: gap, gmp "
                         "(Oquab et al. 2015), lse (Pinheiro & Collobert 2015), wildcat (Durand et al. 2017), gwrp "
                         "(Kolesnikov & Lampert 2016); see topgap/pooling.py")
-    m.add_argument("--pool-r", type=float, help=f"LSE sharpness r > 0 (default {POOLING_DEFAULTS['lse']['r']})")
-    m.add_argument("--pool-d", type=float, help=f"GWRP decay 0 < d <= 1 (default {POOLING_DEFAULTS['gwrp']['d']})")
-    m.add_argument("--pool-alpha", type=float,
+    unset = dict(default=argparse.SUPPRESS)  # not given: the pooling's own default (help says it once)
+    m.add_argument("--pool-r", type=float, **unset,
+                   help=f"LSE sharpness r > 0 (default {POOLING_DEFAULTS['lse']['r']})")
+    m.add_argument("--pool-d", type=float, **unset,
+                   help=f"GWRP decay 0 < d <= 1 (default {POOLING_DEFAULTS['gwrp']['d']})")
+    m.add_argument("--pool-alpha", type=float, **unset,
                    help=f"WILDCAT weight of the k- lowest cells (default {POOLING_DEFAULTS['wildcat']['alpha']})")
-    m.add_argument("--pool-kmin", type=int, help="WILDCAT k-, the lowest cells averaged (default: k)")
+    m.add_argument("--pool-kmin", type=int, **unset, help="WILDCAT k-, the lowest cells averaged (default: k)")
     m.add_argument("--baseline", action="store_true", help="also train the unmodified timm model")
     m.add_argument("--control", action="store_true", help="also train fpn-gap: the same FPN head with plain GAP, "
                                                            "no l1 (separates high-resolution maps from Top-GAP)")
