@@ -306,15 +306,18 @@ def test_a_family_opens_at_the_k_its_card_chose(tmp_path):
     folder = make_family(tmp_path, "fam")
     store = FamilyStore(tmp_path)
     assert chosen_k(folder) is None and store.default_k("fam") == KS[1]  # no card: the middle k
+    models = {"evaluation": {"models": {"baseline": {"kind": "baseline", "k": None},
+                                        **{f"k{k}": {"kind": "topgap", "k": k} for k in KS}}}}
+    card = lambda verdicts: json.dumps({**models, "verdicts": verdicts})  # noqa: E731
     rows = [{"model": "baseline", "chosen": True}, {"model": f"k{KS[0]}", "metric": "l1", "chosen": True},
             {"model": f"k{KS[2]}", "metric": "l1", "chosen": False}]
-    (folder / "card.json").write_text(json.dumps({"verdicts": rows}))
+    (folder / "card.json").write_text(card(rows))
     assert chosen_k(folder) == KS[0] and store.default_k("fam") == KS[0]
     assert Family(folder).nearest_k(None) == KS[0] and Family(folder).nearest_k(KS[2]) == KS[2]
     two = [{"model": f"k{KS[2]}", "chosen": True}, {"model": f"k{KS[1]}", "chosen": True}]  # seeds that differ
-    (folder / "card.json").write_text(json.dumps({"verdicts": two}))
+    (folder / "card.json").write_text(card(two))
     assert chosen_k(folder) == KS[1]
-    (folder / "card.json").write_text(json.dumps({"verdicts": rows[:1]}))  # only the baseline chosen
+    (folder / "card.json").write_text(card(rows[:1]))  # only the baseline chosen
     assert chosen_k(folder) is None and store.default_k("fam") == KS[1]
     (folder / "card.json").write_text("{not json")
     assert chosen_k(folder) is None and store.default_k("fam") == KS[1]

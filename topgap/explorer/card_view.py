@@ -71,17 +71,19 @@ def load_card(folder: str | Path) -> dict | None:
 
 def chosen_k(folder: str | Path) -> int | None:
     """The k of the Top-GAP model the family's card marks as chosen on validation data (its verdict rows, from
-    topgap.eval.claims.comparisons; the smallest k where seeds chose differently); None without a card, an unreadable
-    one, or no chosen Top-GAP model."""
+    topgap.eval.claims.comparisons; the model's k from the card's evaluation, :func:`card_figures`; the smallest where
+    seeds chose differently); None without a card, an unreadable one, or no chosen Top-GAP model with a k."""
     try:
         card = load_card(folder)
     except CardError:
         return None
-    rows = card.get("verdicts") if card else None
-    chosen = {r.get("model") for r in rows if isinstance(r, dict) and r.get("chosen")} if isinstance(rows, list) else ()
-    ks = sorted(int(m[1:]) for m in chosen if isinstance(m, str) and re.fullmatch(r"k\d+", m))
+    if card is None:
+        return None
+    figures = card_figures(card)
+    chosen = {v.get("model") for v in figures["verdicts"] if v.get("chosen")}
+    ks = sorted(m["k"] for n, m in figures["models"].items()
+                if n in chosen and m["kind"] == "topgap" and isinstance(m["k"], int))
     return ks[0] if ks else None
-
 
 MAP_FIGURES = ("iou", "pxap", "mass_in_mask", "l1")  # each also per CAM protocol: "iou_paper", "iou_relu"
 PROTOCOLS = ("paper", "relu")  # topgap.cam.PROTOCOLS, named here so that the app's start skips the CAM stack
